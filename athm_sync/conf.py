@@ -1,0 +1,261 @@
+"""The ``ATHM_SYNC`` settings dict: defaults, validation and the typed view the app reads.
+
+Every part of the app reads settings through :func:`get_settings`, so a value is validated in
+one place. ``manage.py check`` reports the same problems through :mod:`athm_sync.checks`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+
+SETTING_NAME = "ATHM_SYNC"
+MIN_WEBHOOK_SECRET_LENGTH = 32
+# ATH Móvil accepts a payment timeout from 120 to 600 seconds.
+MIN_PAYMENT_TIMEOUT, MAX_PAYMENT_TIMEOUT = 120, 600
+
+DEFAULTS: dict[str, Any] = {
+    "PUBLIC_TOKEN": "",
+    "PRIVATE_TOKEN": "",
+    "API_BASE_URL": "https://payments.athmovil.com",
+    "REPORT_BASE_URL": "https://www.athmovil.com",
+    "WEBHOOK_SECRET": "",
+    # HTTP: seconds to connect and to wait for an answer, per attempt.
+    "CONNECT_TIMEOUT": 3.05,
+    "READ_TIMEOUT": 15.0,
+    # Retries of transient failures: attempts per call and the total seconds one call may take.
+    "MAX_ATTEMPTS": 4,
+    "RETRY_DEADLINE": 30.0,
+    "POOL_SIZE": 10,
+    "WORKERS": 4,
+    # Timeout given to ATH Móvil for payments created server-side, in seconds (120..600).
+    "PAYMENT_TIMEOUT": 600,
+    # A payment still OPEN/CONFIRM remotely after this long is given up.
+    "MAX_AGE": timedelta(hours=48),
+    # A payment ATH Móvil does not know is expired this long after its deadline.
+    "EXPIRY_GRACE": timedelta(minutes=10),
+    "AUTO_CAPTURE": True,
+}
+
+# (name, smallest allowed value, whole numbers only)
+_NUMBERS: tuple[tuple[str, float, bool], ...] = (
+    ("CONNECT_TIMEOUT", 0.001, False),
+    ("READ_TIMEOUT", 0.001, False),
+    ("MAX_ATTEMPTS", 1, True),
+    ("RETRY_DEADLINE", 0.001, False),
+    ("POOL_SIZE", 1, True),
+    ("WORKERS", 1, True),
+    ("PAYMENT_TIMEOUT", MIN_PAYMENT_TIMEOUT, True),
+)
+_DURATIONS = ("MAX_AGE", "EXPIRY_GRACE")
+_URLS = ("API_BASE_URL", "REPORT_BASE_URL")
+_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with ``ATHM_SYNC``; ``check_id`` is ``athm_sync.E00N`` or ``W00N``."""
+
+    check_id: str
+    message: str
+    hint: str
+
+    @property
+    def is_error(self) -> bool:
+        return ".E" in self.check_id
+
+
+@dataclass(frozen=True)
+class AthmSyncSettings:
+    """The validated settings, with defaults filled in and URLs without a trailing slash."""
+
+    public_token: str
+    private_token: str
+    api_base_url: str
+    report_base_url: str
+    webhook_secret: str
+    connect_timeout: float
+    read_timeout: float
+    max_attempts: int
+    retry_deadline: float
+    pool_size: int
+    workers: int
+    payment_timeout: int
+    max_age: timedelta
+    expiry_grace: timedelta
+    auto_capture: bool
+
+    def __repr__(self) -> str:  # never print tokens, even in a debugger or a traceback
+        return f"AthmSyncSettings(api_base_url={self.api_base_url!r}, workers={self.workers})"
+
+
+def raw_settings() -> Any:
+    """The ``ATHM_SYNC`` value exactly as the project set it (``{}`` when absent)."""
+    return getattr(django_settings, SETTING_NAME, {})
+
+
+def find_problems(raw: Any) -> list[Problem]:
+    """Every problem with a raw ``ATHM_SYNC`` value, errors and warnings, in a stable order."""
+    if not isinstance(raw, dict):
+        return [
+            Problem(
+                "athm_sync.E001",
+                f"{SETTING_NAME} must be a dict, not {type(raw).__name__}.",
+                f'Set {SETTING_NAME} = {{"PUBLIC_TOKEN": "...", "PRIVATE_TOKEN": "..."}}.',
+            )
+        ]
+    values = {**DEFAULTS, **raw}
+    problems: list[Problem] = []
+    for check_id, name in (("athm_sync.E002", "PUBLIC_TOKEN"), ("athm_sync.E003", "PRIVATE_TOKEN")):
+        token = values[name]
+        if not isinstance(token, str) or not token.strip():
+            problems.append(
+                Problem(
+                    check_id,
+                    f"{SETTING_NAME}['{name}'] is missing or blank.",
+                    "Copy it from the ATH Business app: Settings > Development > API Keys.",
+                )
+            )
+    for name in _URLS:
+        problems.extend(_url_problems(name, values[name]))
+    secret = values["WEBHOOK_SECRET"]
+    if not isinstance(secret, str) or (secret and len(secret) < MIN_WEBHOOK_SECRET_LENGTH):
+        problems.append(
+            Problem(
+                "athm_sync.E005",
+                f"{SETTING_NAME}['WEBHOOK_SECRET'] must be empty (webhooks off) or a string of "
+                f"at least {MIN_WEBHOOK_SECRET_LENGTH} characters.",
+                "Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            )
+        )
+    for name, smallest, whole in _NUMBERS:
+        problems.extend(_number_problems(name, values[name], smallest, whole))
+    for name in _DURATIONS:
+        if _as_timedelta(values[name]) is None:
+            problems.append(
+                Problem(
+                    "athm_sync.E006",
+                    f"{SETTING_NAME}['{name}'] must be a positive timedelta or number of seconds, "
+                    f"not {values[name]!r}.",
+                    f"For example {SETTING_NAME}['{name}'] = timedelta(hours=48).",
+                )
+            )
+    if not isinstance(values["AUTO_CAPTURE"], bool):
+        problems.append(
+            Problem(
+                "athm_sync.E006",
+                f"{SETTING_NAME}['AUTO_CAPTURE'] must be True or False, "
+                f"not {values['AUTO_CAPTURE']!r}.",
+                "Leave it out to capture confirmed payments automatically (the default).",
+            )
+        )
+    unknown = sorted(set(raw) - set(DEFAULTS), key=str)
+    if unknown:
+        problems.append(
+            Problem(
+                "athm_sync.W001",
+                f"{SETTING_NAME} has unknown keys: {', '.join(map(str, unknown))}.",
+                f"Check the spelling; known keys are {', '.join(DEFAULTS)}.",
+            )
+        )
+    if (
+        isinstance(values["WORKERS"], int)
+        and isinstance(values["POOL_SIZE"], int)
+        and values["POOL_SIZE"] < values["WORKERS"]
+    ):
+        problems.append(
+            Problem(
+                "athm_sync.W003",
+                f"{SETTING_NAME}['POOL_SIZE'] ({values['POOL_SIZE']}) is smaller than "
+                f"WORKERS ({values['WORKERS']}): workers will open and drop extra connections.",
+                "Make POOL_SIZE at least WORKERS.",
+            )
+        )
+    return problems
+
+
+def get_settings() -> AthmSyncSettings:
+    """The validated settings; raises ``ImproperlyConfigured`` naming the first error."""
+    raw = raw_settings()
+    errors = [problem for problem in find_problems(raw) if problem.is_error]
+    if errors:
+        first = errors[0]
+        raise ImproperlyConfigured(f"{first.message} {first.hint}")
+    values = {**DEFAULTS, **raw}
+    return AthmSyncSettings(
+        public_token=values["PUBLIC_TOKEN"].strip(),
+        private_token=values["PRIVATE_TOKEN"].strip(),
+        api_base_url=values["API_BASE_URL"].strip().rstrip("/"),
+        report_base_url=values["REPORT_BASE_URL"].strip().rstrip("/"),
+        webhook_secret=values["WEBHOOK_SECRET"],
+        connect_timeout=float(values["CONNECT_TIMEOUT"]),
+        read_timeout=float(values["READ_TIMEOUT"]),
+        max_attempts=values["MAX_ATTEMPTS"],
+        retry_deadline=float(values["RETRY_DEADLINE"]),
+        pool_size=values["POOL_SIZE"],
+        workers=values["WORKERS"],
+        payment_timeout=values["PAYMENT_TIMEOUT"],
+        max_age=_as_timedelta(values["MAX_AGE"]),
+        expiry_grace=_as_timedelta(values["EXPIRY_GRACE"]),
+        auto_capture=values["AUTO_CAPTURE"],
+    )
+
+
+def _url_problems(name: str, value: Any) -> list[Problem]:
+    parts = urlsplit(value.strip()) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        return [
+            Problem(
+                "athm_sync.E004",
+                f"{SETTING_NAME}['{name}'] must be an http(s) URL, not {value!r}.",
+                f"Leave it out to use {DEFAULTS[name]}, or point it at the sandbox "
+                "(http://127.0.0.1:8765).",
+            )
+        ]
+    if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+        return [
+            Problem(
+                "athm_sync.W002",
+                f"{SETTING_NAME}['{name}'] is plain http on a host that is not loopback: "
+                "tokens would cross the network unencrypted.",
+                "Use https, or http only for the sandbox on 127.0.0.1.",
+            )
+        ]
+    return []
+
+
+def _number_problems(name: str, value: Any, smallest: float, whole: bool) -> list[Problem]:
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, kinds) and not isinstance(value, bool) and value >= smallest:
+        if name != "PAYMENT_TIMEOUT" or value <= MAX_PAYMENT_TIMEOUT:
+            return []
+    expected = "a whole number" if whole else "a number"
+    bounds = (
+        f"from {MIN_PAYMENT_TIMEOUT} to {MAX_PAYMENT_TIMEOUT}"
+        if name == "PAYMENT_TIMEOUT"
+        else f"of at least {smallest:g}"
+        if whole
+        else "greater than 0"
+    )
+    return [
+        Problem(
+            "athm_sync.E006",
+            f"{SETTING_NAME}['{name}'] must be {expected} {bounds}, not {value!r}.",
+            f"Leave it out to use the default ({DEFAULTS[name]}).",
+        )
+    ]
+
+
+def _as_timedelta(value: Any) -> timedelta | None:
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        return None
+    return timedelta(seconds=seconds) if seconds > 0 else None
