@@ -231,9 +231,9 @@ def _url_problems(name: str, value: Any) -> list[Problem]:
 
 def _number_problems(name: str, value: Any, smallest: float, whole: bool) -> list[Problem]:
     kinds = (int,) if whole else (int, float)
-    if isinstance(value, kinds) and not isinstance(value, bool) and value >= smallest:
-        if name != "PAYMENT_TIMEOUT" or value <= MAX_PAYMENT_TIMEOUT:
-            return []
+    largest = MAX_PAYMENT_TIMEOUT if name == "PAYMENT_TIMEOUT" else float("inf")
+    if isinstance(value, kinds) and not isinstance(value, bool) and smallest <= value <= largest:
+        return []
     expected = "a whole number" if whole else "a number"
     bounds = (
         f"from {MIN_PAYMENT_TIMEOUT} to {MAX_PAYMENT_TIMEOUT}"

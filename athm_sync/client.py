@@ -1,0 +1,673 @@
+"""The ATH Móvil HTTP client and the parsed, normalised answer types.
+
+One :class:`ATHMovilClient` holds one ``requests.Session`` whose connection pool is sized for
+concurrent workers, so it can be shared between threads. Every call has connect and read
+timeouts. Transient failures (the table in ATHM_API.md) are retried with exponential backoff
+and jitter, bounded by a number of attempts and by a total deadline per call.
+
+What is retried depends on whether repeating the call is safe:
+
+- find payment, cancel, update phone number, the transaction report and the webhook
+  subscription change nothing when repeated, so any transient failure is retried;
+- create payment, authorization and refund are retried only when the connection failed before
+  the request was sent. A lost answer to a refund must be reconciled (find payment shows the
+  refunded amount), never sent again: that could pay the customer twice.
+
+Answers are frozen dataclasses with every quirk normalised and the raw answer kept in ``raw``.
+Tokens are never logged and never appear in exception messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+import tenacity
+from requests.adapters import HTTPAdapter
+
+from athm_sync import normalize
+from athm_sync.errors import (
+    EMPTY_REPORT_CODES,
+    TRANSIENT_HTTP_STATUSES,
+    ATHMovilError,
+    AuthenticationError,
+    AuthTokenError,
+    InvalidRequestError,
+    InvalidResponseError,
+    InvalidStateError,
+    NotFoundError,
+    TransientError,
+    error_class,
+)
+
+__all__ = [
+    "ATHMovilClient",
+    "ATHMovilError",
+    "AuthTokenError",
+    "AuthenticationError",
+    "CreatedPayment",
+    "InvalidRequestError",
+    "InvalidResponseError",
+    "InvalidStateError",
+    "NotFoundError",
+    "PaymentSnapshot",
+    "RefundResult",
+    "ReportTransaction",
+    "TransientError",
+]
+
+logger = logging.getLogger("athm_sync.client")
+
+DEFAULT_API_BASE_URL = "https://payments.athmovil.com"
+DEFAULT_REPORT_BASE_URL = "https://www.athmovil.com"
+ECOMMERCE = "/api/business-transaction/ecommerce"
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    name: str
+    method: str
+    path: str
+    report: bool = False  # served from the report base URL
+    # Safe to send again after it may have reached ATH Móvil.
+    repeatable: bool = True
+
+
+CREATE_PAYMENT = _Endpoint("create payment", "POST", f"{ECOMMERCE}/payment", repeatable=False)
+FIND_PAYMENT = _Endpoint("findPayment", "POST", f"{ECOMMERCE}/business/findPayment")
+UPDATE_PHONE = _Endpoint("updatePhoneNumber", "PUT", f"{ECOMMERCE}/business/updatePhoneNumber")
+AUTHORIZE = _Endpoint("authorization", "POST", f"{ECOMMERCE}/authorization", repeatable=False)
+CANCEL = _Endpoint("cancel", "POST", f"{ECOMMERCE}/business/cancel")
+REFUND = _Endpoint("refund", "POST", f"{ECOMMERCE}/refund", repeatable=False)
+REPORT = _Endpoint("transaction report", "GET", "/transactions/v4/transactionReport", report=True)
+SUBSCRIBE = _Endpoint("webhook subscription", "POST", "/transactions/webhook/post", report=True)
+
+
+# -- answers -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PaymentSnapshot:
+    """What ATH Móvil says about one eCommerce payment right now (findPayment's answer).
+
+    ``status`` is OPEN, CONFIRM, COMPLETED or CANCEL: findPayment says CANCEL both for a
+    payment the customer cancelled and for one that expired.
+    """
+
+    ecommerce_id: uuid.UUID
+    status: str
+    reference_number: str
+    daily_transaction_id: str
+    transaction_date: datetime | None
+    total: Decimal
+    subtotal: Decimal
+    tax: Decimal
+    fee: Decimal
+    net_amount: Decimal
+    total_refunded_amount: Decimal
+    metadata_1: str
+    metadata_2: str
+    customer_name: str
+    customer_phone: str
+    customer_email: str
+    business_name: str
+    items: tuple[Any, ...]
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> PaymentSnapshot:
+        """Parse findPayment's ``data`` object; raises ``ValueError`` naming a bad field."""
+        return cls(
+            ecommerce_id=normalize.ecommerce_id(data.get("ecommerceId")),
+            status=normalize.status(
+                normalize.pick(data, "ecommerceStatus", "status"), "ecommerceStatus"
+            ),
+            reference_number=normalize.text(data.get("referenceNumber"), "referenceNumber"),
+            daily_transaction_id=normalize.daily_transaction_id(
+                normalize.pick(data, "dailyTransactionId", "dailyTransactionID")
+            ),
+            transaction_date=normalize.local_datetime(
+                normalize.pick(data, "transactionDate", "date"), "transactionDate"
+            ),
+            total=normalize.money(data.get("total"), "total"),
+            subtotal=normalize.money(normalize.pick(data, "subTotal", "subtotal"), "subTotal"),
+            tax=normalize.money(data.get("tax"), "tax"),
+            fee=normalize.money(data.get("fee"), "fee"),
+            net_amount=normalize.money(data.get("netAmount"), "netAmount"),
+            total_refunded_amount=normalize.money(
+                normalize.pick(data, "totalRefundedAmount", "totalRefundAmount"),
+                "totalRefundedAmount",
+            ),
+            metadata_1=normalize.text(data.get("metadata1"), "metadata1"),
+            metadata_2=normalize.text(data.get("metadata2"), "metadata2"),
+            customer_name=normalize.text(data.get("name"), "name"),
+            customer_phone=normalize.digits(data.get("phoneNumber")),
+            customer_email=normalize.text(data.get("email"), "email"),
+            business_name=normalize.text(data.get("businessName"), "businessName"),
+            items=tuple(normalize.items(data.get("items"))),
+            raw=dict(data),
+        )
+
+
+@dataclass(frozen=True)
+class CreatedPayment:
+    """The answer to create payment: the new payment's id and the auth token to capture it."""
+
+    ecommerce_id: uuid.UUID
+    auth_token: str = field(repr=False)
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    """The answer to a refund: the refund itself and, when sent, the refunded payment."""
+
+    amount: Decimal
+    status: str
+    reference_number: str
+    daily_transaction_id: str
+    transaction_date: datetime | None
+    message: str
+    payment: PaymentSnapshot | None
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class ReportTransaction:
+    """One row of the transaction report: a payment (of any kind) or a refund.
+
+    ``transaction_type`` is upper-cased (``ECOMMERCE``, ``REFUND``, ``PAYMENT``...);
+    ``ecommerce_id`` is ``None`` for rows that are not eCommerce payments.
+    """
+
+    transaction_type: str
+    status: str
+    ecommerce_id: uuid.UUID | None
+    reference_number: str
+    daily_transaction_id: str
+    date: datetime | None
+    total: Decimal
+    subtotal: Decimal
+    tax: Decimal
+    fee: Decimal
+    net_amount: Decimal
+    total_refunded_amount: Decimal
+    metadata_1: str
+    metadata_2: str
+    customer_name: str
+    customer_phone: str
+    customer_email: str
+    message: str
+    items: tuple[Any, ...]
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_api(cls, row: Mapping[str, Any]) -> ReportTransaction:
+        """Parse one report row; raises ``ValueError`` naming a bad field."""
+        raw_id = normalize.text(row.get("ecommerceId"), "ecommerceId")
+        raw_status = normalize.text(row.get("status"), "status")
+        return cls(
+            transaction_type=normalize.text(row.get("transactionType"), "transactionType").upper(),
+            status=normalize.status(raw_status) if raw_status else "",
+            ecommerce_id=normalize.ecommerce_id(raw_id) if raw_id else None,
+            reference_number=normalize.text(row.get("referenceNumber"), "referenceNumber"),
+            daily_transaction_id=normalize.daily_transaction_id(
+                normalize.pick(row, "dailyTransactionID", "dailyTransactionId")
+            ),
+            date=normalize.local_datetime(normalize.pick(row, "date", "transactionDate")),
+            total=normalize.money(row.get("total"), "total"),
+            subtotal=normalize.money(normalize.pick(row, "subtotal", "subTotal"), "subtotal"),
+            tax=normalize.money(row.get("tax"), "tax"),
+            fee=normalize.money(row.get("fee"), "fee"),
+            net_amount=normalize.money(row.get("netAmount"), "netAmount"),
+            total_refunded_amount=normalize.money(
+                normalize.pick(row, "totalRefundAmount", "totalRefundedAmount"),
+                "totalRefundAmount",
+            ),
+            metadata_1=normalize.text(row.get("metadata1"), "metadata1"),
+            metadata_2=normalize.text(row.get("metadata2"), "metadata2"),
+            customer_name=normalize.text(row.get("name"), "name"),
+            customer_phone=normalize.digits(row.get("phoneNumber")),
+            customer_email=normalize.text(row.get("email"), "email"),
+            message=normalize.text(row.get("message"), "message"),
+            items=tuple(normalize.items(row.get("items"))),
+            raw=dict(row),
+        )
+
+
+# -- the client ----------------------------------------------------------------------------
+
+
+class _NotSent(Exception):
+    """The connection failed before the request left: safe to retry any call."""
+
+
+class ATHMovilClient:
+    """A client for ATH Móvil's eCommerce API. Build one with :meth:`from_settings`.
+
+    Safe to share between threads; ``pool_size`` should be at least the number of threads.
+    ``sleep`` is how it waits between retries (tests pass a recorder instead of sleeping).
+    """
+
+    def __init__(
+        self,
+        public_token: str,
+        private_token: str = "",
+        *,
+        api_base_url: str = DEFAULT_API_BASE_URL,
+        report_base_url: str = DEFAULT_REPORT_BASE_URL,
+        connect_timeout: float = 3.05,
+        read_timeout: float = 15.0,
+        max_attempts: int = 4,
+        retry_deadline: float = 30.0,
+        pool_size: int = 10,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not isinstance(public_token, str) or not public_token.strip():
+            raise ValueError("public_token must be the non-blank public token of the business")
+        if not isinstance(private_token, str):
+            raise ValueError("private_token must be a string (blank if refunds are not used)")
+        self._public_token = public_token.strip()
+        self._private_token = private_token.strip()
+        self.api_base_url = _base_url("api_base_url", api_base_url)
+        self.report_base_url = _base_url("report_base_url", report_base_url)
+        self.connect_timeout = _positive("connect_timeout", connect_timeout)
+        self.read_timeout = _positive("read_timeout", read_timeout)
+        self.retry_deadline = _positive("retry_deadline", retry_deadline)
+        self.max_attempts = _positive("max_attempts", max_attempts, whole=True)
+        self.pool_size = _positive("pool_size", pool_size, whole=True)
+        self._sleep = sleep
+        self.session = requests.Session()
+        # No retries inside urllib3: tenacity decides, knowing which calls are repeatable.
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self.pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update(
+            {"Accept": "application/json", "User-Agent": "django-athm-sync"}
+        )
+
+    @classmethod
+    def from_settings(cls, **overrides: Any) -> ATHMovilClient:
+        """A client configured from the ``ATHM_SYNC`` setting (raises ``ImproperlyConfigured``)."""
+        from athm_sync.conf import get_settings
+
+        conf = get_settings()
+        options: dict[str, Any] = {
+            "public_token": conf.public_token,
+            "private_token": conf.private_token,
+            "api_base_url": conf.api_base_url,
+            "report_base_url": conf.report_base_url,
+            "connect_timeout": conf.connect_timeout,
+            "read_timeout": conf.read_timeout,
+            "max_attempts": conf.max_attempts,
+            "retry_deadline": conf.retry_deadline,
+            "pool_size": max(conf.pool_size, conf.workers),
+        }
+        options.update(overrides)
+        return cls(**options)
+
+    def __repr__(self) -> str:
+        return f"<ATHMovilClient {self.api_base_url}>"
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.session.close()
+
+    def __enter__(self) -> ATHMovilClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the calls ---------------------------------------------------------------------
+
+    def create_payment(
+        self,
+        *,
+        total: Decimal,
+        subtotal: Decimal = Decimal("0"),
+        tax: Decimal = Decimal("0"),
+        metadata_1: str = "",
+        metadata_2: str = "",
+        items: list[dict[str, Any]] | None = None,
+        phone_number: str | None = None,
+        timeout: int = 600,
+    ) -> CreatedPayment:
+        """Create a payment server-side; returns its id and the auth token to capture it.
+
+        Amounts are sent as strings with two decimals, so no float ever carries money.
+        """
+        body: dict[str, Any] = {
+            "publicToken": self._public_token,
+            "timeout": str(timeout),
+            "total": _amount_text(total, "total"),
+            "subtotal": _amount_text(subtotal, "subtotal"),
+            "tax": _amount_text(tax, "tax"),
+            "metadata1": metadata_1,
+            "metadata2": metadata_2,
+            "items": items or [],
+        }
+        if phone_number:
+            body["phoneNumber"] = normalize.digits(phone_number)
+        data = self._data(CREATE_PAYMENT, body)
+        return _parse(
+            CREATE_PAYMENT,
+            lambda: CreatedPayment(
+                ecommerce_id=normalize.ecommerce_id(data.get("ecommerceId")),
+                auth_token=_required_text(data, "auth_token"),
+                raw=data,
+            ),
+        )
+
+    def find_payment(self, ecommerce_id: uuid.UUID | str) -> PaymentSnapshot:
+        """The payment as ATH Móvil sees it now; ``NotFoundError`` if it does not know it."""
+        body = {"ecommerceId": str(ecommerce_id), "publicToken": self._public_token}
+        data = self._data(FIND_PAYMENT, body)
+        return _parse(FIND_PAYMENT, lambda: PaymentSnapshot.from_api(data))
+
+    def authorize(self, auth_token: str) -> PaymentSnapshot:
+        """Capture a CONFIRM payment with its auth token; returns the completed payment."""
+        data = self._data(AUTHORIZE, {}, auth_token=auth_token)
+        return _parse(AUTHORIZE, lambda: PaymentSnapshot.from_api(data))
+
+    def update_phone_number(
+        self, ecommerce_id: uuid.UUID | str, phone_number: str, auth_token: str
+    ) -> None:
+        """Change the phone number an OPEN payment is sent to."""
+        body = {"ecommerceId": str(ecommerce_id), "phoneNumber": normalize.digits(phone_number)}
+        self._request(UPDATE_PHONE, body, auth_token=auth_token)
+
+    def cancel(self, ecommerce_id: uuid.UUID | str) -> PaymentSnapshot | None:
+        """Cancel an OPEN or CONFIRM payment; returns the payment when ATH Móvil sends it."""
+        body = {"ecommerceId": str(ecommerce_id), "publicToken": self._public_token}
+        answer = self._request(CANCEL, body)
+        data = answer.get("data") if isinstance(answer, dict) else None
+        if isinstance(data, dict) and data.get("ecommerceId"):
+            return _parse(CANCEL, lambda: PaymentSnapshot.from_api(data))
+        return None
+
+    def refund(
+        self, reference_number: str, amount: Decimal | str, message: str = ""
+    ) -> RefundResult:
+        """Refund ``amount`` of a completed payment. Never retried once it may have been sent:
+        after a lost answer, find the payment and compare its refunded amount instead."""
+        if len(message) > 50:
+            raise ValueError("a refund message can be at most 50 characters")
+        body = {
+            "publicToken": self._public_token,
+            "privateToken": self._require_private_token(REFUND),
+            "referenceNumber": reference_number,
+            "amount": _amount_text(amount, "amount"),
+            "message": message,
+        }
+        data = self._data(REFUND, body)
+        return _parse(REFUND, lambda: _refund_result(data))
+
+    def transaction_report(self, from_date: datetime, to_date: datetime) -> list[ReportTransaction]:
+        """Every transaction between two aware datetimes; an empty range gives ``[]``."""
+        body = {
+            "publicToken": self._public_token,
+            "privateToken": self._require_private_token(REPORT),
+            "fromDate": normalize.to_local_string(from_date),
+            "toDate": normalize.to_local_string(to_date),
+        }
+        try:
+            answer = self._request(REPORT, body)
+        except ATHMovilError as error:
+            if (error.errorcode or "").upper() in EMPTY_REPORT_CODES:
+                return []
+            raise
+        rows = answer.get("data") if isinstance(answer, dict) else answer
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise InvalidResponseError(
+                "the answer is not a list of transactions", call=REPORT.name
+            )
+        return _parse(REPORT, lambda: [ReportTransaction.from_api(row) for row in rows])
+
+    def subscribe_webhooks(
+        self,
+        listener_url: str,
+        *,
+        ecommerce_payment_received: bool = True,
+        ecommerce_payment_cancelled: bool = True,
+        ecommerce_payment_expired: bool = True,
+        refund_sent: bool = True,
+        payment_received: bool = False,
+        donation_received: bool = False,
+    ) -> dict[str, Any]:
+        """Register ``listener_url`` for the chosen webhook events; returns the raw answer."""
+        body = {
+            "publicToken": self._public_token,
+            "privateToken": self._require_private_token(SUBSCRIBE),
+            "listenerURL": listener_url,
+            "paymentReceivedEvent": payment_received,
+            "refundSentEvent": refund_sent,
+            "donationReceivedEvent": donation_received,
+            "ecommercePaymentReceivedEvent": ecommerce_payment_received,
+            "ecommercePaymentCancelledEvent": ecommerce_payment_cancelled,
+            "ecommercePaymentExpiredEvent": ecommerce_payment_expired,
+        }
+        answer = self._request(SUBSCRIBE, body)
+        return answer if isinstance(answer, dict) else {"answer": answer}
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _require_private_token(self, endpoint: _Endpoint) -> str:
+        if not self._private_token:
+            raise ValueError(f"{endpoint.name} needs the private token; it is not configured")
+        return self._private_token
+
+    def _data(
+        self, endpoint: _Endpoint, body: dict[str, Any], auth_token: str | None = None
+    ) -> dict[str, Any]:
+        answer = self._request(endpoint, body, auth_token=auth_token)
+        data = answer.get("data") if isinstance(answer, dict) else None
+        if not isinstance(data, dict):
+            raise InvalidResponseError(
+                "the answer has no 'data' object", call=endpoint.name, http_status=200
+            )
+        return data
+
+    def _request(
+        self, endpoint: _Endpoint, body: dict[str, Any], auth_token: str | None = None
+    ) -> Any:
+        """Send one call with retries; returns the decoded JSON of a successful answer."""
+        started = time.monotonic()
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_attempts)
+            | tenacity.stop_before_delay(self.retry_deadline),
+            wait=tenacity.wait_random_exponential(multiplier=0.25, max=8),
+            retry=tenacity.retry_if_exception(
+                lambda error: isinstance(error, _NotSent)
+                or (endpoint.repeatable and isinstance(error, TransientError))
+            ),
+            before_sleep=lambda state: self._log_retry(endpoint, state),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(self._attempt, endpoint, body, auth_token, started)
+        except _NotSent as not_sent:
+            raise TransientError(str(not_sent), call=endpoint.name) from None
+
+    def _attempt(
+        self,
+        endpoint: _Endpoint,
+        body: dict[str, Any],
+        auth_token: str | None,
+        started: float,
+    ) -> Any:
+        base = self.report_base_url if endpoint.report else self.api_base_url
+        headers = {"Content-Type": "application/json"}
+        if auth_token is not None:
+            headers["Authorization"] = f"Bearer {auth_token}"
+        # A read may not outlast what is left of the call's deadline.
+        remaining = self.retry_deadline - (time.monotonic() - started)
+        timeout = (self.connect_timeout, max(0.05, min(self.read_timeout, remaining)))
+        try:
+            response = self.session.request(
+                endpoint.method,
+                base + endpoint.path,
+                data=json.dumps(body),
+                headers=headers,
+                timeout=timeout,
+            )
+        except (requests.ConnectTimeout, requests.exceptions.SSLError) as error:
+            raise _NotSent(f"could not connect: {_describe(error)}") from None
+        except requests.ConnectionError as error:
+            if _never_sent(error):
+                raise _NotSent(f"could not connect: {_describe(error)}") from None
+            raise TransientError(
+                f"the connection failed: {_describe(error)}", call=endpoint.name
+            ) from None
+        except requests.Timeout:
+            raise TransientError(
+                f"no answer within {timeout[1]:g} s", call=endpoint.name
+            ) from None
+        except requests.RequestException as error:
+            raise TransientError(_describe(error), call=endpoint.name) from None
+        logger.debug(
+            "ATH Móvil %s answered HTTP %s in %.0f ms",
+            endpoint.name,
+            response.status_code,
+            response.elapsed.total_seconds() * 1000,
+        )
+        return self._decode(endpoint, response)
+
+    def _decode(self, endpoint: _Endpoint, response: requests.Response) -> Any:
+        status_code = response.status_code
+        try:
+            answer = response.json()
+        except ValueError:
+            cls = (
+                TransientError
+                if status_code in TRANSIENT_HTTP_STATUSES or status_code >= 500
+                else InvalidResponseError
+            )
+            raise cls(
+                f"HTTP {status_code} with a body that is not JSON",
+                call=endpoint.name,
+                http_status=status_code,
+            ) from None
+        if isinstance(answer, dict) and (
+            str(answer.get("status", "")).lower() == "error" or answer.get("errorcode")
+        ):
+            code = normalize.text(answer.get("errorcode")) or None
+            message = normalize.text(answer.get("message")) or f"HTTP {status_code}"
+            raise error_class(code, status_code)(
+                self._scrub(message), errorcode=code, http_status=status_code, call=endpoint.name
+            )
+        if status_code >= 400:
+            raise error_class(None, status_code)(
+                f"HTTP {status_code}", http_status=status_code, call=endpoint.name
+            )
+        return answer
+
+    def _scrub(self, text: str) -> str:
+        """Remove the merchant's tokens from text that came back from the server."""
+        for secret in (self._public_token, self._private_token):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    def _log_retry(self, endpoint: _Endpoint, state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        logger.warning(
+            "ATH Móvil %s failed (attempt %d of %d): %s; retrying in %.2f s",
+            endpoint.name,
+            state.attempt_number,
+            self.max_attempts,
+            error,
+            state.upcoming_sleep,
+        )
+
+
+def _parse(endpoint: _Endpoint, build: Callable[[], Any]) -> Any:
+    """Build an answer type, turning a malformed field into ``InvalidResponseError``."""
+    try:
+        return build()
+    except (ValueError, TypeError, AttributeError) as error:
+        raise InvalidResponseError(
+            f"the answer is malformed: {error}", call=endpoint.name, http_status=200
+        ) from None
+
+
+def _refund_result(data: Mapping[str, Any]) -> RefundResult:
+    refund = data.get("refund", data)
+    if not isinstance(refund, dict):
+        raise ValueError("refund must be an object")
+    original = data.get("originalTransaction")
+    return RefundResult(
+        amount=normalize.money(
+            normalize.pick(refund, "refundedAmount", "amount", "total"), "refundedAmount"
+        ),
+        status=normalize.status(refund.get("status") or "COMPLETED"),
+        reference_number=normalize.text(refund.get("referenceNumber"), "referenceNumber"),
+        daily_transaction_id=normalize.daily_transaction_id(
+            normalize.pick(refund, "dailyTransactionID", "dailyTransactionId")
+        ),
+        transaction_date=normalize.local_datetime(refund.get("date"), "date"),
+        message=normalize.text(refund.get("message"), "message"),
+        payment=PaymentSnapshot.from_api(original) if isinstance(original, dict) else None,
+        raw=dict(data),
+    )
+
+
+def _required_text(data: Mapping[str, Any], name: str) -> str:
+    value = normalize.text(data.get(name), name)
+    if not value:
+        raise ValueError(f"{name} is missing")
+    return value
+
+
+def _amount_text(value: Any, name: str) -> str:
+    if isinstance(value, float):
+        raise ValueError(f"{name} must be a Decimal or a string, not a float")
+    return str(normalize.money(value, name))
+
+
+def _never_sent(error: requests.ConnectionError) -> bool:
+    """Whether a connection error happened before any byte of the request left.
+
+    urllib3 wraps "connection refused" and DNS failures in ``NewConnectionError``; an error
+    after sending (the server closed mid-answer) is a ``ProtocolError`` instead.
+    """
+    from urllib3.exceptions import NameResolutionError, NewConnectionError
+
+    reason = error.args[0] if error.args else None
+    reason = getattr(reason, "reason", reason)
+    return isinstance(reason, NewConnectionError | NameResolutionError)
+
+
+def _describe(error: BaseException) -> str:
+    """A one-line description of a requests error, without URLs' query strings or bodies."""
+    reason = error.args[0] if error.args else error
+    reason = getattr(reason, "reason", reason)
+    text = str(reason) or type(error).__name__
+    return text.splitlines()[0][:200]
+
+
+def _base_url(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be an http(s) URL, not {value!r}")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{name} must be an http(s) URL, not {value!r}")
+    return value.strip().rstrip("/")
+
+
+def _positive(name: str, value: Any, whole: bool = False) -> Any:
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+        expected = "a whole number of at least 1" if whole else "a number greater than 0"
+        raise ValueError(f"{name} must be {expected}, not {value!r}")
+    return value

@@ -1,0 +1,150 @@
+"""Turning ATH Móvil's loosely-typed values into the app's types.
+
+ATH Móvil's answers and webhooks vary in casing, field names and types (see the quirks in
+ATHM_API.md). Every value crosses into the app through one of these functions, so each quirk
+is handled in exactly one place. Each raises ``ValueError`` with a message that names the
+field and what was expected; the client turns that into ``InvalidResponseError``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo
+
+PUERTO_RICO = ZoneInfo("America/Puerto_Rico")
+CENT = Decimal("0.01")
+LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+# Remote spellings of each status, upper-cased. findPayment says CANCEL for cancelled and
+# expired alike; webhooks say which.
+_STATUS_SPELLINGS = {
+    "OPEN": "OPEN",
+    "CONFIRM": "CONFIRM",
+    "CONFIRMED": "CONFIRM",
+    "COMPLETED": "COMPLETED",
+    "COMPLETE": "COMPLETED",
+    "CANCEL": "CANCEL",
+    "CANCELLED": "CANCEL",
+    "CANCELED": "CANCEL",
+    "EXPIRED": "EXPIRED",
+}
+
+
+def pick(data: Mapping[str, Any], *names: str, default: Any = None) -> Any:
+    """The value of the first of ``names`` that ``data`` holds and is not ``None``
+    (field names vary by answer: ``dailyTransactionId`` or ``dailyTransactionID``)."""
+    for name in names:
+        value = data.get(name)
+        if value is not None:
+            return value
+    return default
+
+
+def money(value: Any, field: str = "amount") -> Decimal:
+    """An amount as ``Decimal`` rounded to cents; numbers go through ``str`` so that
+    ``0.6000000238418579`` becomes ``0.60``. Missing or empty means zero."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return Decimal("0.00")
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError(f"{field} must be an amount, not {type(value).__name__}")
+    try:
+        amount = Decimal(str(value).strip().lstrip("$").replace(",", ""))
+    except InvalidOperation:
+        raise ValueError(f"{field} must be an amount, not {value!r}") from None
+    if not amount.is_finite():
+        raise ValueError(f"{field} must be a finite amount, not {value!r}")
+    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def text(value: Any, field: str = "value") -> str:
+    """A string with stray spaces stripped; ``None`` is empty, numbers become their digits."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"{field} must be text, not {type(value).__name__}")
+
+
+def digits(value: Any, field: str = "phoneNumber") -> str:
+    """Only the digits of a phone number given as ``"(787) 555-1234"`` or ``7875551234``."""
+    return re.sub(r"\D", "", text(value, field))
+
+
+def daily_transaction_id(value: Any) -> str:
+    """The daily transaction id as ATH Móvil shows it (``"0035"``), whether sent as text or 35."""
+    value = text(value, "dailyTransactionId")
+    return value.zfill(4) if value.isdigit() else value
+
+
+def status(value: Any, field: str = "status") -> str:
+    """A remote status in the app's spelling: OPEN, CONFIRM, COMPLETED, CANCEL or EXPIRED."""
+    spelled = text(value, field).upper()
+    try:
+        return _STATUS_SPELLINGS[spelled]
+    except KeyError:
+        raise ValueError(f"{field} {value!r} is not a known ATH Móvil status") from None
+
+
+def local_datetime(value: Any, field: str = "date") -> datetime | None:
+    """A Puerto Rico local time (``"2023-01-13 16:17:06"``, maybe with ``.0``) as aware UTC.
+
+    Empty means not yet (ATH Móvil sends ``""`` before completion). Puerto Rico has no
+    daylight saving, so the conversion never meets an ambiguous hour.
+    """
+    raw = text(value, field)
+    if not raw:
+        return None
+    try:
+        parsed = datetime.fromisoformat(raw.replace("/", "-"))
+    except ValueError:
+        raise ValueError(f"{field} must be a date like 2023-01-13 16:17:06, not {raw!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=PUERTO_RICO)
+    return parsed.astimezone(UTC).replace(microsecond=0)
+
+
+def to_local_string(moment: datetime) -> str:
+    """An aware datetime as ATH Móvil's Puerto Rico local ``YYYY-MM-DD HH:MM:SS``."""
+    if moment.tzinfo is None:
+        raise ValueError("datetimes sent to ATH Móvil must be timezone-aware")
+    return moment.astimezone(PUERTO_RICO).strftime(LOCAL_FORMAT)
+
+
+def items(value: Any) -> list[Any]:
+    """The items list, sent either as a list or as a JSON-encoded string."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError("items is a string that is not JSON") from None
+    if not isinstance(value, list):
+        raise ValueError(f"items must be a list, not {type(value).__name__}")
+    return value
+
+
+def ecommerce_id(value: Any, field: str = "ecommerceId") -> uuid.UUID:
+    """An eCommerce id as ``uuid.UUID``."""
+    if isinstance(value, uuid.UUID):
+        return value
+    raw = text(value, field)
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise ValueError(f"{field} must be a UUID, not {raw!r}") from None
+
+
+def boolean(value: Any) -> bool:
+    """A flag sent as ``true``, ``"true"`` or ``1``."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
