@@ -1,0 +1,182 @@
+"""The stored ATH Móvil payments and refunds.
+
+Field names follow the django-athm package (``ecommerce_id``, ``reference_number``,
+``metadata_1``, ``total_refunded_amount``...), so the signal receivers shops already wrote keep
+working. The fields after ``updated_at`` belong to the reconciler: when to check a payment next,
+how often it was checked, and the claim lease that lets overlapping runs split the work.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from athm_sync.managers import PaymentManager
+
+_ZERO = Decimal("0.00")
+
+
+def _money(verbose_name: str, **kwargs) -> models.DecimalField:
+    return models.DecimalField(
+        verbose_name, max_digits=10, decimal_places=2, default=_ZERO, **kwargs
+    )
+
+
+class Payment(models.Model):
+    """One ATH Móvil eCommerce payment, keyed by the ``ecommerceId`` ATH Móvil gave it."""
+
+    class Status(models.TextChoices):
+        OPEN = "OPEN", _("Open")
+        CONFIRM = "CONFIRM", _("Confirmed")
+        COMPLETED = "COMPLETED", _("Completed")
+        CANCEL = "CANCEL", _("Cancelled")
+        EXPIRED = "EXPIRED", _("Expired")
+
+    # A terminal payment never changes status again (a COMPLETED one can still be refunded).
+    TERMINAL_STATUSES = (Status.COMPLETED, Status.CANCEL, Status.EXPIRED)
+    ACTIVE_STATUSES = (Status.OPEN, Status.CONFIRM)
+
+    ecommerce_id = models.UUIDField(_("eCommerce id"), primary_key=True, editable=False)
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.OPEN
+    )
+
+    total = _money(_("total"))
+    subtotal = _money(_("subtotal"))
+    tax = _money(_("tax"))
+    fee = _money(_("fee"))
+    net_amount = _money(_("net amount"))
+    total_refunded_amount = _money(_("total refunded amount"))
+
+    reference_number = models.CharField(_("reference number"), max_length=100, blank=True)
+    daily_transaction_id = models.CharField(_("daily transaction id"), max_length=32, blank=True)
+    metadata_1 = models.CharField(_("metadata 1"), max_length=40, blank=True)
+    metadata_2 = models.CharField(_("metadata 2"), max_length=40, blank=True)
+    customer_name = models.CharField(_("customer name"), max_length=255, blank=True)
+    customer_phone = models.CharField(
+        _("customer phone"),
+        max_length=20,
+        blank=True,
+        validators=[RegexValidator(r"^\d*$", _("Digits only."))],
+    )
+    customer_email = models.EmailField(_("customer email"), max_length=254, blank=True)
+    business_name = models.CharField(_("business name"), max_length=255, blank=True)
+    items = models.JSONField(_("items"), default=list, blank=True, encoder=DjangoJSONEncoder)
+
+    transaction_date = models.DateTimeField(_("transaction date"), null=True, blank=True)
+    # Not auto_now_add: a tracked payment carries the creation time the button reported.
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+
+    # What the reconciler needs.
+    timeout = models.PositiveIntegerField(
+        _("timeout (seconds)"), default=600, help_text=_("Seconds ATH Móvil waits (120-600).")
+    )
+    expires_at = models.DateTimeField(
+        _("expires at"), null=True, blank=True, help_text=_("created_at + timeout.")
+    )
+    next_check_at = models.DateTimeField(
+        _("next check at"), null=True, blank=True, help_text=_("Empty: not due for a check.")
+    )
+    check_count = models.PositiveIntegerField(_("check count"), default=0)
+    last_checked_at = models.DateTimeField(_("last checked at"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True)
+    claimed_until = models.DateTimeField(_("claimed until"), null=True, blank=True)
+    claimed_by = models.CharField(_("claimed by"), max_length=200, blank=True)
+    # The JWT from create-payment, needed to capture a CONFIRM payment. Cleared by save() once
+    # the payment is terminal; a check constraint refuses a terminal row that still holds one.
+    auth_token = models.TextField(_("auth token"), blank=True, editable=False)
+
+    objects = PaymentManager()
+
+    class Meta:
+        verbose_name = _("ATH Móvil payment")
+        verbose_name_plural = _("ATH Móvil payments")
+        get_latest_by = "created_at"
+        indexes = [
+            # "Which payments are due for a check" reads only active rows through this index.
+            models.Index(
+                fields=["next_check_at"],
+                condition=Q(status__in=["OPEN", "CONFIRM"]) & Q(next_check_at__isnull=False),
+                name="athm_payment_due_idx",
+            ),
+            models.Index(fields=["reference_number"], name="athm_payment_reference_idx"),
+            models.Index(fields=["metadata_1"], name="athm_payment_metadata_1_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["OPEN", "CONFIRM", "COMPLETED", "CANCEL", "EXPIRED"]),
+                name="athm_payment_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["OPEN", "CONFIRM"]) | Q(auth_token=""),
+                name="athm_payment_no_token_when_terminal",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"ATH Móvil payment {self.ecommerce_id} {self.status} ${self.total}"
+
+    def save(self, *args, **kwargs) -> None:
+        """Fills ``expires_at`` when missing and drops the auth token of a terminal payment.
+
+        With ``update_fields``, the fields changed here are added to the update.
+        """
+        changed = []
+        if self.expires_at is None and self.created_at is not None:
+            self.expires_at = self.compute_expires_at()
+            changed.append("expires_at")
+        if self.clear_auth_token():
+            changed.append("auth_token")
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and changed:
+            kwargs["update_fields"] = {*update_fields, *changed}
+        super().save(*args, **kwargs)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL_STATUSES
+
+    def compute_expires_at(self):
+        return self.created_at + timedelta(seconds=self.timeout)
+
+    def clear_auth_token(self) -> bool:
+        """Forget the auth token if the payment is terminal; True when it held one."""
+        if self.is_terminal and self.auth_token:
+            self.auth_token = ""
+            return True
+        return False
+
+
+class Refund(models.Model):
+    """A refund of a completed payment, found in ATH Móvil's totals or refund webhooks."""
+
+    payment = models.ForeignKey(
+        Payment,
+        verbose_name=_("payment"),
+        related_name="refunds",
+        on_delete=models.PROTECT,
+    )
+    amount = models.DecimalField(_("amount"), max_digits=10, decimal_places=2)
+    # Not unique: ATH Móvil reuses the payment's reference number for its refunds.
+    reference_number = models.CharField(_("reference number"), max_length=100, blank=True)
+    daily_transaction_id = models.CharField(_("daily transaction id"), max_length=32, blank=True)
+    message = models.CharField(_("message"), max_length=255, blank=True)
+    transaction_date = models.DateTimeField(_("transaction date"), null=True, blank=True)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("ATH Móvil refund")
+        verbose_name_plural = _("ATH Móvil refunds")
+        ordering = ("transaction_date", "created_at", "id")
+        indexes = [models.Index(fields=["reference_number"], name="athm_refund_reference_idx")]
+
+    def __str__(self) -> str:
+        return f"ATH Móvil refund ${self.amount} of payment {self.payment_id}"
