@@ -208,7 +208,11 @@ def get_settings() -> AthmSyncSettings:
 
 def _url_problems(name: str, value: Any) -> list[Problem]:
     parts = urlsplit(value.strip()) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        port_ok = parts is None or parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number from 0 to 65535
+        port_ok = False
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
         return [
             Problem(
                 "athm_sync.E004",
@@ -255,7 +259,10 @@ def _as_timedelta(value: Any) -> timedelta | None:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+        seconds = value
     else:
         return None
-    return timedelta(seconds=seconds) if seconds > 0 else None
+    try:
+        return timedelta(seconds=seconds) if seconds > 0 else None
+    except OverflowError:  # infinity, or more days than timedelta can hold
+        return None
