@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -531,3 +532,31 @@ def test_admin_is_read_only_and_hides_the_auth_token(admin_client_logged_in):
     assert response.status_code == 403
     payment.refresh_from_db()
     assert payment.total == Decimal("3.00")
+
+
+# --- concurrency -----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_track_calls_make_one_row():
+    threads_count = 4
+    barrier = threading.Barrier(threads_count)
+    results, errors = [], []
+
+    def track():
+        try:
+            barrier.wait(timeout=5)
+            results.append(Payment.objects.track(ID, total="12.50"))
+        except Exception as exc:  # reported by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=track) for _ in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert errors == []
+    assert Payment.objects.count() == 1
+    assert {payment.pk for payment in results} == {ID}
