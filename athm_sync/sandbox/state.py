@@ -771,7 +771,8 @@ class SandboxState:
                         rows.append((refund.date, self._report_refund(p, refund)))
         if not rows:
             raise SandboxError("BTRA_0022", "There are no transactions for the date range", 400)
-        rows.sort(key=lambda row: row[0])
+        # Same-second rows keep the order ATH Móvil numbered them in (daily ids count up).
+        rows.sort(key=lambda row: (row[0], int(row[1]["dailyTransactionID"])))
         report = [row for _, row in rows]
         # The real report is inconsistent about types; every other row gets the other type.
         for index, row in enumerate(report):
