@@ -840,3 +840,20 @@ def test_cli_port_in_use(capsys):
         assert main(["--port", str(busy.getsockname()[1])]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "cannot listen" in err
+
+
+def test_advancing_the_clock_posts_expiry_webhooks(sandbox, listener):
+    subscribe(sandbox, listener.url)
+    sandbox.state.auto_webhooks = True
+    ecommerce_id = create(sandbox, timeout=120)["ecommerceId"]
+    sandbox.advance(120)
+    assert listener.received[-1]["status"] == "expired"
+    assert listener.received[-1]["ecommerceId"] == ecommerce_id
+    assert listener.received[-1]["referenceNumber"] == ""
+
+
+def test_webhooks_respect_subscription_flags(sandbox, listener):
+    subscribe(sandbox, listener.url, ecommercePaymentCancelledEvent=False)
+    sandbox.state.auto_webhooks = True
+    sandbox.cancel(create(sandbox)["ecommerceId"])
+    assert listener.received == []

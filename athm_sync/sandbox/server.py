@@ -354,6 +354,8 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError as exc:  # the shop's webhook listener could not be reached
             status, answer = 502, {"error": f"webhook delivery failed: {exc}"}
         self._send_json(status, answer)
+        # Expiries noticed while reading (e.g. GET /sandbox/payments) owe their auto webhooks.
+        self.state.deliver_webhooks()
 
     def _control_route(self, method: str, path: str, data: dict[str, Any]) -> tuple[int, Any]:
         state = self.state

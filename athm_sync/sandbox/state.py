@@ -248,12 +248,21 @@ class SandboxState:
             return datetime.fromtimestamp(self._now_ts(), UTC)
 
     def advance(self, seconds: float) -> datetime:
-        """Move the sandbox clock forward (payments expire lazily when next read)."""
+        """Move the sandbox clock forward; payments whose deadline passed become CANCEL.
+
+        Expiry is otherwise lazy (applied when a payment is read), so moving real time, e.g.
+        with time-machine, expires payments too.
+        """
         if seconds < 0:
             raise ValueError("the sandbox clock only moves forward")
         with self._lock:
             self._offset += float(seconds)
-            return datetime.fromtimestamp(self._now_ts(), UTC)
+            # Sweep now rather than on the next read, so auto webhooks report expiries promptly.
+            for payment in self._payments.values():
+                self._refresh(payment)
+            moment = datetime.fromtimestamp(self._now_ts(), UTC)
+        self.deliver_webhooks()
+        return moment
 
     def clock(self) -> dict[str, Any]:
         """The clock as the control API shows it: UTC ISO time, PR local time, offset."""
