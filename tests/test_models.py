@@ -560,3 +560,39 @@ def test_concurrent_track_calls_make_one_row():
     assert errors == []
     assert Payment.objects.count() == 1
     assert {payment.pk for payment in results} == {ID}
+
+
+# --- create_via_api() through the real client and the sandbox (loopback only) ----------------
+
+
+@pytest.fixture
+def own_sandbox(settings):
+    from athm_sync.sandbox import SandboxServer
+
+    server = SandboxServer(port=0).start()
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "API_BASE_URL": server.url}
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.django_db
+def test_create_via_api_with_the_real_client_and_the_sandbox(own_sandbox):
+    payment = Payment.objects.create_via_api(total="12.50", tax="1.00", metadata_1="order-17")
+    payment.refresh_from_db()
+    remote = own_sandbox.state.payment_data(str(payment.ecommerce_id))
+    assert remote["ecommerceStatus"] == "OPEN"
+    assert Decimal(str(remote["total"])) == payment.total == Decimal("12.50")
+    assert remote["metadata1"] == "order-17"
+    assert payment.auth_token  # the JWT the sandbox answered with, kept to capture
+
+
+@pytest.mark.django_db
+def test_create_via_api_with_rejected_credentials_stores_nothing(own_sandbox, settings):
+    from athm_sync.errors import ATHMovilError
+
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "PUBLIC_TOKEN": "wrong-token"}
+    with pytest.raises(ATHMovilError):
+        Payment.objects.create_via_api(total="12.50")
+    assert Payment.objects.count() == 0
