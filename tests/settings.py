@@ -60,9 +60,9 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
+            # The test database is in memory, so parallel runs never share a file.
             "NAME": os.path.join(os.path.dirname(__file__), "test.sqlite3"),
             "OPTIONS": {"transaction_mode": "IMMEDIATE"},
-            "TEST": {"NAME": os.path.join(os.path.dirname(__file__), "test-db.sqlite3")},
         }
     }
 
