@@ -428,9 +428,7 @@ class ATHMovilClient:
             raise
         rows = answer.get("data") if isinstance(answer, dict) else answer
         if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-            raise InvalidResponseError(
-                "the answer is not a list of transactions", call=REPORT.name
-            )
+            raise InvalidResponseError("the answer is not a list of transactions", call=REPORT.name)
         return _parse(REPORT, lambda: [ReportTransaction.from_api(row) for row in rows])
 
     def subscribe_webhooks(
@@ -487,8 +485,10 @@ class ATHMovilClient:
             | tenacity.stop_before_delay(self.retry_deadline),
             wait=tenacity.wait_random_exponential(multiplier=0.25, max=8),
             retry=tenacity.retry_if_exception(
-                lambda error: isinstance(error, _NotSent)
-                or (endpoint.repeatable and isinstance(error, TransientError))
+                lambda error: (
+                    isinstance(error, _NotSent)
+                    or (endpoint.repeatable and isinstance(error, TransientError))
+                )
             ),
             before_sleep=lambda state: self._log_retry(endpoint, state),
             sleep=self._sleep,
@@ -530,9 +530,7 @@ class ATHMovilClient:
                 f"the connection failed: {_describe(error)}", call=endpoint.name
             ) from None
         except requests.Timeout:
-            raise TransientError(
-                f"no answer within {timeout[1]:g} s", call=endpoint.name
-            ) from None
+            raise TransientError(f"no answer within {timeout[1]:g} s", call=endpoint.name) from None
         except requests.RequestException as error:
             raise TransientError(_describe(error), call=endpoint.name) from None
         logger.debug(

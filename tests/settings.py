@@ -1,9 +1,10 @@
 """Settings for the test suite: SQLite by default, PostgreSQL when DATABASE_URL is set."""
 
 import os
+import tempfile
 from urllib.parse import unquote, urlsplit
 
-SECRET_KEY = "tests-only-not-secret"  # noqa: S105
+SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
 USE_TZ = True
 TIME_ZONE = "America/New_York"  # deliberately neither UTC nor Puerto Rico
@@ -60,9 +61,14 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            # The test database is in memory, so parallel runs never share a file.
             "NAME": os.path.join(os.path.dirname(__file__), "test.sqlite3"),
             "OPTIONS": {"transaction_mode": "IMMEDIATE"},
+            # A file, so threads and processes share it, named per run, so that two runs
+            # never share one (ATHM_TEST_SQLITE lets a child process join its parent's).
+            "TEST": {
+                "NAME": os.environ.get("ATHM_TEST_SQLITE")
+                or os.path.join(tempfile.gettempdir(), f"athm-sync-test-{os.getpid()}.sqlite3")
+            },
         }
     }
 
