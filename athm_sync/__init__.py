@@ -7,4 +7,19 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "sync_payment"]
+
+
+def sync_payment(ecommerce_id):  # type: ignore[no-untyped-def]
+    """Check one stored payment with ATH Móvil now and apply what changed, firing its signals.
+
+    For a shop's "thank you" page: the same path as ``manage.py athm_sync``, for one payment.
+    Returns the :class:`athm_sync.reconcile.Outcome` (``outcome.payment`` is the fresh row).
+    Raises ``Payment.DoesNotExist`` for a payment that is not stored, ``ValueError`` for an id
+    that is not a UUID, and ``athm_sync.client.AuthenticationError`` when the credentials are
+    rejected; other API failures are recorded on the payment (``last_error``).
+    """
+    from athm_sync.managers import validate_ecommerce_id
+    from athm_sync.reconcile import check_payment
+
+    return check_payment(validate_ecommerce_id(ecommerce_id))

@@ -180,3 +180,80 @@ class Refund(models.Model):
 
     def __str__(self) -> str:
         return f"ATH Móvil refund ${self.amount} of payment {self.payment_id}"
+
+
+class PaymentEvent(models.Model):
+    """A transition, written in the same transaction as the change it records (the outbox).
+
+    Its signal is sent after that transaction commits; ``dispatched_at`` is set when it is.
+    A run finds events a crash left undispatched and sends them then, so no signal is lost.
+    """
+
+    class Kind(models.TextChoices):
+        COMPLETED = "completed", _("Payment completed")
+        CANCELLED = "cancelled", _("Payment cancelled")
+        EXPIRED = "expired", _("Payment expired")
+        REFUND_SENT = "refund_sent", _("Refund sent")
+
+    payment = models.ForeignKey(
+        Payment, verbose_name=_("payment"), related_name="events", on_delete=models.CASCADE
+    )
+    refund = models.ForeignKey(
+        Refund,
+        verbose_name=_("refund"),
+        related_name="events",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+    )
+    kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices)
+    from_status = models.CharField(_("from status"), max_length=16, blank=True)
+    to_status = models.CharField(_("to status"), max_length=16, blank=True)
+    source = models.CharField(
+        _("source"), max_length=32, blank=True, help_text=_("What saw it: poll, webhook...")
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    dispatched_at = models.DateTimeField(_("dispatched at"), null=True, blank=True)
+    receiver_errors = models.PositiveIntegerField(_("receiver errors"), default=0)
+
+    class Meta:
+        verbose_name = _("ATH Móvil payment event")
+        verbose_name_plural = _("ATH Móvil payment events")
+        ordering = ("created_at", "id")
+        indexes = [
+            # Undispatched events are few; the sweep reads only them.
+            models.Index(
+                fields=["created_at"],
+                condition=Q(dispatched_at__isnull=True),
+                name="athm_event_pending_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} ({self.payment_id})"
+
+
+class SyncRun(models.Model):
+    """One run of ``manage.py athm_sync`` (dry runs are not recorded)."""
+
+    started_at = models.DateTimeField(_("started at"), default=timezone.now)
+    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    host = models.CharField(_("host"), max_length=255, blank=True)
+    pid = models.PositiveIntegerField(_("process id"), null=True, blank=True)
+    options = models.JSONField(_("options"), default=dict, blank=True, encoder=DjangoJSONEncoder)
+    checked = models.PositiveIntegerField(_("checked"), default=0)
+    unchanged = models.PositiveIntegerField(_("unchanged"), default=0)
+    transitions = models.JSONField(_("transitions"), default=dict, blank=True)
+    signals_sent = models.PositiveIntegerField(_("signals sent"), default=0)
+    receiver_errors = models.PositiveIntegerField(_("receiver errors"), default=0)
+    errors = models.JSONField(_("errors"), default=list, blank=True, encoder=DjangoJSONEncoder)
+    exit_code = models.SmallIntegerField(_("exit code"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("ATH Móvil sync run")
+        verbose_name_plural = _("ATH Móvil sync runs")
+        ordering = ("-started_at", "-id")
+        get_latest_by = "started_at"
+
+    def __str__(self) -> str:
+        return f"athm_sync run {self.started_at:%Y-%m-%d %H:%M:%S} (exit {self.exit_code})"

@@ -1,0 +1,540 @@
+"""The one place that decides a payment's transitions, and the outbox that fires signals.
+
+Every door (the ``athm_sync`` command, the webhook view, :func:`athm_sync.sync_payment`, the
+admin) goes through the same three steps:
+
+1. :func:`observe` asks ATH Móvil (find payment, and authorization for a payment the customer
+   confirmed but nobody captured). Network only: it touches no database, so it can run in
+   worker threads.
+2. :func:`apply` locks the payment row, lets :func:`decide` pick the transition, writes the
+   remote fields, the status, any new refund and one :class:`~athm_sync.models.PaymentEvent`
+   per transition, all in one transaction.
+3. After commit, :func:`dispatch` sends each event's signal once, claiming the event first so
+   that two processes never send the same one. An event a crash left unsent is sent by the
+   next :func:`dispatch_pending`.
+
+A second door arriving at the same payment sees the status already changed and does nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from django.db import OperationalError, connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from athm_sync import signals
+from athm_sync.client import (
+    ATHMovilClient,
+    ATHMovilError,
+    AuthenticationError,
+    AuthTokenError,
+    InvalidStateError,
+    NotFoundError,
+    PaymentSnapshot,
+)
+from athm_sync.conf import AthmSyncSettings, get_settings
+from athm_sync.models import Payment, PaymentEvent, Refund
+
+logger = logging.getLogger("athm_sync.reconcile")
+
+OPEN, CONFIRM = Payment.Status.OPEN, Payment.Status.CONFIRM
+COMPLETED, CANCEL, EXPIRED = Payment.Status.COMPLETED, Payment.Status.CANCEL, Payment.Status.EXPIRED
+HINT_CANCELLED, HINT_EXPIRED = "cancelled", "expired"
+HINTS = (HINT_CANCELLED, HINT_EXPIRED)
+
+# A status only moves forward: OPEN -> CONFIRM -> one of the terminal statuses.
+_RANK = {OPEN: 0, CONFIRM: 1, COMPLETED: 2, CANCEL: 2, EXPIRED: 2}
+_EVENT_FOR_STATUS = {
+    COMPLETED: PaymentEvent.Kind.COMPLETED,
+    CANCEL: PaymentEvent.Kind.CANCELLED,
+    EXPIRED: PaymentEvent.Kind.EXPIRED,
+}
+# Rechecks of a payment that is still open: often while the customer can act, then backing off.
+MIN_INTERVAL = timedelta(seconds=5)
+MAX_INTERVAL_BEFORE_DEADLINE = timedelta(seconds=60)
+FIRST_INTERVAL_AFTER_DEADLINE = timedelta(seconds=30)
+MAX_INTERVAL = timedelta(hours=1)
+# A capture needs an auth token with at least this much life left.
+TOKEN_MARGIN = timedelta(seconds=10)
+
+T = TypeVar("T")
+
+
+# -- deciding ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one observation means for a stored payment."""
+
+    status: str
+    event: str | None = None
+    refund_amount: Decimal = Decimal("0.00")
+    note: str = ""
+
+    @property
+    def changes_anything(self) -> bool:
+        return self.event is not None or self.refund_amount > 0
+
+
+def decide(
+    payment: Payment,
+    snapshot: PaymentSnapshot | None,
+    hint: str | None = None,
+    *,
+    now: datetime,
+    conf: AthmSyncSettings,
+) -> Decision:
+    """The transition for ``payment`` given what ATH Móvil says (the status mapping table).
+
+    ``snapshot`` is ``None`` when ATH Móvil does not know the payment. ``hint`` is a webhook's
+    ``cancelled`` or ``expired``: findPayment says CANCEL for both.
+    """
+    current = payment.status
+    note = ""
+    if snapshot is None:
+        deadline = payment.expires_at + conf.expiry_grace
+        target = EXPIRED if now >= deadline else current
+        if target == EXPIRED:
+            note = "ATH Móvil never knew this payment; it never reached ATH Móvil"
+    elif snapshot.status in (CANCEL, EXPIRED):
+        if hint == HINT_EXPIRED or snapshot.status == EXPIRED:
+            target = EXPIRED
+        elif hint == HINT_CANCELLED:
+            target = CANCEL
+        else:
+            target = EXPIRED if now >= payment.expires_at else CANCEL
+    else:
+        target = snapshot.status
+
+    if current in Payment.TERMINAL_STATUSES or _RANK[target] < _RANK[current]:
+        if COMPLETED in (target, current) and target != current and _RANK[target] == 2:
+            # Money and the stored outcome disagree: someone must look.
+            note = f"ATH Móvil says {target} but the payment is already {current}; kept"
+        target = current
+    event = _EVENT_FOR_STATUS.get(target) if target != current else None
+
+    refund_amount = Decimal("0.00")
+    if snapshot is not None and target == COMPLETED:
+        grown = snapshot.total_refunded_amount - payment.total_refunded_amount
+        refund_amount = max(grown, Decimal("0.00"))
+    return Decision(status=target, event=event, refund_amount=refund_amount, note=note)
+
+
+def next_check(payment: Payment, now: datetime, conf: AthmSyncSettings) -> datetime | None:
+    """When an active payment should be checked again; ``None`` once given up (``MAX_AGE``).
+
+    Before its deadline a payment is rechecked every 5 to 60 seconds (the customer may act any
+    moment) and once right at the deadline, so that an expiry is seen as one. After it, the
+    interval doubles up to an hour.
+    """
+    if payment.is_terminal or now >= payment.created_at + conf.max_age:
+        return None
+    if now < payment.expires_at:
+        age = now - payment.created_at
+        interval = min(MAX_INTERVAL_BEFORE_DEADLINE, max(MIN_INTERVAL, age / 2))
+        return min(now + interval, payment.expires_at)
+    overdue_checks = max(0, payment.check_count - 1)
+    interval = min(MAX_INTERVAL, FIRST_INTERVAL_AFTER_DEADLINE * 2 ** min(overdue_checks, 10))
+    return now + interval
+
+
+# -- observing (network only) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What ATH Móvil said about one payment: a snapshot, "not found", or an error."""
+
+    ecommerce_id: Any
+    snapshot: PaymentSnapshot | None = None
+    not_found: bool = False
+    error: ATHMovilError | None = None
+    captured: bool = False
+    drop_auth_token: bool = False
+
+
+def observe(
+    client: ATHMovilClient,
+    ecommerce_id: Any,
+    auth_token: str = "",
+    *,
+    capture: bool = True,
+    now: datetime | None = None,
+) -> Observation:
+    """Ask ATH Móvil about one payment, capturing it when confirmed but never captured.
+
+    Raises :class:`AuthenticationError` when the merchant's credentials are rejected (nothing
+    else can work then); every other failure is returned in ``error``.
+    """
+    now = now or timezone.now()
+    try:
+        snapshot = client.find_payment(ecommerce_id)
+    except NotFoundError:
+        return Observation(ecommerce_id, not_found=True)
+    except AuthTokenError as error:
+        return Observation(ecommerce_id, error=error)
+    except AuthenticationError:
+        raise
+    except ATHMovilError as error:
+        return Observation(ecommerce_id, error=error)
+    if not (capture and snapshot.status == CONFIRM and auth_token):
+        return Observation(ecommerce_id, snapshot=snapshot)
+    if not auth_token_usable(auth_token, now):
+        return Observation(ecommerce_id, snapshot=snapshot, drop_auth_token=True)
+    try:
+        captured = client.authorize(auth_token)
+    except (AuthTokenError, InvalidStateError) as error:
+        logger.info("Payment %s could not be captured: %s", ecommerce_id, error)
+        return Observation(ecommerce_id, snapshot=snapshot, drop_auth_token=True)
+    except ATHMovilError as error:
+        # The capture may or may not have happened; the next findPayment tells.
+        logger.warning("Capture of payment %s failed: %s", ecommerce_id, error)
+        return Observation(ecommerce_id, snapshot=snapshot)
+    logger.info("Captured payment %s, which the customer confirmed", ecommerce_id)
+    return Observation(ecommerce_id, snapshot=captured, captured=True)
+
+
+def auth_token_usable(auth_token: str, now: datetime) -> bool:
+    """Whether a create-payment JWT still has life in it. An unreadable token is tried anyway:
+    ATH Móvil decides; its expiry is only read here to save a call bound to fail."""
+    try:
+        payload = auth_token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        expires = datetime.fromtimestamp(float(claims["exp"]), tz=now.tzinfo)
+    except (IndexError, ValueError, KeyError, TypeError, OverflowError):
+        return True
+    return expires - TOKEN_MARGIN > now
+
+
+# -- applying (one transaction) ------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What :func:`apply` did. The signal counts are filled in when the events are sent."""
+
+    payment: Payment
+    decision: Decision
+    events: list[PaymentEvent] = field(default_factory=list)
+    signals_sent: int = 0
+    receiver_errors: int = 0
+    given_up: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return self.decision.changes_anything
+
+
+def apply(
+    observation: Observation,
+    hint: str | None = None,
+    *,
+    source: str = "poll",
+    now: datetime | None = None,
+    conf: AthmSyncSettings | None = None,
+) -> Outcome:
+    """Record one observation: the only function that changes a payment's status.
+
+    Locks the row, decides, writes the payment, any refund and the transition events in one
+    transaction, and sends the events' signals after it commits. Raises ``Payment.DoesNotExist``
+    for a payment that is not stored.
+    """
+    conf = conf or get_settings()
+    now = now or timezone.now()
+    outcome = run_locked(lambda: _apply_locked(observation, hint, source, now, conf))
+    if outcome.given_up:
+        logger.warning(
+            "Gave up on payment %s: still %s after %s",
+            outcome.payment.pk,
+            outcome.payment.status,
+            conf.max_age,
+        )
+    return outcome
+
+
+def _apply_locked(
+    observation: Observation,
+    hint: str | None,
+    source: str,
+    now: datetime,
+    conf: AthmSyncSettings,
+) -> Outcome:
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().get(pk=observation.ecommerce_id)
+        before = payment.status
+        payment.check_count += 1
+        payment.last_checked_at = now
+        payment.claimed_by, payment.claimed_until = "", None
+        if observation.error is not None:
+            decision = Decision(status=before)
+            payment.last_error = str(observation.error)[:1000]
+        else:
+            snapshot = observation.snapshot
+            decision = decide(payment, snapshot, hint, now=now, conf=conf)
+            if decision.note:
+                logger.warning("Payment %s: %s", payment.pk, decision.note)
+            if snapshot is not None:
+                _copy_remote_fields(payment, snapshot, refresh_all=not payment.is_terminal)
+            payment.status = decision.status
+            payment.last_error = decision.note if decision.status == EXPIRED else ""
+        if observation.drop_auth_token:
+            payment.auth_token = ""
+        payment.next_check_at = next_check(payment, now, conf)
+        given_up = payment.next_check_at is None and not payment.is_terminal
+        if given_up:
+            payment.last_error = f"given up: still {payment.status} after {conf.max_age}"
+        payment.save()
+
+        outcome = Outcome(payment=payment, decision=decision, given_up=given_up)
+        if decision.event:
+            outcome.events.append(
+                PaymentEvent.objects.create(
+                    payment=payment,
+                    kind=decision.event,
+                    from_status=before,
+                    to_status=decision.status,
+                    source=source,
+                    created_at=now,
+                )
+            )
+        if decision.refund_amount > 0:
+            refund = Refund.objects.create(
+                payment=payment,
+                amount=decision.refund_amount,
+                reference_number=payment.reference_number,
+                created_at=now,
+            )
+            outcome.events.append(
+                PaymentEvent.objects.create(
+                    payment=payment,
+                    refund=refund,
+                    kind=PaymentEvent.Kind.REFUND_SENT,
+                    from_status=decision.status,
+                    to_status=decision.status,
+                    source=source,
+                    created_at=now,
+                )
+            )
+        if outcome.events:
+            event_ids = [event.pk for event in outcome.events]
+            transaction.on_commit(lambda: _record_dispatch(outcome, dispatch(event_ids)))
+    return outcome
+
+
+def _record_dispatch(outcome: Outcome, counts: tuple[int, int]) -> None:
+    outcome.signals_sent, outcome.receiver_errors = counts
+
+
+def _copy_remote_fields(payment: Payment, snapshot: PaymentSnapshot, refresh_all: bool) -> None:
+    """Copy what ATH Móvil knows onto the row; a terminal payment only gains its refunds."""
+    payment.total_refunded_amount = max(
+        payment.total_refunded_amount, snapshot.total_refunded_amount
+    )
+    if not refresh_all and payment.reference_number:
+        return
+    for name in (
+        "reference_number",
+        "daily_transaction_id",
+        "transaction_date",
+        "customer_name",
+        "customer_phone",
+        "customer_email",
+        "business_name",
+    ):
+        value = getattr(snapshot, name)
+        if value:  # ATH Móvil sends "" until it knows; never erase what is stored
+            setattr(payment, name, value)
+    for name in ("fee", "net_amount"):
+        value = getattr(snapshot, name)
+        if value:
+            setattr(payment, name, value)
+
+
+def run_locked(work: Callable[[], T], attempts: int = 8) -> T:
+    """Run a transaction, retrying it while SQLite says "database is locked".
+
+    With Django's default deferred transactions, SQLite refuses at once a transaction that read
+    and then tries to write while another process writes; running it again succeeds. Other
+    databases wait for the lock instead, so this never retries there.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return work()
+        except OperationalError as error:
+            locked = connection.vendor == "sqlite" and "locked" in str(error)
+            if not locked or attempt == attempts or connection.in_atomic_block:
+                raise
+            time.sleep(min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))  # noqa: S311
+    raise AssertionError("unreachable")
+
+
+# -- dispatching the outbox ----------------------------------------------------------------
+
+
+def dispatch(event_ids: Iterable[int]) -> tuple[int, int]:
+    """Send the signal of each given event not yet sent; returns (signals sent, receiver errors).
+
+    Each event is claimed by setting ``dispatched_at`` before its signal goes out, so that two
+    processes never send it twice. A receiver that raises is logged with its traceback and
+    counted; the other receivers still run and the transition stands.
+    """
+    sent = errors = 0
+    events = (
+        PaymentEvent.objects.filter(pk__in=list(event_ids), dispatched_at__isnull=True)
+        .select_related("payment", "refund")
+        .order_by("created_at", "pk")
+    )
+    for event in events:
+        claimed = run_locked(
+            lambda event=event: PaymentEvent.objects.filter(
+                pk=event.pk, dispatched_at__isnull=True
+            ).update(dispatched_at=timezone.now())
+        )
+        if not claimed:
+            continue
+        failures = _send(event)
+        sent += 1
+        errors += failures
+        if failures:
+            run_locked(
+                lambda event=event, failures=failures: PaymentEvent.objects.filter(
+                    pk=event.pk
+                ).update(receiver_errors=failures)
+            )
+    return sent, errors
+
+
+def dispatch_pending() -> tuple[int, int]:
+    """Send the events a crash left unsent (committed, never dispatched)."""
+    pending = list(
+        PaymentEvent.objects.filter(dispatched_at__isnull=True)
+        .order_by("created_at")
+        .values_list("pk", flat=True)
+    )
+    if pending:
+        logger.warning("Sending %d signal(s) left unsent by an earlier run", len(pending))
+    return dispatch(pending)
+
+
+def _send(event: PaymentEvent) -> int:
+    payment = event.payment
+    if event.kind == PaymentEvent.Kind.REFUND_SENT:
+        signal, sender = signals.refund_sent, Refund
+        responses = signal.send_robust(sender=Refund, refund=event.refund, payment=payment)
+    else:
+        signal = {
+            PaymentEvent.Kind.COMPLETED: signals.payment_completed,
+            PaymentEvent.Kind.CANCELLED: signals.payment_cancelled,
+            PaymentEvent.Kind.EXPIRED: signals.payment_expired,
+        }[event.kind]
+        sender = Payment
+        responses = signal.send_robust(sender=Payment, payment=payment)
+    failures = 0
+    for receiver, response in responses:
+        if isinstance(response, Exception):
+            failures += 1
+            logger.error(
+                "Receiver %s of %s failed for payment %s",
+                getattr(receiver, "__qualname__", receiver),
+                event.kind,
+                payment.pk,
+                exc_info=(type(response), response, response.__traceback__),
+            )
+    logger.debug("Sent %s for payment %s (sender %s)", event.kind, payment.pk, sender.__name__)
+    return failures
+
+
+# -- claiming due payments -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A payment a run has claimed: what a worker needs without touching the database."""
+
+    ecommerce_id: Any
+    auth_token: str
+
+
+def claim_due(
+    run_id: str, limit: int, lease: timedelta, now: datetime | None = None
+) -> list[Claimed]:
+    """Claim up to ``limit`` due payments for ``run_id`` until ``now + lease``.
+
+    Two runs never hold the same payment: on PostgreSQL rows another run is claiming are
+    skipped (``SKIP LOCKED``); everywhere, the claim is a conditional update that only takes
+    rows whose lease is free or has expired (its holder died).
+    """
+    now = now or timezone.now()
+
+    def claim() -> list[Claimed]:
+        with transaction.atomic():
+            free = Payment.objects.due(now).filter(_lease_free(now))
+            if connection.features.has_select_for_update_skip_locked:
+                free = free.select_for_update(skip_locked=True)
+            ids = list(free.values_list("pk", flat=True)[:limit])
+            if not ids:
+                return []
+            Payment.objects.filter(_lease_free(now), pk__in=ids).update(
+                claimed_by=run_id, claimed_until=now + lease
+            )
+            rows = Payment.objects.filter(pk__in=ids, claimed_by=run_id).values_list(
+                "pk", "auth_token"
+            )
+            return [Claimed(pk, token) for pk, token in rows]
+
+    return run_locked(claim)
+
+
+def release_claims(run_id: str) -> int:
+    """Give back every payment ``run_id`` still holds (a run that stops early)."""
+    return run_locked(
+        lambda: Payment.objects.filter(claimed_by=run_id).update(claimed_by="", claimed_until=None)
+    )
+
+
+def _lease_free(now: datetime) -> Q:
+    return Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
+
+
+# -- one payment, now ----------------------------------------------------------------------
+
+
+def check_payment(
+    ecommerce_id: Any,
+    *,
+    hint: str | None = None,
+    source: str = "sync_payment",
+    client: ATHMovilClient | None = None,
+) -> Outcome:
+    """Check one stored payment now, through the same path as the poller.
+
+    Raises ``Payment.DoesNotExist`` when it is not stored and :class:`AuthenticationError` when
+    the credentials are rejected; other API failures are recorded on the payment.
+    """
+    conf = get_settings()
+    payment = Payment.objects.get(pk=ecommerce_id)
+    own_client = client is None
+    client = client or ATHMovilClient.from_settings()
+    try:
+        observation = observe(
+            client,
+            payment.pk,
+            payment.auth_token,
+            capture=conf.auto_capture and not payment.is_terminal,
+        )
+    finally:
+        if own_client:
+            client.close()
+    return apply(observation, hint, source=source, conf=conf)
