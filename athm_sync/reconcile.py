@@ -329,7 +329,10 @@ def _apply_locked(
             )
         if outcome.events:
             event_ids = [event.pk for event in outcome.events]
-            transaction.on_commit(lambda: _record_dispatch(outcome, dispatch(event_ids)))
+            # robust: a failure while sending is logged; the events stay pending for the sweep.
+            transaction.on_commit(
+                lambda: _record_dispatch(outcome, dispatch(event_ids)), robust=True
+            )
     return outcome
 
 
