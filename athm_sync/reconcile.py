@@ -145,8 +145,10 @@ def next_check(payment: Payment, now: datetime, conf: AthmSyncSettings) -> datet
         age = now - payment.created_at
         interval = min(MAX_INTERVAL_BEFORE_DEADLINE, max(MIN_INTERVAL, age / 2))
         return min(now + interval, payment.expires_at)
-    overdue_checks = max(0, payment.check_count - 1)
-    interval = min(MAX_INTERVAL, FIRST_INTERVAL_AFTER_DEADLINE * 2 ** min(overdue_checks, 10))
+    # From the time overdue, not from check_count: that also counts the checks made before
+    # the deadline, which made the first interval after it a whole hour. Checked when due,
+    # this gives 30 s, 60 s, 120 s... (each interval doubles) up to an hour.
+    interval = min(MAX_INTERVAL, FIRST_INTERVAL_AFTER_DEADLINE + (now - payment.expires_at))
     return now + interval
 
 
