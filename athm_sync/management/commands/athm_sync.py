@@ -1,0 +1,178 @@
+"""``manage.py athm_sync``: check every due payment with ATH Móvil and apply what changed.
+
+Exit status: 0 when every due payment was checked, 1 when some could not be checked after
+retries (each listed in the summary), 2 when the run cannot happen (bad settings or options,
+credentials rejected). Expected failures print one line on stderr, never a traceback.
+
+The work is done by :class:`athm_sync.runner.Runner`; this module parses and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, NoReturn
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandParser
+
+from athm_sync.conf import get_settings
+from athm_sync.runner import (
+    EXIT_CANNOT_RUN,
+    CannotRun,
+    Change,
+    Runner,
+    RunOptions,
+    RunReport,
+    parse_ecommerce_ids,
+)
+
+PROGRAM = "athm_sync"
+BAR_WIDTH = 30
+_LABELS = {
+    "completed": "COMPLETED",
+    "cancelled": "CANCELLED",
+    "expired": "EXPIRED",
+    "refund_sent": "REFUNDED",
+}
+
+
+class Command(BaseCommand):
+    help = (
+        "Ask ATH Móvil about every payment that can still change, apply each transition once "
+        "and send its signal. Exit 0: all checked; 1: some could not be checked; 2: cannot run."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Ask ATH Móvil and report what would change; write nothing, send no signal.",
+        )
+        parser.add_argument(
+            "--ecommerce-id",
+            action="append",
+            default=[],
+            metavar="ID",
+            dest="ecommerce_id",
+            help="Check this stored payment (any status) instead of the due ones. Repeatable.",
+        )
+        parser.add_argument(
+            "--limit", type=int, metavar="N", help="Check at most N payments in this run."
+        )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            metavar="N",
+            help="Concurrent calls to ATH Móvil (default: ATHM_SYNC['WORKERS']).",
+        )
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="Print one JSON summary on stdout and nothing else there.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self._json = options["json"]
+        self._verbosity = int(options["verbosity"])
+        self._bar_shown = False
+        self._dry_run = bool(options["dry_run"])
+        try:
+            conf = get_settings()
+        except ImproperlyConfigured as error:
+            self._fail(f"bad ATHM_SYNC setting: {error}")
+        try:
+            run_options = RunOptions(
+                dry_run=options["dry_run"],
+                ecommerce_ids=parse_ecommerce_ids(options["ecommerce_id"] or ()),
+                limit=options["limit"],
+                workers=options["workers"],
+            )
+        except CannotRun as error:
+            self._fail(str(error))
+        runner = Runner(
+            run_options,
+            conf=conf,
+            progress=self._progress if self._show_progress() else None,
+            on_change=self._print_change if self._verbosity >= 2 and not self._json else None,
+        )
+        try:
+            report = runner.run()
+        except CannotRun as error:
+            self._end_progress()
+            if runner.report.exit_code != EXIT_CANNOT_RUN:  # refused before anything ran
+                self._fail(str(error))
+            self._print_report(runner.report)
+            self._fail(str(error))
+        self._end_progress()
+        self._print_report(report)
+        if report.unreachable:
+            self.stderr.write(
+                f"{PROGRAM}: error: ATH Móvil is unreachable at {conf.api_base_url} "
+                f"(could not connect for any of {len(report.errors)} payment(s))"
+            )
+        if report.exit_code:
+            sys.exit(report.exit_code)
+
+    # -- output ------------------------------------------------------------------------------
+
+    def _fail(self, message: str) -> NoReturn:
+        """One line on stderr and exit 2: expected failures get no traceback."""
+        self._end_progress()
+        self.stderr.write(f"{PROGRAM}: error: {' '.join(message.split())}")
+        raise SystemExit(EXIT_CANNOT_RUN)
+
+    def _print_report(self, report: RunReport) -> None:
+        if self._json:
+            self.stdout.write(json.dumps(report.as_json()))
+            return
+        if self._verbosity < 1 and not report.errors:
+            return
+        t = report.transitions
+        title = "dry run, nothing written: " if report.dry_run else ""
+        lines = [
+            f"{PROGRAM}: {title}checked {report.checked} payment(s) in "
+            f"{report.duration_seconds:.2f} s",
+            f"  unchanged: {report.unchanged}",
+            f"  {'would be ' if report.dry_run else ''}completed: {t['completed']}, "
+            f"cancelled: {t['cancelled']}, expired: {t['expired']}, "
+            f"refunds: {t['refund_sent']}",
+            f"  captured: {report.captured}, given up: {report.given_up}",
+            f"  signals sent: {report.signals_sent} ({report.redispatched} left by an earlier "
+            f"run), receiver errors: {report.receiver_errors}",
+            f"  errors: {len(report.errors)}",
+        ]
+        lines += [
+            f"    {error['ecommerce_id'] or '-'}: {error['reason']}" for error in report.errors
+        ]
+        self.stdout.write("\n".join(lines))
+
+    def _print_change(self, change: Change) -> None:
+        verb = "would send" if self._dry_run else "signal"
+        self.stdout.write(
+            f"{_LABELS[change.kind]:<10} {change.ecommerce_id}  ${change.amount}  "
+            f"{change.metadata_1 or '-'} ({verb} {change.signal})"
+        )
+
+    # -- progress bar --------------------------------------------------------------------
+
+    def _show_progress(self) -> bool:
+        if self._json or self._verbosity < 1:
+            return False
+        try:
+            return bool(self.stderr.isatty())
+        except (AttributeError, ValueError):
+            return False
+
+    def _progress(self, done: int, total: int) -> None:
+        filled = BAR_WIDTH if not total else BAR_WIDTH * done // total
+        self.stderr.write(
+            f"\r[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {done}/{total}", ending=""
+        )
+        self.stderr.flush()
+        self._bar_shown = True
+
+    def _end_progress(self) -> None:
+        if getattr(self, "_bar_shown", False):
+            self.stderr.write("")
+            self._bar_shown = False

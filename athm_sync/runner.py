@@ -1,0 +1,476 @@
+"""One run of ``manage.py athm_sync``: claim due payments, ask ATH Móvil, apply, count.
+
+The command parses options and prints; this module does the work, so it can be called from
+other code (a ``--watch`` loop, a Celery task) and tested without parsing argv.
+
+Threads: only :func:`athm_sync.reconcile.observe` (network, no database) runs in the worker
+pool. Claims, :func:`~athm_sync.reconcile.apply` and every other query run in the calling
+thread, so a run uses one database connection however many workers it has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from athm_sync import reconcile
+from athm_sync.client import ATHMovilClient, AuthenticationError
+from athm_sync.conf import AthmSyncSettings, get_settings
+from athm_sync.models import Payment, PaymentEvent, SyncRun
+
+# Each kind of transition, as counted in the summary and the ``--json`` document.
+TRANSITION_KINDS = ("completed", "cancelled", "expired", "refund_sent")
+SIGNAL_FOR_KIND = {
+    "completed": "payment_completed",
+    "cancelled": "payment_cancelled",
+    "expired": "payment_expired",
+    "refund_sent": "refund_sent",
+}
+# A claim outlives the worst case of one batch; a run that died frees its payments after it.
+MIN_LEASE = timedelta(minutes=5)
+BATCH_PER_WORKER = 4
+EXIT_OK, EXIT_ERRORS, EXIT_CANNOT_RUN = 0, 1, 2
+
+
+class CannotRun(Exception):
+    """The run cannot start or cannot go on (exit 2): bad options, credentials rejected."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What to check and how; validated by :func:`validate_options`."""
+
+    dry_run: bool = False
+    ecommerce_ids: tuple[uuid.UUID, ...] = ()
+    limit: int | None = None
+    workers: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "ecommerce_ids": [str(pk) for pk in self.ecommerce_ids],
+            "limit": self.limit,
+            "workers": self.workers,
+        }
+
+
+@dataclass(frozen=True)
+class Change:
+    """One payment that changed (or would, in a dry run): a line of ``-v 2``."""
+
+    ecommerce_id: Any
+    kind: str
+    status: str
+    amount: Any
+    metadata_1: str
+
+    @property
+    def signal(self) -> str:
+        return SIGNAL_FOR_KIND[self.kind]
+
+
+@dataclass
+class RunReport:
+    """The counts of one run; :meth:`as_json` is the documented ``--json`` document."""
+
+    dry_run: bool = False
+    checked: int = 0
+    unchanged: int = 0
+    transitions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TRANSITION_KINDS, 0))
+    captured: int = 0
+    given_up: int = 0
+    signals_sent: int = 0
+    receiver_errors: int = 0
+    redispatched: int = 0
+    errors: list[dict[str, str]] = field(default_factory=list)
+    duration_seconds: float = 0.0
+    exit_code: int = EXIT_OK
+    changes: list[Change] = field(default_factory=list)
+    unreachable: bool = False
+    sync_run_id: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            "unchanged": self.unchanged,
+            "transitions": dict(self.transitions),
+            "captured": self.captured,
+            "given_up": self.given_up,
+            "signals_sent": self.signals_sent,
+            "receiver_errors": self.receiver_errors,
+            "redispatched": self.redispatched,
+            "errors": list(self.errors),
+            "duration_seconds": round(self.duration_seconds, 3),
+            "dry_run": self.dry_run,
+            "exit_code": self.exit_code,
+        }
+
+
+def parse_ecommerce_ids(values: Iterable[str]) -> tuple[uuid.UUID, ...]:
+    """The given ids as UUIDs, in order, without repeats; raises :class:`CannotRun`."""
+    ids: list[uuid.UUID] = []
+    for value in values:
+        try:
+            pk = uuid.UUID(str(value).strip())
+        except ValueError:
+            raise CannotRun(f"--ecommerce-id {value!r} is not a UUID") from None
+        if pk not in ids:
+            ids.append(pk)
+    return tuple(ids)
+
+
+def validate_options(options: RunOptions) -> None:
+    """Refuse options that cannot work before anything is written; raises :class:`CannotRun`."""
+    if options.workers is not None and options.workers < 1:
+        raise CannotRun(f"--workers must be at least 1, not {options.workers}")
+    if options.limit is not None and options.limit < 1:
+        raise CannotRun(f"--limit must be at least 1, not {options.limit}")
+    if options.ecommerce_ids:
+        stored = set(
+            Payment.objects.filter(pk__in=options.ecommerce_ids).values_list("pk", flat=True)
+        )
+        missing = [str(pk) for pk in options.ecommerce_ids if pk not in stored]
+        if missing:
+            raise CannotRun(f"--ecommerce-id: no stored payment {', '.join(missing)}")
+
+
+def new_run_id() -> str:
+    """``host:pid:random``: who holds a claim, readable in the admin."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def batch_lease(conf: AthmSyncSettings, batch_size: int, workers: int) -> timedelta:
+    """How long a batch's claims last: longer than the worst case of one batch.
+
+    A payment costs at most a findPayment and an authorization, each bounded by the retry
+    deadline plus one last read; the batch runs in ``ceil(batch / workers)`` rounds.
+    """
+    per_payment = 2 * (conf.retry_deadline + conf.connect_timeout + conf.read_timeout)
+    rounds = math.ceil(batch_size / workers)
+    return max(MIN_LEASE, timedelta(seconds=rounds * per_payment + 60))
+
+
+class Runner:
+    """One run. ``progress(done, total)`` and ``on_change(change)`` are optional callbacks."""
+
+    def __init__(
+        self,
+        options: RunOptions,
+        *,
+        conf: AthmSyncSettings | None = None,
+        client: ATHMovilClient | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        on_change: Callable[[Change], None] | None = None,
+    ) -> None:
+        self.options = options
+        self.conf = conf or get_settings()
+        self.workers = options.workers or self.conf.workers
+        self.batch_size = max(10, self.workers * BATCH_PER_WORKER)
+        if options.limit is not None:
+            self.batch_size = min(self.batch_size, options.limit)
+        self._client = client
+        self._progress = progress
+        self._on_change = on_change
+        self.run_id = new_run_id()
+        self.report = RunReport(dry_run=options.dry_run)
+        self._done = 0
+        self._total = 0
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self) -> RunReport:
+        """Do the run; returns its report. Raises :class:`CannotRun` when the credentials are
+        rejected (the report, with exit code 2, is then in ``self.report``)."""
+        validate_options(self.options)
+        started = time.monotonic()
+        client = self._client or ATHMovilClient.from_settings()
+        sync_run = None
+        failure: CannotRun | None = None
+        try:
+            if not self.options.dry_run:
+                sent, receiver_errors = reconcile.dispatch_pending()
+                self.report.redispatched = sent
+                self.report.signals_sent += sent
+                self.report.receiver_errors += receiver_errors
+                sync_run = SyncRun.objects.create(
+                    host=socket.gethostname(), pid=os.getpid(), options=self.options.as_dict()
+                )
+                self.report.sync_run_id = sync_run.pk
+            with ThreadPoolExecutor(
+                max_workers=self.workers, thread_name_prefix="athm-sync"
+            ) as pool:
+                try:
+                    if self.options.dry_run:
+                        self._dry_run(pool, client)
+                    elif self.options.ecommerce_ids:
+                        self._check_given(pool, client)
+                    else:
+                        self._check_due(pool, client)
+                except AuthenticationError as error:
+                    failure = CannotRun(f"ATH Móvil rejected the credentials: {error}")
+        finally:
+            if not self.options.dry_run:
+                reconcile.release_claims(self.run_id)
+            if self._client is None:
+                client.close()
+        report = self.report
+        report.duration_seconds = time.monotonic() - started
+        report.unreachable = report.checked == 0 and is_unreachable(report.errors)
+        if failure is not None:
+            report.exit_code = EXIT_CANNOT_RUN
+            report.errors.append({"ecommerce_id": "", "reason": str(failure)})
+        elif report.errors:
+            report.exit_code = EXIT_ERRORS
+        if sync_run is not None:
+            self._finish(sync_run)
+        if failure is not None:
+            raise failure
+        return report
+
+    def _finish(self, sync_run: SyncRun) -> None:
+        report = self.report
+        sync_run.finished_at = timezone.now()
+        sync_run.checked = report.checked
+        sync_run.unchanged = report.unchanged
+        sync_run.transitions = dict(report.transitions)
+        sync_run.signals_sent = report.signals_sent
+        sync_run.receiver_errors = report.receiver_errors
+        sync_run.errors = list(report.errors)
+        sync_run.exit_code = report.exit_code
+        reconcile.run_locked(
+            lambda: sync_run.save(
+                update_fields=[
+                    "finished_at",
+                    "checked",
+                    "unchanged",
+                    "transitions",
+                    "signals_sent",
+                    "receiver_errors",
+                    "errors",
+                    "exit_code",
+                ]
+            )
+        )
+
+    # -- the three ways to pick payments -------------------------------------------------
+
+    def _check_due(self, pool: ThreadPoolExecutor, client: ATHMovilClient) -> None:
+        """Claim due payments batch by batch until none is left or the limit is reached.
+
+        Due means due when the run started: a payment this run checked is rescheduled after
+        that moment, so no payment is checked twice in one run, however long it lasts.
+        """
+        now = timezone.now()
+        if self._progress is not None:
+            due = Payment.objects.due(now).count()
+            self._total = min(due, self.options.limit) if self.options.limit else due
+            self._progress(0, self._total)
+        lease = batch_lease(self.conf, self.batch_size, self.workers)
+        claimed_total = 0
+        while True:
+            size = self.batch_size
+            if self.options.limit is not None:
+                size = min(size, self.options.limit - claimed_total)
+            if size <= 0:
+                break
+            # The lease counts from the claim, not from the start of the run.
+            claimed = reconcile.claim_due(
+                self.run_id, size, lease + (timezone.now() - now), now=now
+            )
+            if not claimed:
+                break
+            claimed_total += len(claimed)
+            self._total = max(self._total, claimed_total)
+            self._observe_and_apply(
+                pool,
+                client,
+                [(c.ecommerce_id, c.auth_token, self.conf.auto_capture) for c in claimed],
+                source="poll",
+            )
+
+    def _check_given(self, pool: ThreadPoolExecutor, client: ATHMovilClient) -> None:
+        """``--ecommerce-id``: exactly those payments, whatever their status."""
+        ids = list(self.options.ecommerce_ids)
+        if self.options.limit is not None:
+            ids = ids[: self.options.limit]
+        rows = Payment.objects.filter(pk__in=ids).values_list("pk", "auth_token", "status")
+        known = {pk: (token, status) for pk, token, status in rows}
+        self._total = len(ids)
+        if self._progress is not None:
+            self._progress(0, self._total)
+        work = []
+        for pk in ids:
+            token, status = known[pk]
+            terminal = status in Payment.TERMINAL_STATUSES
+            work.append((pk, token, self.conf.auto_capture and not terminal))
+        self._observe_and_apply(pool, client, work, source="manual")
+
+    def _observe_and_apply(
+        self,
+        pool: ThreadPoolExecutor,
+        client: ATHMovilClient,
+        work: Sequence[tuple[Any, str, bool]],
+        *,
+        source: str,
+    ) -> None:
+        pending: set[Future] = {
+            pool.submit(reconcile.observe, client, pk, token, capture=capture)
+            for pk, token, capture in work
+        }
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    observation = future.result()  # AuthenticationError propagates
+                    outcome = reconcile.apply(observation, source=source, conf=self.conf)
+                    self._count(observation, outcome)
+                    self._tick()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+    def _count(self, observation: reconcile.Observation, outcome: reconcile.Outcome) -> None:
+        report = self.report
+        report.signals_sent += outcome.signals_sent
+        report.receiver_errors += outcome.receiver_errors
+        if outcome.given_up:
+            report.given_up += 1
+        if observation.error is not None:
+            report.errors.append(
+                {"ecommerce_id": str(observation.ecommerce_id), "reason": str(observation.error)}
+            )
+            return
+        report.checked += 1
+        if observation.captured:
+            report.captured += 1
+        if not outcome.events:
+            report.unchanged += 1
+            return
+        payment = outcome.payment
+        for event in outcome.events:
+            kind = str(event.kind)
+            report.transitions[kind] += 1
+            amount = event.refund.amount if event.refund is not None else payment.total
+            self._changed(Change(payment.pk, kind, payment.status, amount, payment.metadata_1))
+
+    def _dry_run(self, pool: ThreadPoolExecutor, client: ATHMovilClient) -> None:
+        """Ask ATH Móvil (never capturing) and decide, writing nothing."""
+        now = timezone.now()
+        if self.options.ecommerce_ids:
+            ids = list(self.options.ecommerce_ids)
+            if self.options.limit is not None:
+                ids = ids[: self.options.limit]
+            by_pk = Payment.objects.in_bulk(ids)
+            payments = [by_pk[pk] for pk in ids]
+        else:
+            due = Payment.objects.due(now)
+            if self.options.limit is not None:
+                due = due[: self.options.limit]
+            payments = list(due)
+        self._total = len(payments)
+        if self._progress is not None:
+            self._progress(0, self._total)
+        by_id = {payment.pk: payment for payment in payments}
+        pending: set[Future] = {
+            pool.submit(reconcile.observe, client, payment.pk, "", capture=False)
+            for payment in payments
+        }
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    observation = future.result()
+                    self._count_decision(by_id[observation.ecommerce_id], observation, now)
+                    self._tick()
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+    def _count_decision(
+        self, payment: Payment, observation: reconcile.Observation, now: datetime
+    ) -> None:
+        report = self.report
+        if observation.error is not None:
+            report.errors.append(
+                {"ecommerce_id": str(payment.pk), "reason": str(observation.error)}
+            )
+            return
+        report.checked += 1
+        snapshot = observation.snapshot
+        if self._would_capture(payment, snapshot, now):
+            # The real run would capture it, and ATH Móvil would answer COMPLETED.
+            report.captured += 1
+            snapshot = dataclasses.replace(snapshot, status=Payment.Status.COMPLETED)
+        decision = reconcile.decide(payment, snapshot, now=now, conf=self.conf)
+        kinds = []
+        if decision.event:
+            kinds.append(str(decision.event))
+        if decision.refund_amount > 0:
+            kinds.append(PaymentEvent.Kind.REFUND_SENT.value)
+        if not kinds:
+            report.unchanged += 1
+            if (
+                decision.status not in Payment.TERMINAL_STATUSES
+                and now >= payment.created_at + self.conf.max_age
+            ):
+                report.given_up += 1
+            return
+        for kind in kinds:
+            report.transitions[kind] += 1
+            amount = decision.refund_amount if kind == "refund_sent" else payment.total
+            self._changed(Change(payment.pk, kind, decision.status, amount, payment.metadata_1))
+
+    def _would_capture(self, payment: Payment, snapshot: Any, now: datetime) -> bool:
+        return bool(
+            snapshot is not None
+            and snapshot.status == Payment.Status.CONFIRM
+            and self.conf.auto_capture
+            and not payment.is_terminal
+            and payment.auth_token
+            and reconcile.auth_token_usable(payment.auth_token, now)
+        )
+
+    # -- callbacks -------------------------------------------------------------------------
+
+    def _changed(self, change: Change) -> None:
+        self.report.changes.append(change)
+        if self._on_change is not None:
+            self._on_change(change)
+
+    def _tick(self) -> None:
+        self._done += 1
+        if self._progress is not None:
+            self._progress(self._done, max(self._total, self._done))
+
+
+def is_unreachable(errors: Sequence[dict[str, str]]) -> bool:
+    """Whether every error says the connection to ATH Móvil could not be made."""
+    return bool(errors) and all("could not connect" in error["reason"] for error in errors)
+
+
+__all__ = [
+    "EXIT_CANNOT_RUN",
+    "EXIT_ERRORS",
+    "EXIT_OK",
+    "CannotRun",
+    "Change",
+    "RunOptions",
+    "RunReport",
+    "Runner",
+    "is_unreachable",
+    "parse_ecommerce_ids",
+    "validate_options",
+]

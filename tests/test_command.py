@@ -1,0 +1,535 @@
+"""``manage.py athm_sync`` end to end against the sandbox: output, options, exit codes, queries."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from athm_sync import signals
+from athm_sync.models import Payment, PaymentEvent, Refund, SyncRun
+
+S = Payment.Status
+JSON_KEYS = {
+    "checked",
+    "unchanged",
+    "transitions",
+    "captured",
+    "given_up",
+    "signals_sent",
+    "receiver_errors",
+    "redispatched",
+    "errors",
+    "duration_seconds",
+    "dry_run",
+    "exit_code",
+}
+
+
+class TTY(io.StringIO):
+    """A stderr that says it is a terminal, to see the progress bar."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def run(*args: str, stderr: io.StringIO | None = None) -> tuple[int, str, str]:
+    """Run the command; returns (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), stderr if stderr is not None else io.StringIO()
+    try:
+        call_command("athm_sync", *args, stdout=out, stderr=err)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_json(*args: str) -> tuple[int, dict, str]:
+    code, out, err = run("--json", *args)
+    document = json.loads(out)  # the one and only thing on stdout
+    assert set(document) == JSON_KEYS
+    assert document["exit_code"] == code
+    return code, document, err
+
+
+def track(sandbox, total: str = "12.50", metadata: str = "", age: float = 0) -> Payment:
+    """A payment created at the sandbox and tracked locally, due now; ``age`` seconds old."""
+    ecommerce_id, auth_token = sandbox.create_payment(total, metadata1=metadata)
+    return Payment.objects.track(
+        ecommerce_id,
+        total=total,
+        metadata_1=metadata,
+        auth_token=auth_token,
+        created_at=timezone.now() - timedelta(seconds=age),
+    )
+
+
+@pytest.fixture
+def received():
+    """Every signal sent during the test, as (signal name, ecommerce id, extra)."""
+    log: list[tuple[str, str, str]] = []
+
+    def make(name: str):
+        def receiver(sender, payment, refund=None, **kwargs):
+            log.append((name, str(payment.pk), str(refund.amount) if refund else ""))
+
+        return receiver
+
+    receivers = {
+        signals.payment_completed: make("payment_completed"),
+        signals.payment_cancelled: make("payment_cancelled"),
+        signals.payment_expired: make("payment_expired"),
+        signals.refund_sent: make("refund_sent"),
+    }
+    for signal, receiver in receivers.items():
+        signal.connect(receiver, weak=False)
+    yield log
+    for signal, receiver in receivers.items():
+        signal.disconnect(receiver)
+
+
+@pytest.fixture
+def story(athm_settings):
+    """Five due payments: completed, confirmed (to capture), cancelled, expired, still open."""
+    sandbox = athm_settings
+    completed = track(sandbox, "12.50", "order-1")
+    sandbox.complete(str(completed.pk), name="Ana")
+    confirmed = track(sandbox, "20.00", "order-2")
+    sandbox.confirm(str(confirmed.pk))
+    cancelled = track(sandbox, "5.00", "order-3")
+    sandbox.cancel(str(cancelled.pk))
+    # Locally created 700 s ago: its 600 s deadline has passed, so CANCEL means EXPIRED.
+    expired = track(sandbox, "7.25", "order-4", age=700)
+    sandbox.expire(str(expired.pk))
+    still_open = track(sandbox, "9.99", "order-5")
+    return {
+        "completed": completed,
+        "confirmed": confirmed,
+        "cancelled": cancelled,
+        "expired": expired,
+        "open": still_open,
+    }
+
+
+STORY_TRANSITIONS = {"completed": 2, "cancelled": 1, "expired": 1, "refund_sent": 0}
+
+
+def snapshot_db() -> dict:
+    return {
+        "counts": [model.objects.count() for model in (Payment, Refund, PaymentEvent, SyncRun)],
+        "payments": sorted(
+            Payment.objects.values_list(
+                "pk", "status", "updated_at", "check_count", "next_check_at", "claimed_by"
+            )
+        ),
+    }
+
+
+# --- a normal run -------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_applies_every_transition_and_prints_a_summary(story, received):
+    code, out, err = run()
+    assert code == 0, err
+    statuses = {name: Payment.objects.get(pk=p.pk).status for name, p in story.items()}
+    assert statuses == {
+        "completed": S.COMPLETED,
+        "confirmed": S.COMPLETED,
+        "cancelled": S.CANCEL,
+        "expired": S.EXPIRED,
+        "open": S.OPEN,
+    }
+    assert sorted(name for name, _, _ in received) == [
+        "payment_cancelled",
+        "payment_completed",
+        "payment_completed",
+        "payment_expired",
+    ]
+    assert "checked 5 payment(s)" in out
+    assert "unchanged: 1" in out
+    assert "completed: 2, cancelled: 1, expired: 1, refunds: 0" in out
+    assert "captured: 1" in out
+    assert "signals sent: 4" in out
+    assert "errors: 0" in out
+    assert err == ""  # stderr is not a terminal: no progress bar
+
+
+@pytest.mark.django_db(transaction=True)
+def test_json_summary_is_the_only_thing_on_stdout(story, received):
+    code, document, _ = run_json()
+    assert code == 0
+    assert document["duration_seconds"] >= 0
+    document.pop("duration_seconds")
+    assert document == {
+        "checked": 5,
+        "unchanged": 1,
+        "transitions": STORY_TRANSITIONS,
+        "captured": 1,
+        "given_up": 0,
+        "signals_sent": 4,
+        "receiver_errors": 0,
+        "redispatched": 0,
+        "errors": [],
+        "dry_run": False,
+        "exit_code": 0,
+    }
+    assert len(received) == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_run_changes_nothing_and_sends_nothing(story, received):
+    assert run()[0] == 0
+    story["open"].refresh_from_db()
+    Payment.objects.filter(pk=story["open"].pk).update(next_check_at=timezone.now())
+    code, document, _ = run_json()
+    assert code == 0
+    assert document["checked"] == 1 and document["unchanged"] == 1
+    assert document["signals_sent"] == 0
+    assert len(received) == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_verbosity_2_prints_one_line_per_changed_payment(story, received):
+    code, out, _ = run("-v", "2")
+    assert code == 0
+    lines = [line for line in out.splitlines() if "(signal " in line]
+    assert len(lines) == 4
+    completed = story["completed"].pk
+    assert f"COMPLETED  {completed}  $12.50  order-1 (signal payment_completed)" in lines
+    assert any(line.startswith("CANCELLED") and "payment_cancelled" in line for line in lines)
+    assert any(line.startswith("EXPIRED") and "payment_expired" in line for line in lines)
+    assert str(story["open"].pk) not in out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_verbosity_2_with_json_keeps_stdout_pure(story):
+    code, document, _ = run_json("-v", "2")
+    assert code == 0 and document["checked"] == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_is_recorded(story):
+    assert run_json()[0] == 0
+    sync_run = SyncRun.objects.get()
+    assert sync_run.finished_at is not None and sync_run.finished_at >= sync_run.started_at
+    assert sync_run.pid and sync_run.host
+    assert sync_run.options["dry_run"] is False
+    assert (sync_run.checked, sync_run.unchanged) == (5, 1)
+    assert sync_run.transitions == STORY_TRANSITIONS
+    assert sync_run.signals_sent == 4
+    assert sync_run.errors == [] and sync_run.exit_code == 0
+    assert not Payment.objects.exclude(claimed_by="").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_progress_bar_only_on_a_terminal(story):
+    tty = TTY()
+    code, _, err = run(stderr=tty)
+    assert code == 0
+    assert "\r[" in err and "5/5" in err
+    _, _, err = run("--json", stderr=TTY())
+    assert err == ""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_receiver_that_raises_is_counted(story):
+    def broken(sender, payment, **kwargs):
+        raise RuntimeError("shop bug")
+
+    signals.payment_completed.connect(broken, weak=False)
+    try:
+        code, document, _ = run_json()
+    finally:
+        signals.payment_completed.disconnect(broken)
+    assert code == 0
+    assert document["signals_sent"] == 4
+    assert document["receiver_errors"] == 2
+    assert Payment.objects.get(pk=story["completed"].pk).status == S.COMPLETED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_events_left_unsent_are_sent_first(athm_settings, received):
+    payment = track(athm_settings)
+    Payment.objects.filter(pk=payment.pk).update(status=S.COMPLETED, auth_token="")
+    PaymentEvent.objects.create(
+        payment=payment, kind=PaymentEvent.Kind.COMPLETED, from_status="OPEN", to_status="COMPLETED"
+    )
+    code, document, _ = run_json()
+    assert code == 0
+    assert document["redispatched"] == 1 and document["signals_sent"] == 1
+    assert received == [("payment_completed", str(payment.pk), "")]
+
+
+# --- dry run ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dry_run_reports_what_would_change_and_changes_nothing(story, received):
+    before = snapshot_db()
+    code, document, _ = run_json("--dry-run")
+    assert code == 0
+    assert document["dry_run"] is True
+    assert document["checked"] == 5
+    assert document["unchanged"] == 1
+    # The confirmed payment is reported as the capture the real run would make; none is made.
+    assert document["transitions"] == STORY_TRANSITIONS
+    assert document["captured"] == 1
+    assert document["signals_sent"] == 0
+    assert snapshot_db() == before
+    assert received == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dry_run_makes_no_capture_call_and_prints_would_send(athm_settings, story, received):
+    athm_settings.reset_counts()
+    code, out, _ = run("--dry-run", "-v", "2")
+    assert code == 0
+    assert athm_settings.counts()["authorization"] == 0
+    assert athm_settings.counts()["findPayment"] == 5
+    assert "(would send payment_completed)" in out
+    assert "dry run, nothing written" in out
+    assert received == []
+    assert not SyncRun.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dry_run_of_a_given_payment_reports_its_refund(athm_settings, received):
+    payment = track(athm_settings, "30.00")
+    athm_settings.complete(str(payment.pk))
+    assert run()[0] == 0
+    athm_settings.refund(str(payment.pk), "10.00")
+    before = snapshot_db()
+    code, document, _ = run_json("--dry-run", "--ecommerce-id", str(payment.pk))
+    assert code == 0
+    assert document["transitions"]["refund_sent"] == 1
+    assert snapshot_db() == before
+
+
+# --- options -----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_limit_checks_at_most_n_payments(athm_settings):
+    payments = [track(athm_settings) for _ in range(5)]
+    code, document, _ = run_json("--limit", "2")
+    assert code == 0
+    assert document["checked"] == 2
+    assert Payment.objects.filter(check_count=1).count() == 2
+    assert Payment.objects.due().count() == 3
+    code, document, _ = run_json()
+    assert document["checked"] == 3
+    assert all(Payment.objects.get(pk=p.pk).check_count == 1 for p in payments)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_workers_do_not_change_the_result(story, received, workers):
+    code, document, _ = run_json("--workers", workers)
+    assert code == 0
+    assert (document["checked"], document["unchanged"]) == (5, 1)
+    assert document["transitions"] == STORY_TRANSITIONS
+    assert document["signals_sent"] == 4 and len(received) == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_many_payments_in_several_batches(athm_settings, received):
+    payments = [track(athm_settings, metadata=f"order-{i}") for i in range(25)]
+    for payment in payments[::2]:
+        athm_settings.complete(str(payment.pk))
+    code, document, _ = run_json("--workers", "2")  # batches of 10
+    assert code == 0
+    assert document["checked"] == 25
+    assert document["transitions"]["completed"] == 13
+    assert len(received) == 13
+    assert Payment.objects.filter(check_count=1).count() == 25
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ecommerce_id_picks_up_a_refund_of_a_completed_payment(athm_settings, received):
+    payment = track(athm_settings, "30.00", "order-9")
+    athm_settings.complete(str(payment.pk))
+    other = track(athm_settings)
+    assert run("--ecommerce-id", str(payment.pk))[0] == 0
+    assert Payment.objects.get(pk=payment.pk).status == S.COMPLETED
+    assert Payment.objects.get(pk=other.pk).check_count == 0  # only the given one
+    athm_settings.refund(str(payment.pk), "10.00")
+    code, out, _ = run("--ecommerce-id", str(payment.pk), "-v", "2")
+    assert code == 0
+    assert f"REFUNDED   {payment.pk}  $10.00  order-9 (signal refund_sent)" in out
+    assert received == [
+        ("payment_completed", str(payment.pk), ""),
+        ("refund_sent", str(payment.pk), "10.00"),
+    ]
+    refund = Refund.objects.get()
+    assert refund.amount == Decimal("10.00") and refund.payment_id == payment.pk
+    event = PaymentEvent.objects.get(kind=PaymentEvent.Kind.REFUND_SENT)
+    assert event.source == "manual"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ecommerce_id_repeated_and_duplicated(athm_settings):
+    first, second = track(athm_settings), track(athm_settings)
+    code, document, _ = run_json(
+        "--ecommerce-id", str(first.pk), "--ecommerce-id", str(second.pk), "--ecommerce-id",
+        str(first.pk),
+    )  # fmt: skip
+    assert code == 0 and document["checked"] == 2
+
+
+# --- exit codes ----------------------------------------------------------------------------
+
+
+def assert_one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_exit_1_when_a_payment_cannot_be_checked(athm_settings, received):
+    payment = track(athm_settings)
+    athm_settings.inject_fault("http503", "findPayment", times=100)
+    code, document, err = run_json()
+    assert code == 1
+    assert document["checked"] == 0
+    assert [error["ecommerce_id"] for error in document["errors"]] == [str(payment.pk)]
+    assert "findPayment" in document["errors"][0]["reason"]
+    assert "Traceback" not in err
+    payment.refresh_from_db()
+    assert payment.last_error and payment.claimed_by == ""
+    assert SyncRun.objects.get().exit_code == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_errors_are_listed_in_the_human_summary(athm_settings):
+    payment = track(athm_settings)
+    athm_settings.inject_fault("http503", "findPayment", times=100)
+    code, out, _ = run()
+    assert code == 1
+    assert "errors: 1" in out
+    assert f"    {payment.pk}: " in out
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("how", ["fault", "token"])
+def test_exit_2_when_the_credentials_are_rejected(athm_settings, settings, how):
+    for _ in range(3):
+        track(athm_settings)
+    if how == "fault":
+        athm_settings.inject_fault("auth", "findPayment", times=100)
+    else:
+        settings.ATHM_SYNC = {**settings.ATHM_SYNC, "PUBLIC_TOKEN": "wrong-token"}
+    code, out, err = run()
+    assert code == 2
+    line = assert_one_line(err)
+    assert line.startswith("athm_sync: error: ATH Móvil rejected the credentials")
+    assert "wrong-token" not in err + out
+    assert not Payment.objects.exclude(claimed_by="").exists()  # claims released
+    assert SyncRun.objects.get().exit_code == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_exit_2_for_a_bad_setting(athm_settings, settings):
+    track(athm_settings)
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "PUBLIC_TOKEN": ""}
+    code, out, err = run("--json")
+    assert code == 2
+    assert "PUBLIC_TOKEN" in assert_one_line(err)
+    assert out == ""
+    assert not SyncRun.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--limit", "0"], "--limit must be at least 1"),
+        (["--limit", "-3"], "--limit must be at least 1"),
+        (["--ecommerce-id", "not-a-uuid"], "is not a UUID"),
+        (["--ecommerce-id", str(uuid.UUID(int=7))], "no stored payment"),
+    ],
+)
+def test_exit_2_for_bad_options(athm_settings, args, message):
+    payment = track(athm_settings)
+    before = snapshot_db()
+    code, out, err = run(*args)
+    assert code == 2
+    line = assert_one_line(err)
+    assert line.startswith("athm_sync: error: ") and message in line
+    assert out == ""
+    assert snapshot_db() == before
+    assert Payment.objects.get(pk=payment.pk).check_count == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_exit_1_when_the_api_is_unreachable(settings):
+    settings.ATHM_SYNC = {
+        **settings.ATHM_SYNC,
+        "API_BASE_URL": "http://127.0.0.1:9",
+        "REPORT_BASE_URL": "http://127.0.0.1:9",
+        "MAX_ATTEMPTS": 2,
+    }
+    payments = [
+        Payment.objects.track(uuid.uuid4(), total="10.00", metadata_1=f"o{i}") for i in range(3)
+    ]
+    code, document, err = run_json()
+    assert code == 1
+    assert sorted(error["ecommerce_id"] for error in document["errors"]) == sorted(
+        str(p.pk) for p in payments
+    )
+    assert all("could not connect" in error["reason"] for error in document["errors"])
+    line = assert_one_line(err)
+    assert "unreachable" in line
+    assert not Payment.objects.exclude(claimed_by="").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_exit_0_with_nothing_due(athm_settings):
+    code, document, err = run_json()
+    assert (code, document["checked"], err) == (0, 0, "")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_payment_ath_movil_does_not_know_counts_as_checked(athm_settings):
+    unknown = Payment.objects.track(uuid.uuid4(), total="10.00")
+    code, document, _ = run_json()
+    assert code == 0
+    assert document["checked"] == 1 and document["errors"] == []
+    assert Payment.objects.get(pk=unknown.pk).status == S.OPEN  # its grace has not passed
+
+
+# --- queries ------------------------------------------------------------------------------
+
+
+def queries_for_unchanged(sandbox, count: int) -> int:
+    Payment.objects.all().delete()
+    for _ in range(count):
+        track(sandbox)
+    Payment.objects.update(next_check_at=timezone.now() - timedelta(seconds=1))
+    with CaptureQueriesContext(connection) as context:
+        code, document, _ = run_json("--workers", "2")
+    assert code == 0 and document["unchanged"] == count
+    return len(context.captured_queries)
+
+
+# K: SELECT ... FOR UPDATE and UPDATE (on SQLite also BEGIN IMMEDIATE and COMMIT, which
+# Django logs as queries) plus its share of a batch claim (5 queries per batch of 10).
+QUERIES_PER_UNCHANGED = 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unchanged_payment_costs_a_bounded_number_of_queries(athm_settings):
+    five = queries_for_unchanged(athm_settings, 5)
+    twenty = queries_for_unchanged(athm_settings, 20)
+    assert twenty <= five + 15 * QUERIES_PER_UNCHANGED, (five, twenty)
