@@ -498,6 +498,81 @@ def test_a_crash_between_commit_and_dispatch_is_sent_by_the_next_run(athm, recei
     assert names(received) == ["payment_completed", "refund_sent"]
 
 
+@pytest.mark.parametrize("crash", ["dropped after commit", "dispatch raised"])
+def test_events_a_failed_dispatch_left_are_sent_by_the_sweep(athm, received, monkeypatch, crash):
+    sandbox = athm
+    payment = create()
+    sandbox.complete(str(payment.pk))
+    real_dispatch = reconcile.dispatch
+    failed = []
+
+    def dispatch_that_dies_once(event_ids):
+        if not failed:
+            failed.append(list(event_ids))
+            raise OperationalError("server closed the connection unexpectedly")
+        return real_dispatch(event_ids)
+
+    with monkeypatch.context() as crashing:
+        if crash == "dropped after commit":
+            crashing.setattr(reconcile.transaction, "on_commit", lambda *args, **kwargs: None)
+        else:
+            crashing.setattr(reconcile, "dispatch", dispatch_that_dies_once)
+        outcome = athm_sync.sync_payment(payment.pk)
+        # The transition stands; nothing was sent, nothing claims to have been.
+        assert reload(payment).status == S.COMPLETED
+        assert outcome.signals_sent == 0 and received == []
+        assert PaymentEvent.objects.get().dispatched_at is None
+        assert reconcile.dispatch_pending() == (1, 0)
+
+    assert names(received) == ["payment_completed"]
+    assert reconcile.dispatch_pending() == (0, 0)
+    athm_sync.sync_payment(payment.pk)
+    assert names(received) == ["payment_completed"]
+
+
+def test_an_api_failure_changes_nothing_and_is_recorded(athm, received):
+    sandbox = athm
+    payment = create()
+    sandbox.complete(str(payment.pk))
+    sandbox.inject_fault("garbage", "findPayment", times=10)
+
+    outcome = athm_sync.sync_payment(payment.pk)
+
+    stored = reload(payment)
+    assert stored.status == S.OPEN and not outcome.changed
+    assert stored.last_error != "" and stored.next_check_at is not None
+    assert received == []
+
+    sandbox.clear_faults()
+    athm_sync.sync_payment(payment.pk)
+    stored = reload(payment)
+    assert stored.status == S.COMPLETED and stored.last_error == ""
+    assert names(received) == ["payment_completed"]
+
+
+def test_a_hint_the_api_does_not_bear_out_changes_nothing(athm, received):
+    """A forged (or early) webhook: findPayment is the truth."""
+    sandbox = athm
+    open_payment, paid = create(), create()
+    sandbox.complete(str(paid.pk))
+    athm_sync.sync_payment(paid.pk)
+    received.clear()
+
+    reconcile.check_payment(open_payment.pk, hint="expired", source="webhook")
+    reconcile.check_payment(paid.pk, hint="cancelled", source="webhook")
+
+    assert reload(open_payment).status == S.OPEN
+    assert reload(paid).status == S.COMPLETED
+    assert received == []
+
+
+def test_a_sync_of_an_unknown_or_malformed_id_raises(athm):
+    with pytest.raises(Payment.DoesNotExist):
+        athm_sync.sync_payment(uuid.uuid4())
+    with pytest.raises(ValueError, match="UUID"):
+        athm_sync.sync_payment("order-17")
+
+
 # -- no transition goes backwards ----------------------------------------------------------
 
 
