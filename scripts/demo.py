@@ -2,8 +2,10 @@
 
 It starts the sandbox ATH Móvil server, writes a small Django project into a temporary
 folder, creates payments the two ways a shop does (server-side through the API, and by the
-JavaScript button then registered with ``Payment.objects.track``), plays customers against
-the sandbox and prints what the client sees for each payment.
+JavaScript button then registered with ``Payment.objects.track``), connects receivers written
+as on the signals page, plays customers against the sandbox (completing, cancelling, letting
+one expire, confirming and walking away, a refund from the ATH Business app), fast-forwards
+the clock and runs ``manage.py athm_sync``, printing every transition and signal.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import sys
 import tempfile
 import textwrap
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -89,12 +92,78 @@ def main() -> int:
         sandbox.stop()
 
 
+def connect_receivers() -> list[str]:
+    """Receivers as a shop writes them (the seed signals page); each prints what it got."""
+    from django.dispatch import receiver
+
+    from athm_sync.signals import (
+        payment_cancelled,
+        payment_completed,
+        payment_expired,
+        refund_sent,
+    )
+
+    received: list[str] = []
+
+    def note(line: str) -> None:
+        received.append(line)
+        say(f"      signal -> {line}")
+
+    @receiver(payment_completed, weak=False)
+    def on_payment_completed(sender, payment, **kwargs):
+        note(f"payment_completed  {payment.metadata_1}  ref {payment.reference_number}")
+
+    @receiver(payment_cancelled, weak=False)
+    def on_payment_cancelled(sender, payment, **kwargs):
+        note(f"payment_cancelled  {payment.metadata_1}")
+
+    @receiver(payment_expired, weak=False)
+    def on_payment_expired(sender, payment, **kwargs):
+        note(f"payment_expired    {payment.metadata_1}")
+
+    @receiver(refund_sent, weak=False)
+    def on_refund_sent(sender, refund, payment, **kwargs):
+        note(f"refund_sent        {payment.metadata_1}  ${refund.amount}")
+
+    return received
+
+
+def run_sync(title: str, *options: str) -> dict:
+    """``manage.py athm_sync --json`` in this process; prints and returns its summary."""
+    import io
+    import json
+
+    from django.core.management import call_command
+
+    say(f"\n$ python manage.py athm_sync {' '.join(options)}   # {title}")
+    out = io.StringIO()
+    try:
+        call_command("athm_sync", "--json", *options, stdout=out)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    summary = json.loads(out.getvalue())
+    changed = {kind: n for kind, n in summary["transitions"].items() if n}
+    say(
+        f"   checked {summary['checked']}, unchanged {summary['unchanged']}, "
+        f"transitions {changed or 'none'}, captured {summary['captured']}, "
+        f"signals {summary['signals_sent']}, errors {len(summary['errors'])}, exit {code}"
+    )
+    return summary
+
+
 def play(sandbox) -> int:
-    from athm_sync.client import ATHMovilClient, ATHMovilError
-    from athm_sync.models import Payment
+    import json
+
+    import time_machine
+    from django.utils import timezone
+
+    from athm_sync.client import ATHMovilClient
+    from athm_sync.models import Payment, PaymentEvent, SyncRun
 
     client = ATHMovilClient.from_settings()
     state = sandbox.state
+    received = connect_receivers()
 
     say("\n1. The shop creates payments")
     made = {}
@@ -120,9 +189,11 @@ def play(sandbox) -> int:
     )
     say(f"   tracked from button  {button_id}  $  3.75  (pays with the button)")
 
+    run_sync("nobody has paid yet")
+
     say("\n2. Customers act in the ATH Móvil app")
     state.complete(str(made["completes"].ecommerce_id))
-    say("   order-1: customer confirms, the button captures -> COMPLETED")
+    say("   order-1: customer confirms, the button captures it")
     state.cancel(str(made["cancels"].ecommerce_id))
     say("   order-2: customer cancels")
     state.confirm(str(made["confirms, browser goes away"].ecommerce_id))
@@ -130,32 +201,31 @@ def play(sandbox) -> int:
     refunded = str(made["completes, then is refunded"].ecommerce_id)
     state.complete(refunded)
     state.refund(refunded, "5.00", "one item out of stock")
-    say("   order-5: completed, then the shop refunds $5.00 in the ATH Business app")
+    say("   order-5: customer pays; the shop refunds $5.00 in the ATH Business app")
     state.complete(button_id)
     say("   order-6: customer pays through the button")
-    state.advance(121)
-    say("   ... 121 seconds pass: order-3's 120-second timeout runs out")
+    say("   ... the clock moves 2 minutes on: order-3's 120-second timeout runs out")
 
-    say("\n3. What ATH Móvil says now (findPayment through athm_sync.client)")
-    columns = ("order", "remote", "total", "fee", "net", "refunded")
-    say("   {:<8} {:<10} {:>7} {:>6} {:>7} {:>8}  reference".format(*columns))
-    failures = 0
+    with time_machine.travel(timezone.now() + timedelta(seconds=121), tick=True):
+        summary = run_sync("two minutes later")
+        again = run_sync("run again: nothing fires twice")
+
+    say("\n3. Where each payment ended")
     for story, payment in made.items():
-        try:
-            seen = client.find_payment(payment.ecommerce_id)
-        except ATHMovilError as error:
-            failures += 1
-            say(f"   {payment.metadata_1:<8} could not check: {error}")
-            continue
+        payment.refresh_from_db()
         say(
-            f"   {seen.metadata_1:<8} {seen.status:<10} {seen.total:>7} {seen.fee:>6} "
-            f"{seen.net_amount:>7} {seen.total_refunded_amount:>8}  "
-            f"{seen.reference_number or '-'}  ({story})"
+            f"   {payment.metadata_1:<8} {payment.status:<10} ${payment.total:>6}  "
+            f"fee {payment.fee}  refunded {payment.total_refunded_amount}  ({story})"
         )
-    say("\n   order-3 shows CANCEL although nobody cancelled it: findPayment cannot tell")
-    say("   cancelled from expired; athm_sync tells them apart by the payment's deadline.")
-    say(f"\nSandbox requests: {dict(sorted(state.counts().items()))}")
-    return 1 if failures else 0
+    say(f"\n   signals received: {len(received)}; events recorded: {PaymentEvent.objects.count()}")
+    say(f"   runs recorded: {SyncRun.objects.count()}")
+    say(f"   sandbox requests: {dict(sorted((k, v) for k, v in state.counts().items() if v))}")
+    say("\nThe --json summary of the run two minutes later:")
+    say(json.dumps(summary, indent=2))
+    expected = 7  # 4 completed, 1 cancelled, 1 expired, 1 refund
+    ok = len(received) == expected and again["signals_sent"] == 0 and summary["exit_code"] == 0
+    say("\nOK: every transition signalled exactly once." if ok else "\nUNEXPECTED RESULT")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
