@@ -11,6 +11,7 @@ thread, so a run uses one database connection however many workers it has.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import socket
@@ -28,6 +29,8 @@ from athm_sync import reconcile
 from athm_sync.client import ATHMovilClient, AuthenticationError
 from athm_sync.conf import AthmSyncSettings, get_settings
 from athm_sync.models import Payment, PaymentEvent, SyncRun
+
+logger = logging.getLogger("athm_sync.runner")
 
 # Each kind of transition, as counted in the summary and the ``--json`` document.
 TRANSITION_KINDS = ("completed", "cancelled", "expired", "refund_sent")
@@ -219,6 +222,11 @@ class Runner:
                         self._check_due(pool, client)
                 except AuthenticationError as error:
                     failure = CannotRun(f"ATH Móvil rejected the credentials: {error}")
+        except BaseException as error:
+            # Not an expected failure (a database error, Ctrl-C): record it, then let it go.
+            if sync_run is not None:
+                self._abort(sync_run, error, started)
+            raise
         finally:
             if not self.options.dry_run:
                 reconcile.release_claims(self.run_id)
@@ -237,6 +245,17 @@ class Runner:
         if failure is not None:
             raise failure
         return report
+
+    def _abort(self, sync_run: SyncRun, error: BaseException, started: float) -> None:
+        report = self.report
+        report.duration_seconds = time.monotonic() - started
+        report.exit_code = 130 if isinstance(error, KeyboardInterrupt) else EXIT_CANNOT_RUN
+        reason = f"run aborted: {type(error).__name__}: {error}".rstrip(": ")
+        report.errors.append({"ecommerce_id": "", "reason": reason[:1000]})
+        try:
+            self._finish(sync_run)
+        except Exception:  # the database may be what failed; the original error matters more
+            logger.exception("Could not record the end of aborted run %s", self.run_id)
 
     def _finish(self, sync_run: SyncRun) -> None:
         report = self.report
@@ -333,8 +352,14 @@ class Runner:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     observation = future.result()  # AuthenticationError propagates
-                    outcome = reconcile.apply(observation, source=source, conf=self.conf)
-                    self._count(observation, outcome)
+                    try:
+                        outcome = reconcile.apply(observation, source=source, conf=self.conf)
+                    except Payment.DoesNotExist:
+                        logger.warning(
+                            "Payment %s was deleted during the run", observation.ecommerce_id
+                        )
+                    else:
+                        self._count(observation, outcome)
                     self._tick()
         except BaseException:
             for future in pending:

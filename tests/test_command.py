@@ -9,12 +9,13 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+import time_machine
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from athm_sync import signals
+from athm_sync import reconcile, signals
 from athm_sync.models import Payment, PaymentEvent, Refund, SyncRun
 
 S = Payment.Status
@@ -533,3 +534,64 @@ def test_an_unchanged_payment_costs_a_bounded_number_of_queries(athm_settings):
     five = queries_for_unchanged(athm_settings, 5)
     twenty = queries_for_unchanged(athm_settings, 20)
     assert twenty <= five + 15 * QUERIES_PER_UNCHANGED, (five, twenty)
+
+
+# --- time, giving up, and runs that end badly ----------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_open_payment_left_past_its_deadline_expires(athm_settings, received):
+    payment = track(athm_settings, "15.00", "order-7")
+    assert run_json()[1]["unchanged"] == 1
+    # Ten minutes and a bit later ATH Móvil says CANCEL (the sandbox follows the moved clock).
+    with time_machine.travel(timezone.now() + timedelta(seconds=601), tick=True):
+        code, document, _ = run_json()
+    assert code == 0
+    assert document["transitions"]["expired"] == 1
+    assert Payment.objects.get(pk=payment.pk).status == S.EXPIRED
+    assert received == [("payment_expired", str(payment.pk), "")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_payment_still_open_after_max_age_is_given_up(athm_settings, settings):
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "MAX_AGE": timedelta(seconds=60)}
+    payment = track(athm_settings, age=120)  # remotely still OPEN: its deadline is far
+    code, document, _ = run_json()
+    assert code == 0
+    assert (document["given_up"], document["unchanged"]) == (1, 1)
+    payment.refresh_from_db()
+    assert payment.status == S.OPEN and payment.next_check_at is None
+    assert "given up" in payment.last_error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_payment_deleted_during_the_run_is_skipped(athm_settings, monkeypatch):
+    doomed, kept = track(athm_settings), track(athm_settings)
+    original = reconcile.apply
+
+    def apply_after_deleting(observation, *args, **kwargs):
+        Payment.objects.filter(pk=doomed.pk).delete()
+        return original(observation, *args, **kwargs)
+
+    monkeypatch.setattr(reconcile, "apply", apply_after_deleting)
+    code, document, _ = run_json()
+    assert code == 0 and document["checked"] == 1
+    assert Payment.objects.get(pk=kept.pk).check_count == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unexpected_crash_is_recorded_and_releases_claims(athm_settings, monkeypatch):
+    track(athm_settings)
+
+    def broken_apply(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(reconcile, "apply", broken_apply)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run()
+    sync_run = SyncRun.objects.get()
+    assert sync_run.exit_code == 2 and sync_run.finished_at is not None
+    assert sync_run.errors == [
+        {"ecommerce_id": "", "reason": "run aborted: RuntimeError: disk full"}
+    ]
+    assert not Payment.objects.exclude(claimed_by="").exists()
