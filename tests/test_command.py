@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import time_machine
@@ -595,3 +599,31 @@ def test_an_unexpected_crash_is_recorded_and_releases_claims(athm_settings, monk
         {"ecommerce_id": "", "reason": "run aborted: RuntimeError: disk full"}
     ]
     assert not Payment.objects.exclude(claimed_by="").exists()
+
+
+# --- as a real process: the exit status and stderr a cron job sees ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--ecommerce-id", "order-17"], "is not a UUID"),
+    ],
+)
+def test_a_real_process_exits_2_with_one_line_and_no_traceback(args, message):
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(root)}
+    result = subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
+        [sys.executable, "-m", "django", "athm_sync", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    line = assert_one_line(result.stderr)
+    assert line.startswith("athm_sync: error: ") and message in line
