@@ -17,6 +17,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "athm_sync",
 ]
+# Child processes started by tests/test_overlap.py log every signal they send to this file.
+if os.environ.get("ATHM_TEST_SIGNAL_LOG"):
+    INSTALLED_APPS.append("tests.signal_log")
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -61,8 +64,14 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": os.path.join(os.path.dirname(__file__), "test.sqlite3"),
-            "OPTIONS": {"transaction_mode": "IMMEDIATE"},
+            # A child process (ATHM_TEST_SQLITE set) runs commands against the parent's test file.
+            "NAME": os.environ.get("ATHM_TEST_SQLITE")
+            or os.path.join(os.path.dirname(__file__), "test.sqlite3"),
+            # ATHM_TEST_SQLITE_DEFERRED: Django's default deferred transactions, for children
+            # that check the "database is locked" retries.
+            "OPTIONS": {}
+            if os.environ.get("ATHM_TEST_SQLITE_DEFERRED")
+            else {"transaction_mode": "IMMEDIATE"},
             # A file, so threads and processes share it, named per run, so that two runs
             # never share one (ATHM_TEST_SQLITE lets a child process join its parent's).
             "TEST": {
@@ -72,11 +81,13 @@ else:
         }
     }
 
+# Tests that talk to the sandbox point these at it; a child process is told by the env var.
+_SANDBOX_URL = os.environ.get("ATHM_TEST_API_BASE_URL") or "http://127.0.0.1:9"
 ATHM_SYNC = {
     "PUBLIC_TOKEN": "sandbox-public-token",
     "PRIVATE_TOKEN": "sandbox-private-token",
-    "API_BASE_URL": "http://127.0.0.1:9",  # tests that talk to the sandbox point this at it
-    "REPORT_BASE_URL": "http://127.0.0.1:9",
+    "API_BASE_URL": _SANDBOX_URL,
+    "REPORT_BASE_URL": _SANDBOX_URL,
     "WEBHOOK_SECRET": "w" * 40,
     "CONNECT_TIMEOUT": 1.0,
     "READ_TIMEOUT": 2.0,
