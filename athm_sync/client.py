@@ -131,30 +131,11 @@ class PaymentSnapshot:
             status=normalize.status(
                 normalize.pick(data, "ecommerceStatus", "status"), "ecommerceStatus"
             ),
-            reference_number=normalize.text(data.get("referenceNumber"), "referenceNumber"),
-            daily_transaction_id=normalize.daily_transaction_id(
-                normalize.pick(data, "dailyTransactionId", "dailyTransactionID")
-            ),
             transaction_date=normalize.local_datetime(
                 normalize.pick(data, "transactionDate", "date"), "transactionDate"
             ),
-            total=normalize.money(data.get("total"), "total"),
-            subtotal=normalize.money(normalize.pick(data, "subTotal", "subtotal"), "subTotal"),
-            tax=normalize.money(data.get("tax"), "tax"),
-            fee=normalize.money(data.get("fee"), "fee"),
-            net_amount=normalize.money(data.get("netAmount"), "netAmount"),
-            total_refunded_amount=normalize.money(
-                normalize.pick(data, "totalRefundedAmount", "totalRefundAmount"),
-                "totalRefundedAmount",
-            ),
-            metadata_1=normalize.text(data.get("metadata1"), "metadata1"),
-            metadata_2=normalize.text(data.get("metadata2"), "metadata2"),
-            customer_name=normalize.text(data.get("name"), "name"),
-            customer_phone=normalize.digits(data.get("phoneNumber")),
-            customer_email=normalize.text(data.get("email"), "email"),
             business_name=normalize.text(data.get("businessName"), "businessName"),
-            items=tuple(normalize.items(data.get("items"))),
-            raw=dict(data),
+            **_transaction_fields(data),
         )
 
 
@@ -219,29 +200,36 @@ class ReportTransaction:
             transaction_type=normalize.text(row.get("transactionType"), "transactionType").upper(),
             status=normalize.status(raw_status) if raw_status else "",
             ecommerce_id=normalize.ecommerce_id(raw_id) if raw_id else None,
-            reference_number=normalize.text(row.get("referenceNumber"), "referenceNumber"),
-            daily_transaction_id=normalize.daily_transaction_id(
-                normalize.pick(row, "dailyTransactionID", "dailyTransactionId")
-            ),
             date=normalize.local_datetime(normalize.pick(row, "date", "transactionDate")),
-            total=normalize.money(row.get("total"), "total"),
-            subtotal=normalize.money(normalize.pick(row, "subtotal", "subTotal"), "subtotal"),
-            tax=normalize.money(row.get("tax"), "tax"),
-            fee=normalize.money(row.get("fee"), "fee"),
-            net_amount=normalize.money(row.get("netAmount"), "netAmount"),
-            total_refunded_amount=normalize.money(
-                normalize.pick(row, "totalRefundAmount", "totalRefundedAmount"),
-                "totalRefundAmount",
-            ),
-            metadata_1=normalize.text(row.get("metadata1"), "metadata1"),
-            metadata_2=normalize.text(row.get("metadata2"), "metadata2"),
-            customer_name=normalize.text(row.get("name"), "name"),
-            customer_phone=normalize.digits(row.get("phoneNumber")),
-            customer_email=normalize.text(row.get("email"), "email"),
             message=normalize.text(row.get("message"), "message"),
-            items=tuple(normalize.items(row.get("items"))),
-            raw=dict(row),
+            **_transaction_fields(row),
         )
+
+
+def _transaction_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields findPayment answers and report rows share, under either spelling."""
+    return {
+        "reference_number": normalize.text(data.get("referenceNumber"), "referenceNumber"),
+        "daily_transaction_id": normalize.daily_transaction_id(
+            normalize.pick(data, "dailyTransactionId", "dailyTransactionID")
+        ),
+        "total": normalize.money(data.get("total"), "total"),
+        "subtotal": normalize.money(normalize.pick(data, "subTotal", "subtotal"), "subTotal"),
+        "tax": normalize.money(data.get("tax"), "tax"),
+        "fee": normalize.money(data.get("fee"), "fee"),
+        "net_amount": normalize.money(data.get("netAmount"), "netAmount"),
+        "total_refunded_amount": normalize.money(
+            normalize.pick(data, "totalRefundedAmount", "totalRefundAmount"),
+            "totalRefundedAmount",
+        ),
+        "metadata_1": normalize.text(data.get("metadata1"), "metadata1"),
+        "metadata_2": normalize.text(data.get("metadata2"), "metadata2"),
+        "customer_name": normalize.text(data.get("name"), "name"),
+        "customer_phone": normalize.digits(data.get("phoneNumber")),
+        "customer_email": normalize.text(data.get("email"), "email"),
+        "items": tuple(normalize.items(data.get("items"))),
+        "raw": dict(data),
+    }
 
 
 # -- the client ----------------------------------------------------------------------------
