@@ -609,6 +609,8 @@ def test_an_unexpected_crash_is_recorded_and_releases_claims(athm_settings, monk
     [
         (["--workers", "0"], "--workers must be at least 1"),
         (["--ecommerce-id", "order-17"], "is not a UUID"),
+        (["--limit", "x"], "argument --limit: invalid int value: 'x'"),
+        (["--every-minute"], "unrecognized arguments: --every-minute"),
     ],
 )
 def test_a_real_process_exits_2_with_one_line_and_no_traceback(args, message):

@@ -43,6 +43,21 @@ class Command(BaseCommand):
         "and send its signal. Exit 0: all checked; 1: some could not be checked; 2: cannot run."
     )
 
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        """Django's parser, but an unparsable option from the command line is one line on
+        stderr (``athm_sync: error: ...``, exit 2) instead of argparse's usage block."""
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        usage_error = parser.error
+
+        def one_line_error(message: str) -> NoReturn:
+            if not parser.called_from_command_line:
+                usage_error(message)  # call_command: Django raises CommandError
+            sys.stderr.write(f"{PROGRAM}: error: {message}\n")
+            sys.exit(EXIT_CANNOT_RUN)
+
+        parser.error = one_line_error  # type: ignore[method-assign]
+        return parser
+
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--dry-run",
