@@ -95,19 +95,13 @@ SUBSCRIBE = _Endpoint("webhook subscription", "POST", "/transactions/webhook/pos
 # -- answers -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PaymentSnapshot:
-    """What ATH Móvil says about one eCommerce payment right now (findPayment's answer).
+@dataclass(frozen=True, kw_only=True)
+class _Transaction:
+    """The fields findPayment answers and report rows share (see ``_transaction_fields``);
+    ``raw`` is the answer exactly as ATH Móvil sent it."""
 
-    ``status`` is OPEN, CONFIRM, COMPLETED or CANCEL: findPayment says CANCEL both for a
-    payment the customer cancelled and for one that expired.
-    """
-
-    ecommerce_id: uuid.UUID
-    status: str
     reference_number: str
     daily_transaction_id: str
-    transaction_date: datetime | None
     total: Decimal
     subtotal: Decimal
     tax: Decimal
@@ -119,9 +113,22 @@ class PaymentSnapshot:
     customer_name: str
     customer_phone: str
     customer_email: str
-    business_name: str
     items: tuple[Any, ...]
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PaymentSnapshot(_Transaction):
+    """What ATH Móvil says about one eCommerce payment right now (findPayment's answer).
+
+    ``status`` is OPEN, CONFIRM, COMPLETED or CANCEL: findPayment says CANCEL both for a
+    payment the customer cancelled and for one that expired.
+    """
+
+    ecommerce_id: uuid.UUID
+    status: str
+    transaction_date: datetime | None
+    business_name: str
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> PaymentSnapshot:
@@ -162,8 +169,8 @@ class RefundResult:
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
 
-@dataclass(frozen=True)
-class ReportTransaction:
+@dataclass(frozen=True, kw_only=True)
+class ReportTransaction(_Transaction):
     """One row of the transaction report: a payment (of any kind) or a refund.
 
     ``transaction_type`` is upper-cased (``ECOMMERCE``, ``REFUND``, ``PAYMENT``...);
@@ -173,23 +180,8 @@ class ReportTransaction:
     transaction_type: str
     status: str
     ecommerce_id: uuid.UUID | None
-    reference_number: str
-    daily_transaction_id: str
     date: datetime | None
-    total: Decimal
-    subtotal: Decimal
-    tax: Decimal
-    fee: Decimal
-    net_amount: Decimal
-    total_refunded_amount: Decimal
-    metadata_1: str
-    metadata_2: str
-    customer_name: str
-    customer_phone: str
-    customer_email: str
     message: str
-    items: tuple[Any, ...]
-    raw: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
     def from_api(cls, row: Mapping[str, Any]) -> ReportTransaction:
