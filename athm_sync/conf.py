@@ -40,6 +40,9 @@ DEFAULTS: dict[str, Any] = {
     # A payment ATH Móvil does not know is expired this long after its deadline.
     "EXPIRY_GRACE": timedelta(minutes=10),
     "AUTO_CAPTURE": True,
+    # Seconds the webhook view may spend verifying an event with ATH Móvil before it answers
+    # 200 and leaves the event pending for the next run (retries included).
+    "WEBHOOK_VERIFY_TIMEOUT": 4.0,
 }
 
 # (name, smallest allowed value, whole numbers only)
@@ -51,6 +54,7 @@ _NUMBERS: tuple[tuple[str, float, bool], ...] = (
     ("POOL_SIZE", 1, True),
     ("WORKERS", 1, True),
     ("PAYMENT_TIMEOUT", MIN_PAYMENT_TIMEOUT, True),
+    ("WEBHOOK_VERIFY_TIMEOUT", 0.001, False),
 )
 _DURATIONS = ("MAX_AGE", "EXPIRY_GRACE")
 _URLS = ("API_BASE_URL", "REPORT_BASE_URL")
@@ -89,6 +93,7 @@ class AthmSyncSettings:
     max_age: timedelta
     expiry_grace: timedelta
     auto_capture: bool
+    webhook_verify_timeout: float
 
     def __repr__(self) -> str:  # never print tokens, even in a debugger or a traceback
         return f"AthmSyncSettings(api_base_url={self.api_base_url!r}, workers={self.workers})"
@@ -203,6 +208,7 @@ def get_settings() -> AthmSyncSettings:
         max_age=_as_timedelta(values["MAX_AGE"]),
         expiry_grace=_as_timedelta(values["EXPIRY_GRACE"]),
         auto_capture=values["AUTO_CAPTURE"],
+        webhook_verify_timeout=float(values["WEBHOOK_VERIFY_TIMEOUT"]),
     )
 
 

@@ -312,6 +312,33 @@ class PaymentManager(models.Manager.from_queryset(PaymentQuerySet)):  # type: ig
             auth_token=created.auth_token or "",
         )
 
+    def adopt(self, snapshot: Any) -> tuple[Payment, bool]:
+        """Track a payment ATH Móvil knows but the shop never registered; ``(payment, created)``.
+
+        For the button flow where the browser went away before it told the server: a verified
+        webhook brings the payment in from ATH Móvil's answer (a
+        :class:`~athm_sync.client.PaymentSnapshot`). The new row is OPEN, as a freshly tracked
+        payment is; the caller applies the snapshot through the reconciler, which fires the
+        signal. An already stored payment is returned unchanged. Raises ``ValueError`` when the
+        snapshot's amounts are outside what a payment can hold.
+        """
+        payment_id = validate_ecommerce_id(snapshot.ecommerce_id)
+        existing = self.filter(pk=payment_id).first()
+        if existing is not None:
+            return existing, False
+        cleaned = validate_new_payment(
+            total=snapshot.total,
+            subtotal=snapshot.subtotal,
+            tax=snapshot.tax,
+            metadata_1=snapshot.metadata_1[:MAX_METADATA_LENGTH],
+            metadata_2=snapshot.metadata_2[:MAX_METADATA_LENGTH],
+            items=[item for item in snapshot.items if isinstance(item, dict)],
+        )
+        # When it was created is unknown; its completion time is the best bound there is.
+        created_at = snapshot.transaction_date or timezone.now()
+        payment = self._store(payment_id, cleaned, created_at=created_at, auth_token="")
+        return payment, True
+
     def _store(
         self, ecommerce_id: uuid.UUID, cleaned: NewPayment, *, created_at: datetime, auth_token: str
     ) -> Payment:

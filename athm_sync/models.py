@@ -257,3 +257,66 @@ class SyncRun(models.Model):
 
     def __str__(self) -> str:
         return f"athm_sync run {self.started_at:%Y-%m-%d %H:%M:%S} (exit {self.exit_code})"
+
+
+class WebhookEvent(models.Model):
+    """One webhook body the view accepted (the inbox), and what came of it.
+
+    The body is kept exactly as received (``payload``); the other fields are its normalised
+    reading. ``idempotency_key`` is unique: a second delivery of the same event finds this row
+    and changes nothing more.
+    """
+
+    class Outcome(models.TextChoices):
+        PENDING = "pending", _("Pending: not verified yet")
+        APPLIED = "applied", _("Applied")
+        UNCHANGED = "unchanged", _("No change")
+        REJECTED = "rejected", _("Rejected: ATH Móvil says otherwise")
+        IGNORED = "ignored", _("Ignored")
+
+    received_at = models.DateTimeField(_("received at"), default=timezone.now)
+    remote_addr = models.GenericIPAddressField(_("remote address"), null=True, blank=True)
+    payload = models.JSONField(_("payload"), encoder=DjangoJSONEncoder)
+    transaction_type = models.CharField(_("transaction type"), max_length=16)
+    status = models.CharField(_("status"), max_length=16, blank=True)
+    ecommerce_id = models.UUIDField(_("eCommerce id"), null=True, blank=True)
+    reference_number = models.CharField(_("reference number"), max_length=100, blank=True)
+    amount = models.DecimalField(
+        _("amount"), max_digits=10, decimal_places=2, null=True, blank=True
+    )
+    idempotency_key = models.CharField(_("idempotency key"), max_length=200, unique=True)
+    outcome = models.CharField(
+        _("outcome"), max_length=16, choices=Outcome.choices, default=Outcome.PENDING
+    )
+    reason = models.TextField(_("reason"), blank=True)
+    payment = models.ForeignKey(
+        Payment,
+        verbose_name=_("payment"),
+        related_name="webhook_events",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+    )
+    deliveries = models.PositiveIntegerField(_("deliveries"), default=1)
+    attempts = models.PositiveIntegerField(_("verification attempts"), default=0)
+    processed_at = models.DateTimeField(_("processed at"), null=True, blank=True)
+    # Held while one process verifies the event, so a duplicate arriving meanwhile waits out.
+    processing_until = models.DateTimeField(_("processing until"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("ATH Móvil webhook event")
+        verbose_name_plural = _("ATH Móvil webhook events")
+        ordering = ("-received_at", "-id")
+        indexes = [
+            # The run reads only pending events, oldest first, through this index.
+            models.Index(
+                fields=["received_at"],
+                condition=Q(outcome="pending"),
+                name="athm_webhook_pending_idx",
+            ),
+            models.Index(fields=["ecommerce_id"], name="athm_webhook_ecommerce_idx"),
+        ]
+
+    def __str__(self) -> str:
+        subject = self.ecommerce_id or self.reference_number or "-"
+        return f"{self.transaction_type} {self.status} webhook ({subject}): {self.outcome}"

@@ -25,7 +25,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from athm_sync import reconcile
+from athm_sync import inbox, reconcile
 from athm_sync.client import ATHMovilClient, AuthenticationError
 from athm_sync.conf import AthmSyncSettings, get_settings
 from athm_sync.models import Payment, PaymentEvent, SyncRun
@@ -44,6 +44,8 @@ SIGNAL_FOR_KIND = {
 MIN_LEASE = timedelta(minutes=5)
 BATCH_PER_WORKER = 4
 EXIT_OK, EXIT_ERRORS, EXIT_CANNOT_RUN = 0, 1, 2
+# What became of the pending webhook events a run verified ("pending": still not verifiable).
+WEBHOOK_OUTCOMES = ("applied", "unchanged", "rejected", "ignored", "pending")
 
 
 class CannotRun(Exception):
@@ -96,6 +98,7 @@ class RunReport:
     signals_sent: int = 0
     receiver_errors: int = 0
     redispatched: int = 0
+    webhooks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WEBHOOK_OUTCOMES, 0))
     errors: list[dict[str, str]] = field(default_factory=list)
     duration_seconds: float = 0.0
     exit_code: int = EXIT_OK
@@ -113,6 +116,7 @@ class RunReport:
             "signals_sent": self.signals_sent,
             "receiver_errors": self.receiver_errors,
             "redispatched": self.redispatched,
+            "webhooks": dict(self.webhooks),
             "errors": list(self.errors),
             "duration_seconds": round(self.duration_seconds, 3),
             "dry_run": self.dry_run,
@@ -214,6 +218,8 @@ class Runner:
                 max_workers=self.workers, thread_name_prefix="athm-sync"
             ) as pool:
                 try:
+                    if not self.options.dry_run:
+                        self._process_webhooks(client)
                     if self.options.dry_run:
                         self._dry_run(pool, client)
                     elif self.options.ecommerce_ids:
@@ -281,6 +287,18 @@ class Runner:
                 ]
             )
         )
+
+    # -- the webhooks left pending -------------------------------------------------------
+
+    def _process_webhooks(self, client: ATHMovilClient) -> None:
+        """Verify the webhook events the view could not (ATH Móvil was slow or down), before
+        any payment is polled. Raises :class:`AuthenticationError` as polling would."""
+        for processed in inbox.process_pending(client, self.conf):
+            self.report.webhooks[processed.event.outcome] += 1
+            if processed.result is not None:
+                self._record_events(processed.result)
+            if processed.credentials_error is not None:
+                raise processed.credentials_error
 
     # -- the three ways to pick payments -------------------------------------------------
 
@@ -368,8 +386,6 @@ class Runner:
 
     def _count(self, observation: reconcile.Observation, outcome: reconcile.Outcome) -> None:
         report = self.report
-        report.signals_sent += outcome.signals_sent
-        report.receiver_errors += outcome.receiver_errors
         if outcome.given_up:
             report.given_up += 1
         if observation.error is not None:
@@ -382,7 +398,13 @@ class Runner:
             report.captured += 1
         if not outcome.events:
             report.unchanged += 1
-            return
+        self._record_events(outcome)
+
+    def _record_events(self, outcome: reconcile.Outcome) -> None:
+        """Count the transitions ``apply`` recorded and the signals it sent."""
+        report = self.report
+        report.signals_sent += outcome.signals_sent
+        report.receiver_errors += outcome.receiver_errors
         payment = outcome.payment
         for event in outcome.events:
             kind = str(event.kind)

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from athm_sync import signals
 from athm_sync.sandbox import SandboxServer
 
 
@@ -36,3 +37,30 @@ def athm_settings(settings, sandbox: SandboxServer) -> SandboxServer:
         "REPORT_BASE_URL": sandbox.url,
     }
     return sandbox
+
+
+SIGNALS = {
+    "payment_completed": signals.payment_completed,
+    "payment_cancelled": signals.payment_cancelled,
+    "payment_expired": signals.payment_expired,
+    "refund_sent": signals.refund_sent,
+}
+
+
+@pytest.fixture
+def received():
+    """Every signal sent during the test: (signal name, sender, kwargs without ``signal``)."""
+    calls: list[tuple[str, type, dict]] = []
+
+    def recorder(name):
+        def record(sender, **kwargs):
+            kwargs.pop("signal")
+            calls.append((name, sender, kwargs))
+
+        return record
+
+    for name, signal in SIGNALS.items():
+        signal.connect(recorder(name), weak=False, dispatch_uid=f"test-received-{name}")
+    yield calls
+    for name, signal in SIGNALS.items():
+        signal.disconnect(dispatch_uid=f"test-received-{name}")

@@ -29,35 +29,10 @@ from athm_sync.sandbox.state import BUSINESS_NAME
 pytestmark = pytest.mark.django_db(transaction=True)
 
 S = Payment.Status
-SIGNALS = {
-    "payment_completed": signals.payment_completed,
-    "payment_cancelled": signals.payment_cancelled,
-    "payment_expired": signals.payment_expired,
-    "refund_sent": signals.refund_sent,
-}
 seed_logger = logging.getLogger(__name__)
 
 
 # -- fixtures and helpers ------------------------------------------------------------------
-
-
-@pytest.fixture
-def received():
-    """Every signal sent during the test: (signal name, sender, kwargs without ``signal``)."""
-    calls: list[tuple[str, type, dict]] = []
-
-    def recorder(name):
-        def record(sender, **kwargs):
-            kwargs.pop("signal")
-            calls.append((name, sender, kwargs))
-
-        return record
-
-    for name, signal in SIGNALS.items():
-        signal.connect(recorder(name), weak=False, dispatch_uid=f"test-reconcile-{name}")
-    yield calls
-    for name, signal in SIGNALS.items():
-        signal.disconnect(dispatch_uid=f"test-reconcile-{name}")
 
 
 @pytest.fixture

@@ -1,0 +1,459 @@
+"""The webhook inbox: read a webhook body, store it once, verify it with ATH Móvil, apply it.
+
+ATH Móvil's webhooks are not signed, are sometimes not sent and may arrive twice, so a webhook
+is only a hint to look now. The flow, for the view and for the ``athm_sync`` run alike:
+
+1. :func:`read_body` and :func:`parse` turn a body into a :class:`Notice`, or raise
+   :class:`InvalidWebhook` with a short reason (the view answers 400).
+2. :func:`record` stores it as a :class:`~athm_sync.models.WebhookEvent`, keyed by its
+   idempotency key; a second delivery finds the first row instead.
+3. :func:`process` asks ATH Móvil (findPayment) whether the event is true. If it is, the
+   observation goes through :func:`athm_sync.reconcile.apply`, the same function the poller
+   uses, with the webhook's ``cancelled``/``expired`` as the hint. If ATH Móvil contradicts it,
+   nothing changes and the event is ``rejected``. If ATH Móvil cannot be asked in time, the
+   event stays ``pending`` and the next run processes it (:func:`process_pending`).
+
+Decisions:
+
+- A verified eCommerce event for a payment the shop never tracked (the browser died before it
+  told the server) creates the payment from ATH Móvil's answer; its signal fires.
+- A refund webhook names no ecommerceId: it is matched to the stored payment with its reference
+  number and verified by the refunded amount findPayment reports. A refund of a payment the
+  shop does not track is ``ignored``.
+- ``payment``, ``donation`` and ``simulated`` events are stored and ``ignored``.
+- A duplicate of an event that was applied, changed nothing or was ignored does nothing more.
+  A duplicate of a ``rejected`` or ``pending`` one is verified again: ATH Móvil may have caught
+  up since, and the transition function never fires a signal twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from ipaddress import ip_address
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from athm_sync import normalize, reconcile
+from athm_sync.client import ATHMovilClient, AuthenticationError
+from athm_sync.conf import AthmSyncSettings, get_settings
+from athm_sync.models import Payment, WebhookEvent
+
+logger = logging.getLogger("athm_sync.inbox")
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_DEPTH = 32
+ECOMMERCE, REFUND = "ecommerce", "refund"
+IGNORED_TYPES = ("payment", "donation", "simulated")
+TRANSACTION_TYPES = (ECOMMERCE, REFUND, *IGNORED_TYPES)
+# A webhook's status, in the app's status spelling, as the webhook words it.
+_WEBHOOK_STATUS = {
+    Payment.Status.COMPLETED: "completed",
+    Payment.Status.CANCEL: reconcile.HINT_CANCELLED,
+    Payment.Status.EXPIRED: reconcile.HINT_EXPIRED,
+}
+# How long one process may hold an event it is verifying before another may take it over.
+PROCESSING_MARGIN = timedelta(seconds=60)
+
+Outcome = WebhookEvent.Outcome
+
+
+class InvalidWebhook(ValueError):
+    """A body the view refuses with 400; the message is the short reason it answers."""
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A webhook body, read: what it claims, in the app's types, and the body itself."""
+
+    transaction_type: str
+    status: str
+    ecommerce_id: uuid.UUID | None
+    reference_number: str
+    amount: Decimal | None
+    idempotency_key: str
+    payload: dict[str, Any]
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def read_body(body: bytes) -> dict[str, Any]:
+    """The JSON object in ``body``; raises :class:`InvalidWebhook`.
+
+    Refuses what no database could store faithfully: NaN and Infinity, NUL characters and
+    lone surrogates in strings, and nesting deeper than 32 levels.
+    """
+    try:
+        payload = json.loads(body, parse_constant=_refuse_constant)
+    except InvalidWebhook:
+        raise
+    except (ValueError, RecursionError):
+        raise InvalidWebhook("the body is not JSON") from None
+    if not isinstance(payload, dict):
+        raise InvalidWebhook("the body is not a JSON object")
+    _check_storable(payload)
+    return payload
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidWebhook(f"the body holds {name}, which is not a JSON number")
+
+
+def _check_storable(payload: dict[str, Any]) -> None:
+    stack: list[tuple[Any, int]] = [(payload, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidWebhook(f"the body is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                _check_text(key)
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str):
+            _check_text(value)
+
+
+def _check_text(text: str) -> None:
+    if "\x00" in text:
+        raise InvalidWebhook("the body holds a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidWebhook("the body holds a lone surrogate (not valid Unicode)") from None
+
+
+def parse(payload: Mapping[str, Any]) -> Notice:
+    """Read a webhook body; raises :class:`InvalidWebhook` naming what is wrong with it.
+
+    Every quirk of ATHM_API.md is accepted: ``ECOMMERCE`` or ``ecommerce``, ``COMPLETED`` or
+    ``completed``, ``CANCEL`` or ``cancelled``, amounts as numbers or strings, stray spaces.
+    """
+    try:
+        return _parse(payload)
+    except InvalidWebhook:
+        raise
+    except ValueError as error:
+        raise InvalidWebhook(str(error)) from None
+
+
+def _parse(payload: Mapping[str, Any]) -> Notice:
+    raw_type = payload.get("transactionType")
+    if raw_type is None or raw_type == "":
+        raise InvalidWebhook("transactionType is missing")
+    transaction_type = normalize.text(raw_type, "transactionType").lower()
+    if transaction_type not in TRANSACTION_TYPES:
+        raise InvalidWebhook(
+            f"transactionType {transaction_type[:40]!r} is not one of "
+            + ", ".join(TRANSACTION_TYPES)
+        )
+    reference_number = normalize.text(payload.get("referenceNumber"), "referenceNumber")[:100]
+    if transaction_type == ECOMMERCE:
+        if payload.get("ecommerceId") in (None, ""):
+            raise InvalidWebhook("ecommerceId is missing")
+        ecommerce_id = normalize.ecommerce_id(payload.get("ecommerceId"))
+        status = _webhook_status(payload.get("status"))
+        amount = normalize.money(payload.get("total"), "total")
+        key = f"{ECOMMERCE}:{ecommerce_id}:{status}"
+        return Notice(ECOMMERCE, status, ecommerce_id, reference_number, amount, key, dict(payload))
+    if transaction_type == REFUND:
+        if not reference_number:
+            raise InvalidWebhook("referenceNumber is missing")
+        amount = normalize.money(payload.get("total"), "total")
+        if amount <= 0:
+            raise InvalidWebhook("total (the refunded amount) must be more than 0")
+        daily_id = normalize.daily_transaction_id(
+            normalize.pick(payload, "dailyTransactionID", "dailyTransactionId")
+        )
+        date = normalize.text(normalize.pick(payload, "date", "transactionDate"), "date")
+        key = f"{REFUND}:{_digest([reference_number, daily_id, str(amount), date])}"
+        return Notice(REFUND, "completed", None, reference_number, amount, key, dict(payload))
+    key = f"{transaction_type}:{_digest(payload)}"
+    return Notice(transaction_type, "", None, reference_number, None, key, dict(payload))
+
+
+def _webhook_status(value: Any) -> str:
+    if value is None or value == "":
+        raise InvalidWebhook("status is missing")
+    remote = normalize.status(value)
+    if remote not in _WEBHOOK_STATUS:
+        raise InvalidWebhook(f"status {remote!r} is not completed, cancelled or expired")
+    return _WEBHOOK_STATUS[remote]
+
+
+def _digest(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:40]
+
+
+# -- storing -------------------------------------------------------------------------------
+
+
+def record(notice: Notice, remote_addr: str | None = None) -> tuple[WebhookEvent, bool]:
+    """Store ``notice`` once; returns ``(event, created)``.
+
+    A second delivery (same idempotency key, even arriving at the same instant) returns the
+    stored event, with its delivery count raised. Events of types the app does not act on are
+    stored as ``ignored``.
+    """
+    ignored = notice.transaction_type in IGNORED_TYPES
+    try:
+        with transaction.atomic():
+            event = WebhookEvent.objects.create(
+                remote_addr=_ip_or_none(remote_addr),
+                payload=notice.payload,
+                transaction_type=notice.transaction_type,
+                status=notice.status,
+                ecommerce_id=notice.ecommerce_id,
+                reference_number=notice.reference_number,
+                amount=notice.amount,
+                idempotency_key=notice.idempotency_key,
+                outcome=Outcome.IGNORED if ignored else Outcome.PENDING,
+                reason=f"{notice.transaction_type} events are not acted on" if ignored else "",
+                processed_at=timezone.now() if ignored else None,
+            )
+    except IntegrityError:
+        existing = WebhookEvent.objects.filter(idempotency_key=notice.idempotency_key)
+        reconcile.run_locked(lambda: existing.update(deliveries=F("deliveries") + 1))
+        return existing.get(), False
+    return event, True
+
+
+def _ip_or_none(value: str | None) -> str | None:
+    try:
+        return str(ip_address((value or "").strip()))
+    except ValueError:
+        return None
+
+
+# -- verifying and applying ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Processed:
+    """What :func:`process` made of one event; ``result`` is the reconciler's, when it ran."""
+
+    event: WebhookEvent
+    result: reconcile.Outcome | None = None
+    credentials_error: AuthenticationError | None = None
+
+
+def receive(
+    notice: Notice,
+    remote_addr: str | None = None,
+    *,
+    client: ATHMovilClient | None = None,
+    conf: AthmSyncSettings | None = None,
+) -> tuple[WebhookEvent, bool]:
+    """Store a webhook and, unless it is a duplicate already settled, verify and apply it.
+
+    Returns ``(event, duplicate)``. Verification is bounded by ``WEBHOOK_VERIFY_TIMEOUT``: when
+    ATH Móvil cannot answer in time the event stays ``pending`` for the next run.
+    """
+    conf = conf or get_settings()
+    event, created = record(notice, remote_addr)
+    if event.outcome not in (Outcome.PENDING, Outcome.REJECTED):
+        return event, not created
+    processed = process(event, client or verification_client(conf), conf=conf, retry_rejected=True)
+    return (processed.event if processed is not None else event), not created
+
+
+def process(
+    event: WebhookEvent,
+    client: ATHMovilClient,
+    *,
+    conf: AthmSyncSettings | None = None,
+    retry_rejected: bool = False,
+) -> Processed | None:
+    """Verify one stored event with ATH Móvil and apply it; returns ``None`` when another
+    process holds it or it is already settled.
+
+    The event is claimed first (a lease in ``processing_until``), so two deliveries of one
+    event arriving together are verified once.
+    """
+    conf = conf or get_settings()
+    now = timezone.now()
+    lease = timedelta(seconds=conf.retry_deadline + conf.connect_timeout) + PROCESSING_MARGIN
+    takeable = [Outcome.PENDING, Outcome.REJECTED] if retry_rejected else [Outcome.PENDING]
+    claimed = reconcile.run_locked(
+        lambda: WebhookEvent.objects.filter(
+            Q(processing_until__isnull=True) | Q(processing_until__lt=now),
+            pk=event.pk,
+            outcome__in=takeable,
+        ).update(processing_until=now + lease)
+    )
+    if not claimed:
+        return None
+    event.refresh_from_db()
+    credentials_error = None
+    result = None
+    try:
+        if event.transaction_type == ECOMMERCE:
+            outcome, reason, payment, result = _process_ecommerce(event, client, conf)
+        else:
+            outcome, reason, payment, result = _process_refund(event, client, conf)
+    except AuthenticationError as error:
+        logger.error("Cannot verify webhook event %s: %s", event.pk, error)
+        outcome, reason, payment = Outcome.PENDING, f"credentials rejected: {error}", None
+        credentials_error = error
+    except BaseException:
+        _release(event)
+        raise
+    event.outcome = outcome
+    event.reason = reason[:1000]
+    if payment is not None:
+        event.payment = payment
+    event.attempts += 1
+    event.processed_at = timezone.now()
+    event.processing_until = None
+    reconcile.run_locked(
+        lambda: event.save(
+            update_fields=[
+                "outcome",
+                "reason",
+                "payment",
+                "attempts",
+                "processed_at",
+                "processing_until",
+            ]
+        )
+    )
+    log = logger.warning if outcome == Outcome.REJECTED else logger.info
+    log("Webhook event %s (%s): %s %s", event.pk, event.idempotency_key, outcome, reason)
+    return Processed(event, result, credentials_error)
+
+
+def _release(event: WebhookEvent) -> None:
+    reconcile.run_locked(
+        lambda: WebhookEvent.objects.filter(pk=event.pk).update(processing_until=None)
+    )
+
+
+_Verdict = tuple[str, str, Payment | None, reconcile.Outcome | None]
+
+
+def _process_ecommerce(
+    event: WebhookEvent, client: ATHMovilClient, conf: AthmSyncSettings
+) -> _Verdict:
+    observation = reconcile.observe(client, event.ecommerce_id, capture=False)
+    if observation.error is not None:
+        return Outcome.PENDING, f"could not verify: {observation.error}", None, None
+    snapshot = observation.snapshot
+    if snapshot is None:
+        return Outcome.REJECTED, "ATH Móvil does not know this ecommerceId", None, None
+    claimed_terminal = (
+        (Payment.Status.COMPLETED,)
+        if event.status == "completed"
+        else (Payment.Status.CANCEL, Payment.Status.EXPIRED)
+    )
+    if snapshot.status not in claimed_terminal:
+        reason = f"the webhook says {event.status} but ATH Móvil says {snapshot.status}"
+        return Outcome.REJECTED, reason, None, None
+    hint = event.status if event.status in reconcile.HINTS else None
+    try:
+        _, adopted = Payment.objects.adopt(snapshot)
+    except ValueError as error:
+        return (
+            Outcome.REJECTED,
+            f"cannot store the payment ATH Móvil describes: {error}",
+            None,
+            None,
+        )
+    result = reconcile.apply(observation, hint, source="webhook", conf=conf)
+    return _verdict_of(result, "created from the verified webhook" if adopted else "")
+
+
+def _process_refund(
+    event: WebhookEvent, client: ATHMovilClient, conf: AthmSyncSettings
+) -> _Verdict:
+    payments = list(Payment.objects.filter(reference_number=event.reference_number)[:2])
+    if len(payments) != 1:
+        found = "no stored payment has" if not payments else "several stored payments have"
+        return Outcome.IGNORED, f"{found} reference number {event.reference_number}", None, None
+    payment = payments[0]
+    observation = reconcile.observe(client, payment.pk, capture=False)
+    if observation.error is not None:
+        return Outcome.PENDING, f"could not verify: {observation.error}", payment, None
+    snapshot = observation.snapshot
+    if snapshot is None:
+        return Outcome.REJECTED, "ATH Móvil does not know this payment", payment, None
+    if snapshot.total_refunded_amount < (event.amount or 0):
+        reason = (
+            f"the webhook says {event.amount} was refunded but ATH Móvil shows "
+            f"{snapshot.total_refunded_amount} refunded in all"
+        )
+        return Outcome.REJECTED, reason, payment, None
+    result = reconcile.apply(observation, source="webhook", conf=conf)
+    return _verdict_of(result, "")
+
+
+def _verdict_of(result: reconcile.Outcome, note: str) -> _Verdict:
+    if result.events:
+        kinds = ", ".join(str(event.kind) for event in result.events)
+        reason = f"{kinds}; {note}" if note else kinds
+        return Outcome.APPLIED, reason, result.payment, result
+    return Outcome.UNCHANGED, "already known", result.payment, result
+
+
+# -- the run's share -----------------------------------------------------------------------
+
+
+def process_pending(
+    client: ATHMovilClient, conf: AthmSyncSettings | None = None
+) -> list[Processed]:
+    """Verify and apply every pending event, oldest first (the start of each ``athm_sync`` run).
+
+    Stops early when ATH Móvil rejects the credentials: every other event would fail alike.
+    """
+    conf = conf or get_settings()
+    processed: list[Processed] = []
+    pending = WebhookEvent.objects.filter(outcome=Outcome.PENDING).order_by("received_at", "pk")
+    for event in pending.iterator():
+        done = process(event, client, conf=conf)
+        if done is None:
+            continue
+        processed.append(done)
+        if done.credentials_error is not None:
+            break
+    return processed
+
+
+# -- the view's client ---------------------------------------------------------------------
+
+_clients: dict[AthmSyncSettings, ATHMovilClient] = {}
+_clients_lock = threading.Lock()
+
+
+def verification_client(conf: AthmSyncSettings) -> ATHMovilClient:
+    """A client whose every call, retries included, ends within ``WEBHOOK_VERIFY_TIMEOUT``.
+
+    Shared by the requests a process serves (it keeps its connection to ATH Móvil open), and
+    replaced when the settings change.
+    """
+    with _clients_lock:
+        client = _clients.get(conf)
+        if client is None:
+            for old in _clients.values():
+                old.close()
+            _clients.clear()
+            budget = conf.webhook_verify_timeout
+            client = ATHMovilClient.from_settings(
+                connect_timeout=min(conf.connect_timeout, budget / 2),
+                read_timeout=min(conf.read_timeout, budget),
+                retry_deadline=budget,
+                pool_size=max(4, conf.pool_size),
+            )
+            _clients[conf] = client
+        return client
