@@ -1,0 +1,560 @@
+"""The webhook view and its inbox (athm_sync.views, athm_sync.inbox), through Django's test client.
+
+Every webhook is verified against the real sandbox ATH Móvil over loopback, and every
+transaction commits (``transaction=True``) so that signals fire after commit as in production.
+The same flows over real HTTP, posted by the sandbox itself, are in ``test_webhook_live.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.core.management import call_command
+from django.test import Client
+from django.urls import reverse
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from athm_sync import inbox
+from athm_sync.models import Payment, PaymentEvent, Refund, WebhookEvent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+S = Payment.Status
+SECRET = "w" * 40  # tests/settings.py
+URL = reverse("athm_sync:webhook", kwargs={"token": SECRET})
+
+
+@pytest.fixture
+def athm(athm_settings):
+    return athm_settings
+
+
+@pytest.fixture
+def web() -> Client:
+    return Client()
+
+
+def post(web: Client, body, **extra):
+    """POST ``body`` (a dict as JSON, or raw bytes) to the webhook URL; returns the response."""
+    data = body if isinstance(body, bytes) else json.dumps(body)
+    return web.post(URL, data, content_type="application/json", **extra)
+
+
+def names(calls) -> list[str]:
+    return [name for name, _, _ in calls]
+
+
+def track(sandbox, total: str = "10.00", timeout: int = 600) -> Payment:
+    ecommerce_id, _ = sandbox.create_payment(total, timeout=timeout, metadata1="order-7")
+    return Payment.objects.track(ecommerce_id, total=total, timeout=timeout, metadata_1="order-7")
+
+
+def reload(payment: Payment) -> Payment:
+    return Payment.objects.get(pk=payment.pk)
+
+
+def find_calls(sandbox) -> int:
+    return sandbox.counts().get("findPayment", 0)
+
+
+# -- verified, then applied ----------------------------------------------------------------
+
+
+def test_a_genuine_completion_fires_payment_completed_once_without_a_poll(athm, web, received):
+    sandbox = athm
+    payment = track(sandbox)
+    sandbox.complete(str(payment.pk), name="Ana Ríos")
+    sandbox.reset_counts()
+
+    response = post(web, sandbox.webhook_payload(str(payment.pk)), REMOTE_ADDR="10.1.2.3")
+
+    assert response.status_code == 200
+    event = WebhookEvent.objects.get()
+    assert response.json() == {"outcome": "applied", "event": event.pk, "duplicate": False}
+    assert names(received) == ["payment_completed"]
+    stored = reload(payment)
+    assert stored.status == S.COMPLETED
+    assert stored.reference_number and stored.customer_name == "Ana Ríos"
+    assert received[0][2]["payment"].status == S.COMPLETED
+    assert PaymentEvent.objects.get().source == "webhook"
+    assert find_calls(sandbox) == 1  # verified with exactly one findPayment
+    assert (event.transaction_type, event.status, event.outcome) == (
+        "ecommerce",
+        "completed",
+        "applied",
+    )
+    assert event.ecommerce_id == payment.pk and event.payment_id == payment.pk
+    assert event.remote_addr == "10.1.2.3"
+    assert event.amount == Decimal("10.00")
+    assert event.payload["ecommerceId"] == str(payment.pk)  # the body as received
+    assert event.idempotency_key == f"ecommerce:{payment.pk}:completed"
+
+
+def test_a_duplicate_delivery_is_answered_200_and_does_nothing_more(athm, web, received):
+    sandbox = athm
+    payment = track(sandbox)
+    sandbox.complete(str(payment.pk))
+    body = sandbox.webhook_payload(str(payment.pk))
+    post(web, body)
+    sandbox.reset_counts()
+
+    again = post(web, body)
+
+    assert again.status_code == 200
+    assert again.json()["duplicate"] is True and again.json()["outcome"] == "applied"
+    assert names(received) == ["payment_completed"]
+    assert find_calls(sandbox) == 0
+    event = WebhookEvent.objects.get()
+    assert event.deliveries == 2 and event.attempts == 1
+
+
+def test_a_forged_completion_changes_nothing_and_is_rejected(athm, web, received):
+    sandbox = athm
+    payment = track(sandbox)  # ATH Móvil says OPEN
+
+    response = post(web, sandbox.webhook_payload(str(payment.pk), "completed"))
+
+    assert response.status_code == 200 and response.json()["outcome"] == "rejected"
+    assert names(received) == []
+    assert reload(payment).status == S.OPEN
+    assert not PaymentEvent.objects.exists()
+    event = WebhookEvent.objects.get()
+    assert event.outcome == "rejected"
+    assert event.reason == "the webhook says completed but ATH Móvil says OPEN"
+
+
+def test_a_rejected_event_delivered_again_is_verified_again(athm, web, received):
+    """ATH Móvil may answer findPayment a moment behind its own webhook: the second delivery
+    of a rejected event is checked afresh and applied once it is true."""
+    sandbox = athm
+    payment = track(sandbox)
+    body = sandbox.webhook_payload(str(payment.pk), "completed")
+    assert post(web, body).json()["outcome"] == "rejected"
+
+    sandbox.complete(str(payment.pk))
+    assert post(web, body).json()["outcome"] == "applied"
+
+    assert names(received) == ["payment_completed"]
+    assert WebhookEvent.objects.get().attempts == 2
+
+
+def test_an_expired_webhook_is_an_expiry_even_before_our_deadline(athm, web, received):
+    sandbox = athm
+    payment = track(sandbox, timeout=600)
+    sandbox.expire(str(payment.pk))  # findPayment says CANCEL, as for a cancel
+
+    post(web, sandbox.webhook_payload(str(payment.pk)))
+
+    assert reload(payment).status == S.EXPIRED
+    assert names(received) == ["payment_expired"]
+
+
+def test_a_cancelled_webhook_is_a_cancel_even_after_our_deadline(athm, web, received, time_machine):
+    sandbox = athm
+    payment = track(sandbox, timeout=120)
+    sandbox.cancel(str(payment.pk))
+    time_machine.move_to(payment.created_at + timedelta(seconds=300), tick=False)
+
+    post(web, sandbox.webhook_payload(str(payment.pk)))
+
+    assert reload(payment).status == S.CANCEL
+    assert names(received) == ["payment_cancelled"]
+
+
+def test_a_cancel_webhook_for_a_completed_payment_is_rejected(athm, web, received):
+    sandbox = athm
+    payment = track(sandbox)
+    sandbox.complete(str(payment.pk))
+
+    response = post(web, sandbox.webhook_payload(str(payment.pk), "cancelled"))
+
+    assert response.json()["outcome"] == "rejected"
+    assert reload(payment).status == S.OPEN  # nothing applied; the poller will see COMPLETED
+    assert names(received) == []
+
+
+def test_an_unregistered_payment_is_created_from_the_verified_snapshot(athm, web, received):
+    """The browser died before it told the shop's server: the webhook brings the payment in."""
+    sandbox = athm
+    ecommerce_id, _ = sandbox.create_payment("25.50", metadata1="cart-9", tax="1.50")
+    sandbox.complete(ecommerce_id)
+
+    response = post(web, sandbox.webhook_payload(ecommerce_id))
+
+    assert response.json()["outcome"] == "applied"
+    payment = Payment.objects.get(pk=ecommerce_id)
+    assert payment.status == S.COMPLETED
+    assert payment.total == Decimal("25.50") and payment.tax == Decimal("1.50")
+    assert payment.metadata_1 == "cart-9" and payment.reference_number
+    assert payment.next_check_at is None and payment.auth_token == ""
+    assert names(received) == ["payment_completed"]
+    assert received[0][2]["payment"].pk == payment.pk
+    assert "created" in WebhookEvent.objects.get().reason
+
+
+def test_an_id_ath_movil_does_not_know_is_rejected_and_stores_no_payment(athm, web, received):
+    body = {"transactionType": "ecommerce", "status": "completed", "ecommerceId": str(uuid.uuid4())}
+
+    response = post(web, body)
+
+    assert response.status_code == 200 and response.json()["outcome"] == "rejected"
+    assert not Payment.objects.exists()
+    assert WebhookEvent.objects.get().reason == "ATH Móvil does not know this ecommerceId"
+
+
+# -- refunds and other event types ---------------------------------------------------------
+
+
+@pytest.fixture
+def completed(athm, web, received) -> Payment:
+    """A tracked payment completed through its webhook (signals cleared)."""
+    payment = track(athm)
+    athm.complete(str(payment.pk))
+    post(web, athm.webhook_payload(str(payment.pk)))
+    received.clear()
+    return reload(payment)
+
+
+def test_a_refund_webhook_is_matched_by_reference_number_and_verified(
+    athm, web, received, completed
+):
+    sandbox = athm
+    sandbox.refund(str(completed.pk), "4.00", "damaged")
+    body = sandbox.refund_webhook_payload(str(completed.pk))
+    assert body.get("ecommerceId") is None
+
+    response = post(web, body)
+
+    assert response.json()["outcome"] == "applied"
+    refund = Refund.objects.get()
+    assert refund.payment_id == completed.pk and refund.amount == Decimal("4.00")
+    assert reload(completed).total_refunded_amount == Decimal("4.00")
+    assert names(received) == ["refund_sent"]
+    again = post(web, body).json()
+    assert again["outcome"] == "applied" and again["duplicate"] is True
+    assert names(received) == ["refund_sent"]
+
+
+def test_a_refund_ath_movil_does_not_show_is_rejected(athm, web, received, completed):
+    body = {
+        "transactionType": "refund",
+        "status": "completed",
+        "referenceNumber": completed.reference_number,
+        "total": "3.00",
+    }
+
+    response = post(web, body)
+
+    assert response.json()["outcome"] == "rejected"
+    assert not Refund.objects.exists() and names(received) == []
+    assert "0.00 refunded" in WebhookEvent.objects.get(transaction_type="refund").reason
+
+
+def test_a_refund_of_a_payment_the_shop_does_not_track_is_ignored(athm, web, received):
+    body = {"transactionType": "refund", "referenceNumber": "999-abc", "total": 3}
+    sandbox = athm
+    sandbox.reset_counts()
+
+    response = post(web, body)
+
+    assert response.json()["outcome"] == "ignored"
+    assert find_calls(sandbox) == 0
+
+
+@pytest.mark.parametrize("kind", ["payment", "donation", "simulated", "PAYMENT"])
+def test_payment_donation_and_simulated_events_are_stored_and_ignored(athm, web, received, kind):
+    body = {"transactionType": kind, "status": "completed", "referenceNumber": "1-2", "total": 5}
+    athm.reset_counts()
+
+    response = post(web, body)
+
+    assert response.status_code == 200 and response.json()["outcome"] == "ignored"
+    event = WebhookEvent.objects.get()
+    assert event.transaction_type == kind.lower() and event.payload == body
+    assert athm.counts() == {} or sum(athm.counts().values()) == 0
+    assert post(web, body).json()["duplicate"] is True
+
+
+# -- the captured shapes of ATHM_API.md ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"phoneNumber": 7875551234},
+        {"phoneNumber": "(787) 555-1234"},
+        {"transactionType": "ECOMMERCE", "status": "COMPLETED"},
+        {"transactionType": " Ecommerce ", "status": "Completed "},
+        {"dailyTransactionId": "0035", "dailyTransactionID": None},
+        {"dailyTransactionID": 35},
+        {"total": "10.00", "fee": 0.6000000238418579, "tax": "0.00", "subTotal": 10},
+        {"total": 10},
+        {"date": "2023-01-13 16:17:06.0", "transactionDate": "2023-01-13 16:17:06"},
+        {"items": '[{"name": "Tee", "price": 10}]'},
+    ],
+    ids=lambda overrides: ",".join(overrides),
+)
+def test_captured_webhook_shapes_are_accepted(athm, web, received, overrides):
+    sandbox = athm
+    payment = track(sandbox)
+    sandbox.complete(str(payment.pk))
+    body = {**sandbox.webhook_payload(str(payment.pk)), **overrides}
+    body = {key: value for key, value in body.items() if value is not None}
+
+    response = post(web, body)
+
+    assert response.status_code == 200 and response.json()["outcome"] == "applied"
+    assert names(received) == ["payment_completed"]
+
+
+def test_stray_spaces_around_the_ids_are_accepted(athm, web, received):
+    sandbox = athm
+    payment = track(sandbox)
+    sandbox.complete(str(payment.pk))
+    body = sandbox.webhook_payload(str(payment.pk))
+    body["ecommerceId"] = f" {payment.pk} "
+    body["referenceNumber"] += " "
+
+    assert post(web, body).json()["outcome"] == "applied"
+    assert WebhookEvent.objects.get().reference_number == body["referenceNumber"].strip()
+    # The same event spelled differently is still the same event.
+    body["ecommerceId"] = str(payment.pk).upper()
+    assert post(web, body).json()["duplicate"] is True
+
+
+# -- ATH Móvil down ------------------------------------------------------------------------
+
+
+def test_api_down_answers_200_keeps_the_event_pending_and_the_next_run_applies_it(
+    athm, web, received, settings
+):
+    sandbox = athm
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "WEBHOOK_VERIFY_TIMEOUT": 0.2}
+    payment = track(sandbox)
+    sandbox.complete(str(payment.pk))
+    sandbox.inject_fault("timeout", "findPayment", times=5, delay=2.0)
+    sandbox.reset_counts()
+
+    response = post(web, sandbox.webhook_payload(str(payment.pk)))
+
+    assert response.status_code == 200 and response.json()["outcome"] == "pending"
+    assert find_calls(sandbox) == 1  # the budget left no time for a retry
+    assert reload(payment).status == S.OPEN and names(received) == []
+    event = WebhookEvent.objects.get()
+    assert event.outcome == "pending" and "could not verify" in event.reason
+    assert event.processing_until is None  # free for the run to take
+
+    sandbox.clear_faults()
+    Payment.objects.filter(pk=payment.pk).update(next_check_at=None)  # only the inbox is due
+    summary = run_sync()
+
+    assert summary["webhooks"] == {
+        "applied": 1,
+        "unchanged": 0,
+        "rejected": 0,
+        "ignored": 0,
+        "pending": 0,
+    }
+    assert summary["transitions"]["completed"] == 1 and summary["signals_sent"] == 1
+    assert reload(payment).status == S.COMPLETED
+    assert names(received) == ["payment_completed"]
+    assert WebhookEvent.objects.get().outcome == "applied"
+    assert run_sync()["webhooks"]["applied"] == 0  # processed once
+
+
+def test_pending_events_come_before_the_poll_and_the_poll_adds_no_second_signal(
+    athm, web, received, settings
+):
+    sandbox = athm
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "WEBHOOK_VERIFY_TIMEOUT": 0.2}
+    payment = track(sandbox)
+    sandbox.complete(str(payment.pk))
+    sandbox.inject_fault("timeout", "findPayment", times=1, delay=2.0)
+    assert post(web, sandbox.webhook_payload(str(payment.pk))).json()["outcome"] == "pending"
+
+    summary = run_sync()  # the payment is due too: the inbox goes first, the poll sees no change
+
+    assert summary["webhooks"]["applied"] == 1 and summary["checked"] == 0
+    assert names(received) == ["payment_completed"]
+    assert PaymentEvent.objects.get().source == "webhook"
+
+
+def run_sync() -> dict:
+    import io
+
+    out = io.StringIO()
+    call_command("athm_sync", "--json", stdout=out)
+    return json.loads(out.getvalue())
+
+
+# -- bad requests: their status codes, and nothing stored ----------------------------------
+
+
+def test_a_wrong_token_is_404_and_stores_nothing(athm, web, received):
+    body = {"transactionType": "ecommerce", "status": "completed", "ecommerceId": str(uuid.uuid4())}
+    for token in ["x" * 40, "w" * 39, "w" * 41, SECRET.upper()]:
+        url = reverse("athm_sync:webhook", kwargs={"token": token})
+        assert web.post(url, json.dumps(body), content_type="application/json").status_code == 404
+    assert not WebhookEvent.objects.exists()
+
+
+def test_no_secret_configured_turns_the_view_off(athm, web, settings):
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "WEBHOOK_SECRET": ""}
+    assert post(web, {"transactionType": "payment"}).status_code == 404
+    empty = reverse("athm_sync:webhook", kwargs={"token": "-"}).replace("/-/", "//")
+    assert web.post(empty, "{}", content_type="application/json").status_code == 404
+    assert not WebhookEvent.objects.exists()
+
+
+def test_a_bad_setting_is_404_not_500(athm, web, settings):
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "WEBHOOK_SECRET": 12}
+    assert post(web, {"transactionType": "payment"}).status_code == 404
+
+
+@pytest.mark.parametrize("method", ["get", "put", "patch", "delete", "head", "options"])
+def test_methods_other_than_post_are_405(athm, web, method):
+    response = getattr(web, method)(URL)
+    assert response.status_code == 405
+    assert response["Allow"] == "POST"
+    assert not WebhookEvent.objects.exists()
+
+
+def test_a_body_over_64_kib_is_413_and_stores_nothing(athm, web):
+    padding = "x" * (64 * 1024)
+    response = post(web, {"transactionType": "payment", "message": padding})
+    assert response.status_code == 413
+    assert response.json() == {"error": "the body is over 64 KiB"}
+    # Just under the limit is fine.
+    body = {"transactionType": "payment", "message": ""}
+    body["message"] = "x" * (64 * 1024 - len(json.dumps(body)))
+    assert post(web, body).status_code == 200
+    assert WebhookEvent.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"", "the body is not JSON"),
+        (b"status=completed", "the body is not JSON"),
+        (b"\xff\xfe{}", "the body is not JSON"),
+        (b'{"transactionType": "ecommerce",', "the body is not JSON"),
+        (b"[]", "the body is not a JSON object"),
+        (b'"ecommerce"', "the body is not a JSON object"),
+        (b"null", "the body is not a JSON object"),
+        (b'{"total": NaN, "transactionType": "payment"}', "NaN"),
+        (b'{"total": -Infinity, "transactionType": "payment"}', "-Infinity"),
+        (b'{"transactionType": "payment", "name": "a\\u0000b"}', "NUL"),
+        (b'{"transactionType": "payment", "name": "\\ud800"}', "surrogate"),
+        (b'{"transactionType": "payment", "x": ' + b"[" * 40 + b"]" * 40 + b"}", "nested"),
+        (b"[" * 100000 + b"]" * 100000, "over 64 KiB"),
+        (b"{}", "transactionType is missing"),
+        (b'{"transactionType": "transfer"}', "transactionType 'transfer' is not one of"),
+        (b'{"transactionType": {"a": 1}}', "transactionType must be text"),
+        (b'{"transactionType": "ecommerce", "status": "completed"}', "ecommerceId is missing"),
+        (
+            b'{"transactionType": "ecommerce", "status": "completed", "ecommerceId": "42"}',
+            "ecommerceId must be a UUID",
+        ),
+        (
+            b'{"transactionType": "ecommerce", "ecommerceId": "%s"}' % str(uuid.uuid4()).encode(),
+            "status is missing",
+        ),
+        (
+            b'{"transactionType": "ecommerce", "status": "OPEN", "ecommerceId": "%s"}'
+            % str(uuid.uuid4()).encode(),
+            "status 'OPEN' is not completed, cancelled or expired",
+        ),
+        (
+            b'{"transactionType": "ecommerce", "status": "done", "ecommerceId": "%s"}'
+            % str(uuid.uuid4()).encode(),
+            "is not a known ATH Móvil status",
+        ),
+        (
+            b'{"transactionType": "ecommerce", "status": "completed", "ecommerceId": "%s",'
+            b' "total": "ten"}' % str(uuid.uuid4()).encode(),
+            "total must be an amount",
+        ),
+        (b'{"transactionType": "refund", "total": 3}', "referenceNumber is missing"),
+        (b'{"transactionType": "refund", "referenceNumber": "1-2"}', "must be more than 0"),
+        (b'{"transactionType": "refund", "referenceNumber": ["1"], "total": 1}', "must be text"),
+    ],
+)
+def test_bodies_of_the_wrong_shape_are_400_with_a_reason_and_store_nothing(athm, web, body, reason):
+    response = post(web, body)
+
+    expected = 413 if reason == "over 64 KiB" else 400
+    assert response.status_code == expected
+    assert reason in response.json()["error"]
+    assert len(response.json()["error"]) < 120  # short: it is for a person reading a log
+    assert not WebhookEvent.objects.exists()
+
+
+# -- no body ever gets a 500 ---------------------------------------------------------------
+
+_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+_json = st.recursive(
+    _scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+_known_keys = st.sampled_from(
+    [
+        "transactionType",
+        "status",
+        "ecommerceId",
+        "referenceNumber",
+        "total",
+        "dailyTransactionID",
+        "date",
+        "phoneNumber",
+        "items",
+    ]
+)
+_field_values = (
+    _json
+    | st.sampled_from(["ecommerce", "ECOMMERCE", "refund", "payment", "completed", "CANCEL"])
+    | st.uuids().map(str)
+    | st.decimals(allow_nan=True).map(str)
+)
+_webhook_like = st.dictionaries(_known_keys, _field_values, max_size=9)
+
+
+@pytest.mark.django_db(transaction=False)
+@hypothesis_settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(body=_webhook_like | _json | st.binary(max_size=64).map(lambda raw: raw))
+def test_no_body_ever_gets_a_500(athm, web, body):
+    """Django's test client re-raises any exception a view lets escape, so a crash fails here."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = post(web, data)
+    assert response.status_code in (200, 400), response.content
+    if response.status_code == 400:
+        assert response.json()["error"]
+
+
+def test_parse_reads_every_quirk_into_one_notice():
+    ecommerce_id = uuid.uuid4()
+    notice = inbox.parse(
+        {
+            "transactionType": "ECOMMERCE",
+            "status": "CANCEL",
+            "ecommerceId": f" {str(ecommerce_id).upper()} ",
+            "referenceNumber": "215070443-abc ",
+            "total": "3.005",
+        }
+    )
+    assert notice.transaction_type == "ecommerce" and notice.status == "cancelled"
+    assert notice.ecommerce_id == ecommerce_id and notice.reference_number == "215070443-abc"
+    assert notice.amount == Decimal("3.01")
+    assert notice.idempotency_key == f"ecommerce:{ecommerce_id}:cancelled"
