@@ -1,4 +1,4 @@
-"""Read-only admin pages: payments and refunds come from ATH Móvil, never from a form.
+"""Read-only admin pages: payments, refunds and webhooks come from ATH Móvil, never from a form.
 
 The auth token is never shown.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from athm_sync.models import Payment, Refund
+from athm_sync.models import Payment, Refund, WebhookEvent
 
 
 class _ReadOnlyMixin:
@@ -98,5 +98,44 @@ class RefundAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         "message",
         "transaction_date",
         "created_at",
+    )
+    fields = readonly_fields
+
+
+@admin.register(WebhookEvent)
+class WebhookEventAdmin(_ReadOnlyMixin, admin.ModelAdmin):
+    """The inbox: every webhook the view accepted, with what came of it and why."""
+
+    list_display = (
+        "received_at",
+        "transaction_type",
+        "status",
+        "outcome",
+        "ecommerce_id",
+        "reference_number",
+        "amount",
+        "deliveries",
+    )
+    list_filter = ("outcome", "transaction_type", "status")
+    search_fields = ("ecommerce_id", "reference_number", "idempotency_key")
+    date_hierarchy = "received_at"
+    list_select_related = ("payment",)
+    readonly_fields = (
+        "received_at",
+        "remote_addr",
+        "transaction_type",
+        "status",
+        "ecommerce_id",
+        "reference_number",
+        "amount",
+        "idempotency_key",
+        "outcome",
+        "reason",
+        "payment",
+        "deliveries",
+        "attempts",
+        "processed_at",
+        "processing_until",
+        "payload",
     )
     fields = readonly_fields

@@ -1,8 +1,9 @@
-"""System checks: ``manage.py check`` reports what is wrong with ``ATHM_SYNC``."""
+"""System checks: ``manage.py check`` reports what is wrong with ``ATHM_SYNC`` and its URLs."""
 
 from typing import Any
 
 from django.core import checks
+from django.urls import NoReverseMatch, reverse
 
 from athm_sync.conf import find_problems, raw_settings
 
@@ -15,3 +16,27 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         level = checks.Error if problem.is_error else checks.Warning
         messages.append(level(problem.message, hint=problem.hint, id=problem.check_id))
     return messages
+
+
+@checks.register("athm_sync", checks.Tags.urls)
+def check_webhook_url(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """W004: a webhook secret is set, but no URL leads to the webhook view."""
+    raw = raw_settings()
+    if not isinstance(raw, dict) or any(p.check_id == "athm_sync.E005" for p in find_problems(raw)):
+        return []
+    secret = raw.get("WEBHOOK_SECRET") or ""
+    if not secret:
+        return []
+    try:
+        reverse("athm_sync:webhook", kwargs={"token": secret})
+    except NoReverseMatch:
+        return [
+            checks.Warning(
+                "ATHM_SYNC['WEBHOOK_SECRET'] is set, but the URLconf does not include "
+                "athm_sync.urls: ATH Móvil's webhooks would get 404.",
+                hint='Add path("athm/", include("athm_sync.urls")) to your urlpatterns, or '
+                "leave WEBHOOK_SECRET empty to turn webhooks off.",
+                id="athm_sync.W004",
+            )
+        ]
+    return []

@@ -6,6 +6,7 @@ one place. ``manage.py check`` reports the same problems through :mod:`athm_sync
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -59,6 +60,8 @@ _NUMBERS: tuple[tuple[str, float, bool], ...] = (
 _DURATIONS = ("MAX_AGE", "EXPIRY_GRACE")
 _URLS = ("API_BASE_URL", "REPORT_BASE_URL")
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+_URL_SAFE = re.compile(r"[A-Za-z0-9._~-]*")
+_GENERATE_HINT = "Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,16 @@ def find_problems(raw: Any) -> list[Problem]:
                 "athm_sync.E005",
                 f"{SETTING_NAME}['WEBHOOK_SECRET'] must be empty (webhooks off) or a string of "
                 f"at least {MIN_WEBHOOK_SECRET_LENGTH} characters.",
-                "Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+                _GENERATE_HINT,
+            )
+        )
+    elif not _URL_SAFE.fullmatch(secret):
+        problems.append(
+            Problem(
+                "athm_sync.E005",
+                f"{SETTING_NAME}['WEBHOOK_SECRET'] may hold only letters, digits, '-', '_', '.' "
+                "and '~': it is part of the webhook's URL.",
+                _GENERATE_HINT,
             )
         )
     for name, smallest, whole in _NUMBERS:

@@ -140,9 +140,24 @@ def test_short_webhook_secret_is_e005(athm, secret):
     assert "at least 32 characters" in messages[0].msg
 
 
-@pytest.mark.parametrize("secret", ["", "s" * 32, "s" * 64])
+@pytest.mark.parametrize("secret", ["", "s" * 32, "s" * 64, "Ab0-_.~" * 5])
 def test_webhook_secret_accepted(athm, secret):
     assert athm(WEBHOOK_SECRET=secret) == []
+
+
+@pytest.mark.parametrize("secret", ["s" * 31 + "/", "s" * 31 + " ", "s" * 31 + "?", "é" * 32])
+def test_a_webhook_secret_that_cannot_be_in_a_url_is_e005(athm, secret):
+    messages = athm(WEBHOOK_SECRET=secret)
+    assert ids(messages) == ["athm_sync.E005"]
+    assert "part of the webhook's URL" in messages[0].msg
+
+
+def test_a_webhook_secret_without_the_webhook_url_is_w004(athm, settings):
+    settings.ROOT_URLCONF = "tests.urls_without_athm"
+    messages = athm()
+    assert ids(messages) == ["athm_sync.W004"]
+    assert 'include("athm_sync.urls")' in messages[0].hint
+    assert athm(WEBHOOK_SECRET="") == []  # webhooks off: nothing to route
 
 
 @pytest.mark.parametrize(
@@ -165,6 +180,8 @@ def test_webhook_secret_accepted(athm, secret):
         ({"EXPIRY_GRACE": 10**400}, "EXPIRY_GRACE'] must be a positive timedelta"),
         ({"AUTO_CAPTURE": "yes"}, "AUTO_CAPTURE'] must be True or False, not 'yes'"),
         ({"AUTO_CAPTURE": 1}, "AUTO_CAPTURE'] must be True or False, not 1"),
+        ({"WEBHOOK_VERIFY_TIMEOUT": 0}, "WEBHOOK_VERIFY_TIMEOUT'] must be a number greater than 0"),
+        ({"WEBHOOK_VERIFY_TIMEOUT": "4"}, "WEBHOOK_VERIFY_TIMEOUT'] must be a number"),
     ],
 )
 def test_bad_values_are_e006(athm, overrides, text):
@@ -184,6 +201,7 @@ def test_bad_values_are_e006(athm, overrides, text):
         {"AUTO_CAPTURE": False},
         {"READ_TIMEOUT": 1, "CONNECT_TIMEOUT": 0.5},
         {"WORKERS": 1, "POOL_SIZE": 1},
+        {"WEBHOOK_VERIFY_TIMEOUT": 2.5},
     ],
 )
 def test_good_values_accepted(athm, overrides):

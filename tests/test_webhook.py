@@ -558,3 +558,18 @@ def test_parse_reads_every_quirk_into_one_notice():
     assert notice.ecommerce_id == ecommerce_id and notice.reference_number == "215070443-abc"
     assert notice.amount == Decimal("3.01")
     assert notice.idempotency_key == f"ecommerce:{ecommerce_id}:cancelled"
+
+
+def test_the_admin_shows_the_inbox_read_only(athm, web, received, admin_client):
+    sandbox = athm
+    payment = track(sandbox)
+    post(web, sandbox.webhook_payload(str(payment.pk), "completed"))  # forged: rejected
+    event = WebhookEvent.objects.get()
+
+    listing = admin_client.get("/admin/athm_sync/webhookevent/", {"outcome__exact": "rejected"})
+    page = admin_client.get(f"/admin/athm_sync/webhookevent/{event.pk}/change/")
+
+    assert listing.status_code == 200 and str(payment.pk) in listing.content.decode()
+    assert page.status_code == 200
+    assert "ATH Móvil says OPEN" in page.content.decode()
+    assert admin_client.get("/admin/athm_sync/webhookevent/add/").status_code == 403
