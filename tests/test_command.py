@@ -606,6 +606,27 @@ def test_an_unexpected_crash_is_recorded_and_releases_claims(athm_settings, monk
 # --- as a real process: the exit status and stderr a cron job sees ---------------------------
 
 
+def run_process(
+    *args: str, settings: str = "tests.settings", extra_path: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m django athm_sync`` as cron runs it; ``extra_path`` holds a test's settings."""
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": settings,
+        "PYTHONPATH": os.pathsep.join([str(root), *([str(extra_path)] if extra_path else [])]),
+    }
+    return subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
+        [sys.executable, "-m", "django", "athm_sync", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -616,18 +637,20 @@ def test_an_unexpected_crash_is_recorded_and_releases_claims(athm_settings, monk
     ],
 )
 def test_a_real_process_exits_2_with_one_line_and_no_traceback(args, message):
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings", "PYTHONPATH": str(root)}
-    result = subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
-        [sys.executable, "-m", "django", "athm_sync", *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_process(*args)
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     line = assert_one_line(result.stderr)
     assert line.startswith("athm_sync: error: ") and message in line
+
+
+def test_a_real_process_with_bad_settings_exits_2_with_one_line(tmp_path):
+    """Not Django's system-check block and exit 1: cron and systemd read the exit code."""
+    (tmp_path / "bad_settings.py").write_text(
+        'from tests.settings import *  # noqa: F403\nATHM_SYNC = {**ATHM_SYNC, "WORKERS": 0}\n'
+    )
+    result = run_process(settings="bad_settings", extra_path=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = assert_one_line(result.stderr)
+    assert line.startswith("athm_sync: error: bad ATHM_SYNC setting: ")
+    assert "WORKERS'] must be a whole number of at least 1, not 0" in line
