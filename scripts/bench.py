@@ -1,0 +1,687 @@
+"""The benchmarks behind scripts/bench: ``scripts/bench <benchmark> [options]``.
+
+One benchmark so far, ``webhook``: the latency of the webhook view (``athm_sync:webhook``) over
+real HTTP. It writes a throwaway Django project into a temporary folder (SQLite file database,
+the app's URLs under ``athm/``), starts the sandbox ATH Móvil server in this process, serves
+Django on 127.0.0.1 from a thread, and POSTs real-shaped completion webhooks with one
+``requests.Session``, timing each POST (request sent, answer read). Three scenarios, each with
+the sandbox answering at once and with 50 ms added to every API call:
+
+- ``genuine``: a tracked payment the sandbox completed; the view verifies it with one
+  findPayment and applies it (database writes and one ``payment_completed`` signal);
+- ``duplicate``: the same body delivered again; the stored event answers, no API call;
+- ``forged``: a completion the sandbox contradicts (the payment is still OPEN): rejected.
+
+Every answer is checked (HTTP 200, the expected ``outcome`` and ``duplicate``, exactly one
+signal per genuine webhook and none otherwise); any mismatch ends the run with exit status 1.
+The scenarios are interleaved (one request of each in turn), so a machine that gets busier
+during the run slows them alike; the sandbox's call counts are taken around each request.
+
+A benchmark is a function taking its own arguments and returning an exit status; add one to
+:data:`BENCHMARKS` to make it a subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROGRAM = "scripts/bench"
+# The sandbox's tokens and a webhook secret for a throwaway project: not secrets.
+PUBLIC_TOKEN = "sandbox-public-token"  # noqa: S105
+PRIVATE_TOKEN = "sandbox-private-token"  # noqa: S105
+WEBHOOK_SECRET = "bench-only-webhook-secret-0123456789abcdef"  # noqa: S105
+HOST = "127.0.0.1"
+LATENCIES_MS = (0, 50)
+
+
+class UsageError(Exception):
+    """Bad arguments: one line on stderr and exit status 2."""
+
+
+class BenchFailure(Exception):
+    """The code under test answered something it should not have: exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints its usage block and exits by itself; we want one line and status 2.
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def progress(text: str) -> None:
+    """A progress line on stderr, so stdout holds only the report."""
+    print(text, file=sys.stderr, flush=True)
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+def percentile(ordered: Sequence[float], fraction: float) -> float:
+    """The ``fraction`` quantile of sorted values, interpolating between the closest ranks."""
+    if not ordered:
+        raise ValueError("no values")
+    position = (len(ordered) - 1) * fraction
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarize(samples_ms: Sequence[float]) -> dict[str, float]:
+    """n, mean, min, p50, p95 and max of some latencies, in milliseconds."""
+    ordered = sorted(samples_ms)
+    return {
+        "n": len(ordered),
+        "mean": sum(ordered) / len(ordered),
+        "min": ordered[0],
+        "p50": percentile(ordered, 0.50),
+        "p95": percentile(ordered, 0.95),
+        "max": ordered[-1],
+    }
+
+
+# -- the throwaway project -------------------------------------------------------------------
+
+SETTINGS = """\
+SECRET_KEY = "bench-only"
+DEBUG = False
+ALLOWED_HOSTS = [{host!r}]
+USE_TZ = True
+INSTALLED_APPS = ["django.contrib.contenttypes", "athm_sync"]
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+]
+ROOT_URLCONF = "bench_shop.urls"
+DATABASES = {{
+    "default": {{
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": {database!r},
+        "OPTIONS": {{"transaction_mode": "IMMEDIATE"}},
+    }}
+}}
+ATHM_SYNC = {{
+    "PUBLIC_TOKEN": {public!r},
+    "PRIVATE_TOKEN": {private!r},
+    "API_BASE_URL": {url!r},
+    "REPORT_BASE_URL": {url!r},
+    "WEBHOOK_SECRET": {secret!r},
+}}
+LOGGING = {{
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {{"stderr": {{"class": "logging.StreamHandler"}}}},
+    "loggers": {{
+        "athm_sync": {{"handlers": ["stderr"], "level": "WARNING", "propagate": False}},
+        # Every forged webhook is logged as a warning when rejected: expected here.
+        "athm_sync.inbox": {{"level": "ERROR"}},
+    }},
+}}
+"""
+
+URLS = """\
+from django.urls import include, path
+
+urlpatterns = [path("athm/", include("athm_sync.urls"))]
+"""
+
+
+def write_project(folder: Path, sandbox_url: str) -> None:
+    """A Django project (settings and URLconf) using athm_sync on SQLite and the sandbox."""
+    package = folder / "bench_shop"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "urls.py").write_text(URLS)
+    (package / "settings.py").write_text(
+        SETTINGS.format(
+            host=HOST,
+            database=str(folder / "db.sqlite3"),
+            public=PUBLIC_TOKEN,
+            private=PRIVATE_TOKEN,
+            url=sandbox_url,
+            secret=WEBHOOK_SECRET,
+        )
+    )
+
+
+def setup_django(folder: Path, sandbox_url: str) -> None:
+    """Write the project, configure Django with it and migrate its database."""
+    write_project(folder, sandbox_url)
+    sys.path.insert(0, str(folder))
+    os.environ["DJANGO_SETTINGS_MODULE"] = "bench_shop.settings"
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+
+
+# -- Django over HTTP ------------------------------------------------------------------------
+
+SERVER_DESCRIPTION = (
+    "django.core.servers.basehttp.ThreadedWSGIServer + WSGIRequestHandler (HTTP/1.1, "
+    "a thread per connection, TCP_NODELAY), get_wsgi_application()"
+)
+
+
+class DjangoServer:
+    """Django's own threaded WSGI server (the one behind runserver) on a free loopback port.
+
+    Its handler speaks HTTP/1.1 and keeps connections alive when the answer has a
+    Content-Length (CommonMiddleware sets it). Two changes from runserver: no access log, and
+    TCP_NODELAY, since wsgiref writes the status line, the headers and the body in separate
+    sends and Nagle's algorithm would hold the later ones for the client's delayed ACK.
+    """
+
+    def __init__(self) -> None:
+        """Bind a free port now; nothing is served until :meth:`start`."""
+        from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
+        from django.core.wsgi import get_wsgi_application
+
+        class Handler(WSGIRequestHandler):
+            disable_nagle_algorithm = True
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """No access log: one line per request would be all the output."""
+
+        counter = self
+
+        class Server(ThreadedWSGIServer):
+            def process_request(self, request: Any, client_address: Any) -> None:
+                with counter._lock:
+                    counter.connections += 1
+                super().process_request(request, client_address)
+
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._httpd = Server((HOST, 0), Handler)
+        self._httpd.set_app(get_wsgi_application())
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="bench-django",
+            daemon=True,
+        )
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:port``."""
+        return f"http://{HOST}:{self._httpd.server_address[1]}"
+
+    def start(self) -> DjangoServer:
+        """Serve in a daemon thread; returns self."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting and close the listening socket (open connections die with us)."""
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+            self._thread.join(timeout=5)
+        self._httpd.server_close()
+
+
+# -- the webhook benchmark -------------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    """One kind of webhook delivery and what the view must answer to it."""
+
+    name: str
+    title: str
+    outcome: str
+    duplicate: bool
+    signals: int  # payment_completed signals per request
+    find_payments: int  # findPayment calls per request the view should make
+
+
+SCENARIOS = (
+    Scenario("genuine", "genuine completion", "applied", False, 1, 1),
+    Scenario("duplicate", "duplicate delivery", "applied", True, 0, 0),
+    Scenario("forged", "forged completion", "rejected", False, 0, 1),
+)
+
+
+@dataclass
+class Result:
+    """The measured requests of one scenario at one sandbox latency."""
+
+    scenario: Scenario
+    latency_ms: int
+    samples_ms: list[float]
+    sandbox_calls: dict[str, int]
+    sandbox_connections: int
+    signals: int
+
+    def as_json(self) -> dict[str, Any]:
+        """This result as the ``--json`` document lists it."""
+        stats = summarize(self.samples_ms)
+        return {
+            "scenario": self.scenario.name,
+            "title": self.scenario.title,
+            "sandbox_latency_ms": self.latency_ms,
+            "expected": {
+                "outcome": self.scenario.outcome,
+                "duplicate": self.scenario.duplicate,
+                "signals_per_request": self.scenario.signals,
+                "find_payment_per_request": self.scenario.find_payments,
+            },
+            "n": stats.pop("n"),
+            "latency_ms": {key: round(value, 3) for key, value in stats.items()},
+            "signals": self.signals,
+            "sandbox_calls": {name: n for name, n in sorted(self.sandbox_calls.items()) if n},
+            "sandbox_connections": self.sandbox_connections,
+            "samples_ms": [round(value, 3) for value in self.samples_ms],
+        }
+
+
+@dataclass
+class SignalCounter:
+    """A ``payment_completed`` receiver that counts what it gets (from the server's threads)."""
+
+    count: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, sender: Any, **kwargs: Any) -> None:
+        """Count one signal."""
+        with self._lock:
+            self.count += 1
+
+    def value(self) -> int:
+        """Signals received so far."""
+        with self._lock:
+            return self.count
+
+
+class WebhookBench:
+    """Drives the three scenarios against a running sandbox and Django server."""
+
+    def __init__(self, sandbox: Any, webhook_url: str, warmup: int) -> None:
+        """Post to ``webhook_url`` with one keep-alive session; count payment_completed."""
+        import requests
+
+        from athm_sync.signals import payment_completed
+
+        self.sandbox = sandbox
+        self.url = webhook_url
+        self.warmup = warmup
+        self.session = requests.Session()
+        # No proxy from the environment (this traffic stays on loopback), no .netrc look-ups.
+        self.session.trust_env = False
+        self.signals = SignalCounter()
+        payment_completed.connect(self.signals, weak=False, dispatch_uid="bench-webhook")
+        self.delivered: list[bytes] = []  # genuine bodies, replayed as duplicates
+        self.genuine_ids: list[str] = []
+        self.forged_ids: list[str] = []
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.session.close()
+
+    # Each prepare_* makes the body of one request; none of it is timed.
+
+    def _new_tracked_payment(self) -> str:
+        from athm_sync.models import Payment
+
+        ecommerce_id, _ = self.sandbox.create_payment("10.00")
+        Payment.objects.track(ecommerce_id, total="10.00")
+        return ecommerce_id
+
+    def prepare_genuine(self) -> bytes:
+        """A tracked payment the customer completed, and its completion webhook."""
+        ecommerce_id = self._new_tracked_payment()
+        self.sandbox.complete(ecommerce_id)
+        body = json.dumps(self.sandbox.webhook_payload(ecommerce_id)).encode()
+        self.delivered.append(body)
+        self.genuine_ids.append(ecommerce_id)
+        return body
+
+    def prepare_duplicate(self) -> bytes:
+        """The oldest genuine body not replayed yet."""
+        if not self.delivered:
+            raise BenchFailure("no genuine webhook left to deliver again")
+        return self.delivered.pop(0)
+
+    def prepare_forged(self) -> bytes:
+        """A tracked payment still OPEN at the sandbox, and a completion webhook for it."""
+        ecommerce_id = self._new_tracked_payment()
+        self.forged_ids.append(ecommerce_id)
+        return json.dumps(self.sandbox.webhook_payload(ecommerce_id, "completed")).encode()
+
+    def post(self, body: bytes) -> tuple[float, Any]:
+        """POST one webhook; returns (seconds from sending to the whole answer read, response)."""
+        started = time.perf_counter()
+        response = self.session.post(
+            self.url, data=body, headers={"Content-Type": "application/json"}, timeout=30
+        )
+        elapsed = time.perf_counter() - started
+        return elapsed, response
+
+    def check(self, scenario: Scenario, label: str, response: Any, signals: int) -> None:
+        """Raise :class:`BenchFailure` unless the answer and the signals are as expected."""
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        problem = ""
+        if response.status_code != 200:
+            problem = f"HTTP {response.status_code}"
+        elif not isinstance(answer, dict):
+            problem = "the body is not a JSON object"
+        elif answer.get("outcome") != scenario.outcome:
+            problem = f"outcome {answer.get('outcome')!r}, expected {scenario.outcome!r}"
+        elif answer.get("duplicate") is not scenario.duplicate:
+            problem = f"duplicate {answer.get('duplicate')!r}, expected {scenario.duplicate}"
+        elif signals != scenario.signals:
+            problem = f"{signals} payment_completed signals, expected {scenario.signals}"
+        if problem:
+            raise BenchFailure(f"{label}: {problem}; the answer was: {response.text[:500]}")
+
+    def run(self, latency_ms: int, n: int) -> list[Result]:
+        """Time ``n`` rounds of every scenario with the sandbox at ``latency_ms``.
+
+        A round is one request of each scenario in turn (a genuine webhook, that body again,
+        a forged one), so a machine that gets busier half-way slows every scenario alike.
+        The first ``warmup`` rounds are checked but not counted.
+        """
+        self.sandbox.set_latency(latency_ms / 1000)
+        self.sandbox.reset_counts()
+        samples: dict[str, list[float]] = {s.name: [] for s in SCENARIOS}
+        calls: dict[str, dict[str, int]] = {s.name: {} for s in SCENARIOS}
+        connections = dict.fromkeys(samples, 0)
+        signals = dict.fromkeys(samples, 0)
+        for index in range(self.warmup + n):
+            measured = index >= self.warmup
+            for scenario in SCENARIOS:
+                body = getattr(self, f"prepare_{scenario.name}")()
+                calls_before = self.sandbox.counts()
+                connections_before = self.sandbox.connections()
+                signals_before = self.signals.value()
+                elapsed, response = self.post(body)
+                fired = self.signals.value() - signals_before
+                label = f"{scenario.name} at {latency_ms} ms, round {index + 1}"
+                self.check(scenario, label + ("" if measured else " (warm-up)"), response, fired)
+                if not measured:
+                    continue
+                samples[scenario.name].append(elapsed * 1000)
+                signals[scenario.name] += fired
+                connections[scenario.name] += self.sandbox.connections() - connections_before
+                for endpoint, count in self.sandbox.counts().items():
+                    seen = count - calls_before.get(endpoint, 0)
+                    if seen:
+                        tally = calls[scenario.name]
+                        tally[endpoint] = tally.get(endpoint, 0) + seen
+        return [
+            Result(
+                scenario=scenario,
+                latency_ms=latency_ms,
+                samples_ms=samples[scenario.name],
+                sandbox_calls=calls[scenario.name],
+                sandbox_connections=connections[scenario.name],
+                signals=signals[scenario.name],
+            )
+            for scenario in SCENARIOS
+        ]
+
+    def check_database(self) -> None:
+        """Every genuine payment ended COMPLETED and every forged one is still OPEN."""
+        from athm_sync.models import Payment
+
+        completed = Payment.objects.filter(
+            pk__in=self.genuine_ids, status=Payment.Status.COMPLETED
+        ).count()
+        still_open = Payment.objects.filter(
+            pk__in=self.forged_ids, status=Payment.Status.OPEN
+        ).count()
+        if completed != len(self.genuine_ids):
+            raise BenchFailure(
+                f"{completed} of {len(self.genuine_ids)} genuinely paid payments are COMPLETED"
+            )
+        if still_open != len(self.forged_ids):
+            raise BenchFailure(
+                f"{still_open} of {len(self.forged_ids)} payments with forged webhooks are OPEN"
+            )
+
+
+def webhook_parser() -> _Parser:
+    """The options of ``scripts/bench webhook``."""
+    parser = _Parser(
+        prog=f"{PROGRAM} webhook",
+        description="Latency of the webhook view over HTTP, the sandbox at 0 and 50 ms.",
+    )
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=200,
+        metavar="N",
+        help="measured requests per scenario with the sandbox at 0 ms (default 200); "
+        "half as many (at least 1) at 50 ms",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=5,
+        metavar="W",
+        help="requests per scenario sent first and not counted (default 5)",
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the throwaway project and its SQLite file go (default: the system's temp "
+        "folder); /dev/shm takes the disk's fsyncs out of the figures",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of the table"
+    )
+    return parser
+
+
+def bench_webhook(argv: Sequence[str]) -> int:
+    """``scripts/bench webhook``: run it, print the table or the JSON document, return 0."""
+    args = webhook_parser().parse_args(argv)
+    if args.n < 1:
+        raise UsageError(f"--n must be at least 1, not {args.n}")
+    if args.warmup < 0:
+        raise UsageError(f"--warmup cannot be negative, not {args.warmup}")
+    if args.dir is not None and not args.dir.is_dir():
+        raise UsageError(f"--dir {args.dir} is not a folder")
+    counts = {0: args.n, 50: max(1, args.n // 2)}
+    started = time.perf_counter()
+
+    from athm_sync.sandbox import SandboxServer
+
+    sandbox = SandboxServer(
+        host=HOST, port=0, public_token=PUBLIC_TOKEN, private_token=PRIVATE_TOKEN
+    ).start()
+    folder = Path(tempfile.mkdtemp(prefix="athm-bench-", dir=args.dir))
+    server: DjangoServer | None = None
+    bench: WebhookBench | None = None
+    try:
+        setup_django(folder, sandbox.url)
+        from django.urls import reverse
+
+        server = DjangoServer().start()
+        path = reverse("athm_sync:webhook", kwargs={"token": WEBHOOK_SECRET})
+        bench = WebhookBench(sandbox, server.url + path, args.warmup)
+        progress(f"Sandbox ATH Móvil at {sandbox.url}; Django at {server.url}; project {folder}")
+        results: list[Result] = []
+        for latency_ms in LATENCIES_MS:
+            n = counts[latency_ms]
+            progress(
+                f"  sandbox +{latency_ms} ms: {args.warmup} warm-up and {n} measured rounds "
+                f"of {len(SCENARIOS)} requests ..."
+            )
+            results.extend(bench.run(latency_ms, n))
+        bench.check_database()
+        bench.close()
+        requests_sent = sum(len(r.samples_ms) for r in results) + args.warmup * len(results)
+        document = {
+            "benchmark": "webhook",
+            "endpoint": f"POST {path.replace(WEBHOOK_SECRET, '<token>')}",
+            "server": {
+                "description": SERVER_DESCRIPTION,
+                "requests": requests_sent,
+                "tcp_connections": server.connections,
+                "keep_alive": server.connections < requests_sent,
+            },
+            "client": "requests.Session (one connection pool, keep-alive)",
+            "process": "the sandbox, the Django server and the client share one Python process",
+            "database": f"SQLite file in {folder}, transaction_mode IMMEDIATE, CONN_MAX_AGE 0",
+            "warmup_per_scenario": args.warmup,
+            "environment": environment(),
+            "results": [result.as_json() for result in results],
+            "elapsed_seconds": round(time.perf_counter() - started, 2),
+        }
+    finally:
+        if bench is not None:
+            bench.close()
+        if server is not None:
+            server.stop()
+        sandbox.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print_table(document)
+    return 0
+
+
+def environment() -> dict[str, Any]:
+    """Versions and the machine, so figures from two runs can be compared fairly."""
+    import sqlite3
+
+    import django
+    import requests
+
+    return {
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        "requests": requests.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def print_table(document: dict[str, Any]) -> None:
+    """The readable report of :func:`bench_webhook`."""
+    env = document["environment"]
+    server = document["server"]
+    print(f"Webhook view latency: {document['endpoint']} over HTTP on {HOST}")
+    print(f"  server:   {server['description']}")
+    print(
+        f"  keep-alive: {'yes' if server['keep_alive'] else 'NO'} "
+        f"({server['requests']} requests over {server['tcp_connections']} TCP connection(s))"
+    )
+    print(f"  client:   {document['client']}")
+    print(f"  database: {document['database']}")
+    print(f"  process:  {document['process']} (and its GIL)")
+    print(
+        f"  Python {env['python']}, Django {env['django']}, SQLite {env['sqlite']}, "
+        f"{env['cpus']} CPUs, {env['platform']}"
+    )
+    print(
+        "  scenarios interleaved (one request of each in turn); "
+        f"{document['warmup_per_scenario']} warm-up requests per scenario not counted"
+    )
+    print("  times in ms, from sending the POST to reading the whole answer")
+    print()
+    header = (
+        f"{'scenario':<20} {'outcome':<21} {'ATHM +':>6} {'n':>4} "
+        f"{'mean':>7} {'min':>7} {'p50':>7} {'p95':>7} {'max':>7}  "
+        f"{'findPayment':>11} {'signals':>7} {'ATHM conns':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    previous_latency = None
+    for result in document["results"]:
+        if previous_latency is not None and result["sandbox_latency_ms"] != previous_latency:
+            print()
+        previous_latency = result["sandbox_latency_ms"]
+        expected = result["expected"]
+        outcome = expected["outcome"] + (" (duplicate)" if expected["duplicate"] else "")
+        stats = result["latency_ms"]
+        find_payment = result["sandbox_calls"].get("findPayment", 0)
+        others = sum(v for k, v in result["sandbox_calls"].items() if k != "findPayment")
+        flag = "" if find_payment == expected["find_payment_per_request"] * result["n"] else " !"
+        print(
+            f"{result['title']:<20} {outcome:<21} {result['sandbox_latency_ms']:>3} ms "
+            f"{result['n']:>4} {stats['mean']:>7.2f} {stats['min']:>7.2f} {stats['p50']:>7.2f} "
+            f"{stats['p95']:>7.2f} {stats['max']:>7.2f}  {find_payment:>11}{flag} "
+            f"{result['signals']:>7} {result['sandbox_connections']:>10}"
+            + (f"  (+{others} other API calls)" if others else "")
+        )
+    print()
+    print(
+        "findPayment: calls the sandbox saw during the measured requests (expected: one per "
+        "genuine or forged webhook, none per duplicate; '!' marks a difference)."
+    )
+    print(
+        "signals: payment_completed signals received (checked per request: one per genuine "
+        "webhook, none otherwise)."
+    )
+    print(
+        "ATHM conns: new TCP connections the sandbox accepted during the measured requests "
+        "(0: the view's ATH Móvil client kept its connection alive)."
+    )
+    print(f"Every answer was HTTP 200 with the expected outcome. {document['elapsed_seconds']} s.")
+
+
+# -- the command line ------------------------------------------------------------------------
+
+BENCHMARKS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
+    "webhook": (
+        "latency of the webhook view over HTTP: genuine, duplicate and forged completions, "
+        "the sandbox at 0 and 50 ms",
+        bench_webhook,
+    ),
+}
+
+
+def usage() -> str:
+    """The usage text, listing every benchmark."""
+    lines = [f"usage: {PROGRAM} <benchmark> [options]   ({PROGRAM} <benchmark> --help)", ""]
+    lines.append("benchmarks:")
+    lines.extend(f"  {name:<10} {summary}" for name, (summary, _) in BENCHMARKS.items())
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark named first in ``argv``; 2 for usage errors, 1 for a failed check."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    if not argv or argv[0] not in BENCHMARKS:
+        if argv:
+            print(f"{PROGRAM}: unknown benchmark {argv[0]!r}", file=sys.stderr)
+        print(usage(), file=sys.stderr)
+        return 2
+    name, rest = argv[0], argv[1:]
+    try:
+        return BENCHMARKS[name][1](rest)
+    except UsageError as error:
+        print(f"{PROGRAM} {name}: error: {error}", file=sys.stderr)
+        return 2
+    except BenchFailure as error:
+        print(f"{PROGRAM} {name}: FAILED: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
