@@ -13,21 +13,20 @@ failures print one line on stderr, never a traceback, and never the whole webhoo
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 from django.urls import NoReverseMatch, reverse
 
 from athm_sync.client import ATHMovilClient
 from athm_sync.conf import AthmSyncSettings, get_settings
 from athm_sync.errors import ATHMovilError, AuthenticationError, TransientError
-from athm_sync.runner import EXIT_CANNOT_RUN
+from athm_sync.management.base import OneLineErrorCommand
 
 PROGRAM = "athm_subscribe"
 WEBHOOK_URL_NAME = "athm_sync:webhook"
@@ -180,30 +179,13 @@ def build_listener(parts: SplitResult, secret: str) -> Listener:
     return Listener(url=origin + path, masked=origin + masked_path, token=token_in_path)
 
 
-class Command(BaseCommand):
+class Command(OneLineErrorCommand):
     help = (
         "Register this site's webhook listener (SITE_URL + the athm_sync webhook path with "
         "ATHM_SYNC['WEBHOOK_SECRET']) with ATH Móvil's subscribe call. Exit 0: registered; "
         "2: not registered."
     )
-    # The command validates ATHM_SYNC itself and says what is wrong in one line; the system
-    # checks would print a block and exit 1 before it could. It touches no database.
-    requires_system_checks: list[str] = []
-
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
-        """Django's parser, but an unparsable option from the command line is one line on
-        stderr (``athm_subscribe: error: ...``, exit 2) instead of argparse's usage block."""
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        usage_error = parser.error
-
-        def one_line_error(message: str) -> NoReturn:
-            if not parser.called_from_command_line:
-                usage_error(message)  # call_command: Django raises CommandError
-            sys.stderr.write(f"{PROGRAM}: error: {message}\n")
-            sys.exit(EXIT_CANNOT_RUN)
-
-        parser.error = one_line_error  # type: ignore[method-assign]
-        return parser
+    program = PROGRAM
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -251,7 +233,7 @@ class Command(BaseCommand):
                 with _quiet_retries(int(options["verbosity"]) < 2):
                     answer = self._subscribe(listener, events, conf)
         except Refused as error:
-            self._fail(str(error))
+            self.fail(str(error))
         if int(options["verbosity"]) >= 1:
             self._print(listener, events, conf, answer, dry_run=dry_run)
 
@@ -325,18 +307,13 @@ class Command(BaseCommand):
         message = answer.get("message") if isinstance(answer, dict) else None
         if isinstance(message, str) and message.strip():
             lines.append(f"  ATH Móvil says: {' '.join(message.split())}")
-        self.stdout.write(self._scrub("\n".join(lines)))
+        self.stdout.write(self.scrub("\n".join(lines)))
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
         """``text`` with the webhook secret masked wherever it appears."""
         for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, secret[:MASK_KEEP] + MASK)
         return text
-
-    def _fail(self, message: str) -> NoReturn:
-        """One line on stderr and exit 2: expected failures get no traceback."""
-        self.stderr.write(f"{PROGRAM}: error: {self._scrub(' '.join(message.split()))}")
-        raise SystemExit(EXIT_CANNOT_RUN)
 
 
 def _is_ath_movil(url: str) -> bool:

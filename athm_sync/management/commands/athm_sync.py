@@ -14,9 +14,10 @@ import sys
 from typing import Any, NoReturn
 
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 
 from athm_sync.conf import get_settings
+from athm_sync.management.base import OneLineErrorCommand
 from athm_sync.runner import (
     EXIT_CANNOT_RUN,
     CannotRun,
@@ -37,29 +38,12 @@ _LABELS = {
 }
 
 
-class Command(BaseCommand):
-    # The command validates ATHM_SYNC itself and says what is wrong in one line with exit 2;
-    # Django's checks would print their multi-line block and exit 1 before it could.
-    requires_system_checks: list[str] = []
+class Command(OneLineErrorCommand):
+    program = PROGRAM
     help = (
         "Ask ATH Móvil about every payment that can still change, apply each transition once "
         "and send its signal. Exit 0: all checked; 1: some could not be checked; 2: cannot run."
     )
-
-    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
-        """Django's parser, but an unparsable option from the command line is one line on
-        stderr (``athm_sync: error: ...``, exit 2) instead of argparse's usage block."""
-        parser = super().create_parser(prog_name, subcommand, **kwargs)
-        usage_error = parser.error
-
-        def one_line_error(message: str) -> NoReturn:
-            if not parser.called_from_command_line:
-                usage_error(message)  # call_command: Django raises CommandError
-            sys.stderr.write(f"{PROGRAM}: error: {message}\n")
-            sys.exit(EXIT_CANNOT_RUN)
-
-        parser.error = one_line_error  # type: ignore[method-assign]
-        return parser
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -135,10 +119,8 @@ class Command(BaseCommand):
     # -- output ------------------------------------------------------------------------------
 
     def _fail(self, message: str) -> NoReturn:
-        """One line on stderr and exit 2: expected failures get no traceback."""
         self._end_progress()
-        self.stderr.write(f"{PROGRAM}: error: {' '.join(message.split())}")
-        raise SystemExit(EXIT_CANNOT_RUN)
+        self.fail(message)
 
     def _print_report(self, report: RunReport) -> None:
         if self._json:

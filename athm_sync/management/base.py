@@ -1,0 +1,48 @@
+"""What the app's management commands share: expected failures are one line and exit 2.
+
+Cron, systemd and people read a command's exit status and its last line of stderr, so a
+failure the command expects (bad options, bad settings, ATH Móvil refusing) is never a
+traceback, an argparse usage block or Django's system-check report.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NoReturn
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from athm_sync.runner import EXIT_CANNOT_RUN
+
+
+class OneLineErrorCommand(BaseCommand):
+    """A command whose expected failures print ``<program>: error: <message>`` and exit 2."""
+
+    program = ""
+    # The commands validate ATHM_SYNC themselves and say what is wrong in one line; Django's
+    # checks would print their multi-line block and exit 1 before they could.
+    requires_system_checks: list[str] = []
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        """Django's parser, but an unparsable option from the command line is one line on
+        stderr (exit 2) instead of argparse's usage block."""
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        usage_error = parser.error
+
+        def one_line_error(message: str) -> NoReturn:
+            if not parser.called_from_command_line:
+                usage_error(message)  # call_command: Django raises CommandError
+            sys.stderr.write(f"{self.program}: error: {message}\n")
+            sys.exit(EXIT_CANNOT_RUN)
+
+        parser.error = one_line_error  # type: ignore[method-assign]
+        return parser
+
+    def fail(self, message: str) -> NoReturn:
+        """Print ``message`` as one line on stderr and exit 2."""
+        self.stderr.write(f"{self.program}: error: {' '.join(self.scrub(message).split())}")
+        raise SystemExit(EXIT_CANNOT_RUN)
+
+    def scrub(self, text: str) -> str:
+        """``text`` as it may be shown; subclasses mask secrets here."""
+        return text
