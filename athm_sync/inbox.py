@@ -35,7 +35,7 @@ import threading
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from ipaddress import ip_address
 from typing import Any
@@ -62,7 +62,7 @@ _WEBHOOK_STATUS = {
     Payment.Status.CANCEL: reconcile.HINT_CANCELLED,
     Payment.Status.EXPIRED: reconcile.HINT_EXPIRED,
 }
-# How long one process may hold an event it is verifying before another may take it over.
+# Added to the longest a verification can take, for the lease on an event being verified.
 PROCESSING_MARGIN = timedelta(seconds=60)
 
 Outcome = WebhookEvent.Outcome
@@ -201,17 +201,21 @@ def _digest(value: Any) -> str:
 # -- storing -------------------------------------------------------------------------------
 
 
-def record(notice: Notice, remote_addr: str | None = None) -> tuple[WebhookEvent, bool]:
+def record(
+    notice: Notice, remote_addr: str | None = None, *, claim_until: datetime | None = None
+) -> tuple[WebhookEvent, bool]:
     """Store ``notice`` once; returns ``(event, created)``.
 
     A second delivery (same idempotency key, even arriving at the same instant) returns the
     stored event, with its delivery count raised. Events of types the app does not act on are
-    stored as ``ignored``.
+    stored as ``ignored``. ``claim_until`` stores a new pending event already claimed by the
+    caller, which is about to verify it (one write fewer than claiming it afterwards).
     """
     ignored = notice.transaction_type in IGNORED_TYPES
-    try:
+
+    def create() -> WebhookEvent:
         with transaction.atomic():
-            event = WebhookEvent.objects.create(
+            return WebhookEvent.objects.create(
                 remote_addr=_ip_or_none(remote_addr),
                 payload=notice.payload,
                 transaction_type=notice.transaction_type,
@@ -223,12 +227,15 @@ def record(notice: Notice, remote_addr: str | None = None) -> tuple[WebhookEvent
                 outcome=Outcome.IGNORED if ignored else Outcome.PENDING,
                 reason=f"{notice.transaction_type} events are not acted on" if ignored else "",
                 processed_at=timezone.now() if ignored else None,
+                processing_until=None if ignored else claim_until,
             )
+
+    try:
+        return reconcile.run_locked(create), True
     except IntegrityError:
         existing = WebhookEvent.objects.filter(idempotency_key=notice.idempotency_key)
         reconcile.run_locked(lambda: existing.update(deliveries=F("deliveries") + 1))
         return existing.get(), False
-    return event, True
 
 
 def _ip_or_none(value: str | None) -> str | None:
@@ -263,11 +270,20 @@ def receive(
     ATH Móvil cannot answer in time the event stays ``pending`` for the next run.
     """
     conf = conf or get_settings()
-    event, created = record(notice, remote_addr)
-    if event.outcome not in (Outcome.PENDING, Outcome.REJECTED):
-        return event, not created
-    processed = process(event, client or verification_client(conf), conf=conf, retry_rejected=True)
+    client = client or verification_client(conf)
+    event, created = record(notice, remote_addr, claim_until=timezone.now() + _lease(conf))
+    if created and event.outcome == Outcome.PENDING:
+        processed = process(event, client, conf=conf, claimed=True)
+    elif not created and event.outcome in (Outcome.PENDING, Outcome.REJECTED):
+        processed = process(event, client, conf=conf, retry_rejected=True)
+    else:
+        processed = None
     return (processed.event if processed is not None else event), not created
+
+
+def _lease(conf: AthmSyncSettings) -> timedelta:
+    """How long one process may hold an event it is verifying before another may take it."""
+    return timedelta(seconds=conf.retry_deadline + conf.connect_timeout) + PROCESSING_MARGIN
 
 
 def process(
@@ -276,27 +292,28 @@ def process(
     *,
     conf: AthmSyncSettings | None = None,
     retry_rejected: bool = False,
+    claimed: bool = False,
 ) -> Processed | None:
     """Verify one stored event with ATH Móvil and apply it; returns ``None`` when another
     process holds it or it is already settled.
 
     The event is claimed first (a lease in ``processing_until``), so two deliveries of one
-    event arriving together are verified once.
+    event arriving together are verified once; ``claimed`` says the caller stored it claimed.
     """
     conf = conf or get_settings()
-    now = timezone.now()
-    lease = timedelta(seconds=conf.retry_deadline + conf.connect_timeout) + PROCESSING_MARGIN
-    takeable = [Outcome.PENDING, Outcome.REJECTED] if retry_rejected else [Outcome.PENDING]
-    claimed = reconcile.run_locked(
-        lambda: WebhookEvent.objects.filter(
-            Q(processing_until__isnull=True) | Q(processing_until__lt=now),
-            pk=event.pk,
-            outcome__in=takeable,
-        ).update(processing_until=now + lease)
-    )
     if not claimed:
-        return None
-    event.refresh_from_db()
+        now = timezone.now()
+        takeable = [Outcome.PENDING, Outcome.REJECTED] if retry_rejected else [Outcome.PENDING]
+        taken = reconcile.run_locked(
+            lambda: WebhookEvent.objects.filter(
+                Q(processing_until__isnull=True) | Q(processing_until__lt=now),
+                pk=event.pk,
+                outcome__in=takeable,
+            ).update(processing_until=now + _lease(conf))
+        )
+        if not taken:
+            return None
+        event.refresh_from_db()
     credentials_error = None
     result = None
     try:

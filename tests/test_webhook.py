@@ -7,6 +7,7 @@ The same flows over real HTTP, posted by the sandbox itself, are in ``test_webho
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from datetime import timedelta
@@ -16,11 +17,12 @@ import pytest
 from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from athm_sync import inbox
+from athm_sync import inbox, reconcile
 from athm_sync.models import Payment, PaymentEvent, Refund, WebhookEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -386,8 +388,6 @@ def test_pending_events_come_before_the_poll_and_the_poll_adds_no_second_signal(
 
 
 def run_sync() -> dict:
-    import io
-
     out = io.StringIO()
     call_command("athm_sync", "--json", stdout=out)
     return json.loads(out.getvalue())
@@ -573,3 +573,44 @@ def test_the_admin_shows_the_inbox_read_only(athm, web, received, admin_client):
     assert page.status_code == 200
     assert "ATH Móvil says OPEN" in page.content.decode()
     assert admin_client.get("/admin/athm_sync/webhookevent/add/").status_code == 403
+
+
+def test_an_unexpected_failure_after_storing_answers_200_and_the_run_finishes_it(
+    athm, web, received, monkeypatch, caplog
+):
+    sandbox = athm
+    payment = track(sandbox)
+    sandbox.complete(str(payment.pk))
+    real_apply = reconcile.apply
+
+    def broken_apply(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(reconcile, "apply", broken_apply)
+    response = post(web, sandbox.webhook_payload(str(payment.pk)))
+
+    assert response.status_code == 200 and response.json() == {"outcome": "pending"}
+    assert "stored but not processed" in caplog.text
+    event = WebhookEvent.objects.get()
+    assert event.outcome == "pending" and event.processing_until is None  # released
+    assert names(received) == []
+
+    monkeypatch.setattr(reconcile, "apply", real_apply)
+    assert run_sync()["webhooks"]["applied"] == 1
+    assert names(received) == ["payment_completed"]
+
+
+def test_an_event_held_by_a_verifier_that_died_waits_for_its_lease(athm, web, received):
+    """A process killed mid-verification leaves its claim; the run takes the event only once
+    the lease has run out, so a slow verifier still alive is never doubled."""
+    sandbox = athm
+    payment = track(sandbox)
+    sandbox.complete(str(payment.pk))
+    notice = inbox.parse(sandbox.webhook_payload(str(payment.pk)))
+    inbox.record(notice, claim_until=timezone.now() + timedelta(minutes=1))  # then "killed"
+    Payment.objects.filter(pk=payment.pk).update(next_check_at=None)
+
+    assert run_sync()["webhooks"]["applied"] == 0
+    WebhookEvent.objects.update(processing_until=timezone.now() - timedelta(seconds=1))
+    assert run_sync()["webhooks"]["applied"] == 1
+    assert names(received) == ["payment_completed"]

@@ -170,3 +170,24 @@ def test_a_webhook_and_a_poll_racing_on_each_payment_fire_once(athm_settings, li
     sources = set(PaymentEvent.objects.values_list("source", flat=True))
     assert sources <= {"webhook", "poll"}
     assert set(WebhookEvent.objects.values_list("outcome", flat=True)) <= {"applied", "unchanged"}
+
+
+def test_the_same_webhook_delivered_twice_at_once_fires_once(athm_settings, listener, received):
+    sandbox = athm_settings
+    payments = [track(sandbox) for _ in range(15)]
+    for payment in payments:
+        sandbox.complete(str(payment.pk))
+
+    def deliver(body: dict, start: threading.Barrier) -> None:
+        start.wait()
+        assert sandbox.send_webhook(body, listener) == 200
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for payment in payments:
+            body, start = sandbox.webhook_payload(str(payment.pk)), threading.Barrier(2)
+            for future in [pool.submit(deliver, body, start) for _ in range(2)]:
+                future.result()
+
+    assert names(received) == ["payment_completed"] * len(payments)
+    assert WebhookEvent.objects.count() == len(payments)
+    assert set(WebhookEvent.objects.values_list("deliveries", flat=True)) == {2}
