@@ -377,19 +377,29 @@ def _process_ecommerce(
     )
     if snapshot.status not in claimed_terminal:
         reason = f"the webhook says {event.status} but ATH Móvil says {snapshot.status}"
-        return Outcome.REJECTED, reason, None, None
+        payment = None
+        if snapshot.status in Payment.ACTIVE_STATUSES:
+            # A real payment of this business that can still change: follow it, so that a
+            # webhook arriving ahead of findPayment loses nothing (the poll fires the signal).
+            payment, adopted = _adopt(snapshot)
+            if adopted:
+                reason += "; now tracked, the poll will follow it"
+        return Outcome.REJECTED, reason, payment, None
     hint = event.status if event.status in reconcile.HINTS else None
-    try:
-        _, adopted = Payment.objects.adopt(snapshot)
-    except ValueError as error:
-        return (
-            Outcome.REJECTED,
-            f"cannot store the payment ATH Móvil describes: {error}",
-            None,
-            None,
-        )
+    payment, adopted = _adopt(snapshot)
+    if payment is None:
+        return Outcome.REJECTED, "ATH Móvil describes a payment that cannot be stored", None, None
     result = reconcile.apply(observation, hint, source="webhook", conf=conf)
     return _verdict_of(result, "created from the verified webhook" if adopted else "")
+
+
+def _adopt(snapshot: Any) -> tuple[Payment | None, bool]:
+    """The stored payment, created from ATH Móvil's answer if the shop never registered it."""
+    try:
+        return Payment.objects.adopt(snapshot)
+    except ValueError as error:
+        logger.warning("Cannot store payment %s: %s", snapshot.ecommerce_id, error)
+        return None, False
 
 
 def _process_refund(
@@ -432,7 +442,9 @@ def process_pending(
 ) -> list[Processed]:
     """Verify and apply every pending event, oldest first (the start of each ``athm_sync`` run).
 
-    Stops early when ATH Móvil rejects the credentials: every other event would fail alike.
+    Stops at the first event ATH Móvil still cannot verify (it is down, or the credentials are
+    rejected): the others would wait out the same retries one by one. They stay pending for
+    the next run.
     """
     conf = conf or get_settings()
     processed: list[Processed] = []
@@ -442,9 +454,14 @@ def process_pending(
         if done is None:
             continue
         processed.append(done)
-        if done.credentials_error is not None:
+        if done.event.outcome == Outcome.PENDING:
             break
     return processed
+
+
+def count_pending() -> int:
+    """How many webhook events are waiting to be verified."""
+    return WebhookEvent.objects.filter(outcome=Outcome.PENDING).count()
 
 
 # -- the view's client ---------------------------------------------------------------------

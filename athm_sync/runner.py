@@ -44,7 +44,8 @@ SIGNAL_FOR_KIND = {
 MIN_LEASE = timedelta(minutes=5)
 BATCH_PER_WORKER = 4
 EXIT_OK, EXIT_ERRORS, EXIT_CANNOT_RUN = 0, 1, 2
-# What became of the pending webhook events a run verified ("pending": still not verifiable).
+# What became of the pending webhook events a run verified; "pending": how many are still
+# waiting because ATH Móvil could not verify them.
 WEBHOOK_OUTCOMES = ("applied", "unchanged", "rejected", "ignored", "pending")
 
 
@@ -293,12 +294,16 @@ class Runner:
     def _process_webhooks(self, client: ATHMovilClient) -> None:
         """Verify the webhook events the view could not (ATH Móvil was slow or down), before
         any payment is polled. Raises :class:`AuthenticationError` as polling would."""
-        for processed in inbox.process_pending(client, self.conf):
-            self.report.webhooks[processed.event.outcome] += 1
+        processed_events = inbox.process_pending(client, self.conf)
+        for processed in processed_events:
+            if processed.event.outcome != "pending":
+                self.report.webhooks[processed.event.outcome] += 1
             if processed.result is not None:
                 self._record_events(processed.result)
             if processed.credentials_error is not None:
                 raise processed.credentials_error
+        if processed_events and processed_events[-1].event.outcome == "pending":
+            self.report.webhooks["pending"] = inbox.count_pending()
 
     # -- the three ways to pick payments -------------------------------------------------
 

@@ -43,7 +43,10 @@ def webhook(request: HttpRequest, token: str) -> JsonResponse:
         raise Http404
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
-    body = _read_limited(request)
+    try:
+        body = _read_limited(request)
+    except OSError:  # the sender hung up mid-body (Django's UnreadablePostError)
+        return _error(400, "the body could not be read")
     if body is None:
         return _error(413, f"the body is over {inbox.MAX_BODY_BYTES // 1024} KiB")
     try:

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from athm_sync import inbox, reconcile
+from athm_sync import inbox, reconcile, views
 from athm_sync.models import Payment, PaymentEvent, Refund, WebhookEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -614,3 +614,70 @@ def test_an_event_held_by_a_verifier_that_died_waits_for_its_lease(athm, web, re
     WebhookEvent.objects.update(processing_until=timezone.now() - timedelta(seconds=1))
     assert run_sync()["webhooks"]["applied"] == 1
     assert names(received) == ["payment_completed"]
+
+
+def test_a_webhook_ahead_of_find_payment_for_an_untracked_payment_loses_nothing(
+    athm, web, received
+):
+    """Rejected (ATH Móvil still says OPEN), but the payment is real and ours: it is tracked,
+    and the poll fires its signal once ATH Móvil catches up."""
+    sandbox = athm
+    ecommerce_id, _ = sandbox.create_payment("12.00", metadata1="order-88")
+
+    response = post(web, sandbox.webhook_payload(ecommerce_id, "completed"))
+
+    assert response.json()["outcome"] == "rejected"
+    payment = Payment.objects.get(pk=ecommerce_id)
+    assert payment.status == S.OPEN and payment.metadata_1 == "order-88"
+    assert "now tracked" in WebhookEvent.objects.get().reason
+    assert names(received) == []
+
+    sandbox.complete(ecommerce_id)
+    assert run_sync()["transitions"]["completed"] == 1
+    assert names(received) == ["payment_completed"]
+
+
+def test_a_run_with_ath_movil_still_down_tries_one_pending_event_not_all(
+    athm, web, received, settings
+):
+    sandbox = athm
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "WEBHOOK_VERIFY_TIMEOUT": 0.2}
+    payments = [track(sandbox) for _ in range(3)]
+    for payment in payments:
+        sandbox.complete(str(payment.pk))
+    Payment.objects.update(next_check_at=None)  # only the inbox is due
+    sandbox.inject_fault("timeout", "findPayment", times=3, delay=2.0)
+    for payment in payments:
+        assert post(web, sandbox.webhook_payload(str(payment.pk))).json()["outcome"] == "pending"
+    sandbox.clear_faults()
+    sandbox.inject_fault("http503", "findPayment", times=100)
+    sandbox.reset_counts()
+
+    summary = run_sync()
+
+    assert summary["webhooks"]["pending"] == 3 and summary["webhooks"]["applied"] == 0
+    assert find_calls(sandbox) <= 3  # MAX_ATTEMPTS for the first event, none for the others
+    sandbox.clear_faults()
+    assert run_sync()["webhooks"] == {
+        "applied": 3,
+        "unchanged": 0,
+        "rejected": 0,
+        "ignored": 0,
+        "pending": 0,
+    }
+    assert names(received) == ["payment_completed"] * 3
+
+
+def test_a_sender_that_hangs_up_mid_body_gets_400_and_stores_nothing(athm, rf):
+    class HungUp:
+        def read(self, *args):
+            raise OSError("connection reset by peer")
+
+    request = rf.post(URL, b"{}", content_type="application/json")
+    request._stream = HungUp()
+
+    response = views.webhook(request, SECRET)
+
+    assert response.status_code == 400
+    assert json.loads(response.content) == {"error": "the body could not be read"}
+    assert not WebhookEvent.objects.exists()
