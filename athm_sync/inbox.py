@@ -361,15 +361,32 @@ def _release(event: WebhookEvent) -> None:
 _Verdict = tuple[str, str, Payment | None, reconcile.Outcome | None]
 
 
+def _ask(
+    client: ATHMovilClient, ecommerce_id: Any, payment: Payment | None = None
+) -> tuple[reconcile.Observation, _Verdict | None]:
+    """findPayment for an event: the observation, and the verdict when it cannot verify it
+    (ATH Móvil failed: pending; ATH Móvil does not know the payment: rejected)."""
+    observation = reconcile.observe(client, ecommerce_id, capture=False)
+    if observation.error is not None:
+        reason = f"could not verify: {observation.error}"
+        return observation, (Outcome.PENDING, reason, payment, None)
+    if observation.snapshot is None:
+        return observation, (
+            Outcome.REJECTED,
+            "ATH Móvil does not know this payment",
+            payment,
+            None,
+        )
+    return observation, None
+
+
 def _process_ecommerce(
     event: WebhookEvent, client: ATHMovilClient, conf: AthmSyncSettings
 ) -> _Verdict:
-    observation = reconcile.observe(client, event.ecommerce_id, capture=False)
-    if observation.error is not None:
-        return Outcome.PENDING, f"could not verify: {observation.error}", None, None
+    observation, unsettled = _ask(client, event.ecommerce_id)
+    if unsettled is not None:
+        return unsettled
     snapshot = observation.snapshot
-    if snapshot is None:
-        return Outcome.REJECTED, "ATH Móvil does not know this ecommerceId", None, None
     claimed_terminal = (
         (Payment.Status.COMPLETED,)
         if event.status == "completed"
@@ -410,12 +427,10 @@ def _process_refund(
         found = "no stored payment has" if not payments else "several stored payments have"
         return Outcome.IGNORED, f"{found} reference number {event.reference_number}", None, None
     payment = payments[0]
-    observation = reconcile.observe(client, payment.pk, capture=False)
-    if observation.error is not None:
-        return Outcome.PENDING, f"could not verify: {observation.error}", payment, None
+    observation, unsettled = _ask(client, payment.pk, payment)
+    if unsettled is not None:
+        return unsettled
     snapshot = observation.snapshot
-    if snapshot is None:
-        return Outcome.REJECTED, "ATH Móvil does not know this payment", payment, None
     if snapshot.total_refunded_amount < (event.amount or 0):
         reason = (
             f"the webhook says {event.amount} was refunded but ATH Móvil shows "
