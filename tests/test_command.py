@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
 import uuid
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import time_machine
-from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from athm_sync import reconcile, signals
 from athm_sync.models import Payment, PaymentEvent, Refund, SyncRun
+from tests import commands
+from tests.commands import call
 
 S = Payment.Status
 JSON_KEYS = {
@@ -48,14 +46,8 @@ class TTY(io.StringIO):
 
 
 def run(*args: str, stderr: io.StringIO | None = None) -> tuple[int, str, str]:
-    """Run the command; returns (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), stderr if stderr is not None else io.StringIO()
-    try:
-        call_command("athm_sync", *args, stdout=out, stderr=err)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, out.getvalue(), err.getvalue()
+    """Run the command in this process; returns (exit code, stdout, stderr)."""
+    return call("athm_sync", *args, stderr=stderr)
 
 
 def run_json(*args: str) -> tuple[int, dict, str]:
@@ -606,25 +598,9 @@ def test_an_unexpected_crash_is_recorded_and_releases_claims(athm_settings, monk
 # --- as a real process: the exit status and stderr a cron job sees ---------------------------
 
 
-def run_process(
-    *args: str, settings: str = "tests.settings", extra_path: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``python -m django athm_sync`` as cron runs it; ``extra_path`` holds a test's settings."""
-    root = Path(__file__).resolve().parent.parent
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": settings,
-        "PYTHONPATH": os.pathsep.join([str(root), *([str(extra_path)] if extra_path else [])]),
-    }
-    return subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
-        [sys.executable, "-m", "django", "athm_sync", *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def run_process(*args: str, **options) -> subprocess.CompletedProcess[str]:
+    """``python -m django athm_sync ...`` as cron runs it (see ``tests.commands``)."""
+    return commands.run_process("athm_sync", *args, **options)
 
 
 @pytest.mark.parametrize(

@@ -4,17 +4,14 @@ one-line refusals, and that the webhook secret is never printed whole."""
 from __future__ import annotations
 
 import io
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from django.core.management import call_command
 
 from athm_sync.management.commands.athm_subscribe import Command, Listener
+from tests import commands
+from tests.commands import call
 
-ROOT = Path(__file__).resolve().parent.parent
 SECRET = "w" * 40  # tests/settings.py
 MASKED = "wwww…"
 WEBHOOK_PATH = f"/athm/webhook/{SECRET}/"
@@ -40,41 +37,12 @@ urlpatterns: list = []
 
 def run(*args: str) -> tuple[int, str, str]:
     """Run the command in this process; returns (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        call_command("athm_subscribe", *args, stdout=out, stderr=err)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, out.getvalue(), err.getvalue()
+    return call("athm_subscribe", *args)
 
 
-def run_process(
-    *args: str, sandbox_url: str | None = None, extra_path: Path | None = None, settings: str = ""
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m django athm_subscribe`` as a real process with ``tests.settings``.
-
-    ``sandbox_url`` points the child at the sandbox (else at a closed port); ``extra_path`` and
-    ``settings`` let a test use a settings module it wrote.
-    """
-    python_path = [str(ROOT), *([str(extra_path)] if extra_path else [])]
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": settings or "tests.settings",
-        "PYTHONPATH": os.pathsep.join(python_path),
-    }
-    env.pop("ATHM_TEST_API_BASE_URL", None)
-    if sandbox_url:
-        env["ATHM_TEST_API_BASE_URL"] = sandbox_url
-    return subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
-        [sys.executable, "-m", "django", "athm_subscribe", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def run_process(*args: str, **options) -> subprocess.CompletedProcess[str]:
+    """``python -m django athm_subscribe ...`` as a real process (see ``tests.commands``)."""
+    return commands.run_process("athm_subscribe", *args, **options)
 
 
 def assert_one_error_line(err: str, *fragments: str) -> str:
