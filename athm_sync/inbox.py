@@ -16,7 +16,9 @@ is only a hint to look now. The flow, for the view and for the ``athm_sync`` run
 Decisions:
 
 - A verified eCommerce event for a payment the shop never tracked (the browser died before it
-  told the server) creates the payment from ATH Móvil's answer; its signal fires.
+  told the server) creates the payment from ATH Móvil's answer; its signal fires. An event
+  ATH Móvil does not bear out is rejected, but if it names an untracked payment that is still
+  OPEN or CONFIRM, that payment (real, and the business's own) is tracked from then on.
 - A refund webhook names no ecommerceId: it is matched to the stored payment with its reference
   number and verified by the refunded amount findPayment reports. A refund of a payment the
   shop does not track is ``ignored``.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 import uuid
 from collections.abc import Mapping
@@ -95,7 +98,7 @@ def read_body(body: bytes) -> dict[str, Any]:
     lone surrogates in strings, and nesting deeper than 32 levels.
     """
     try:
-        payload = json.loads(body, parse_constant=_refuse_constant)
+        payload = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
     except InvalidWebhook:
         raise
     except (ValueError, RecursionError):
@@ -108,6 +111,13 @@ def read_body(body: bytes) -> dict[str, Any]:
 
 def _refuse_constant(name: str) -> Any:
     raise InvalidWebhook(f"the body holds {name}, which is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e999: JSON allows it, no database column does
+        raise InvalidWebhook(f"the body holds the number {text[:20]}, too large to store")
+    return number
 
 
 def _check_storable(payload: dict[str, Any]) -> None:
@@ -146,7 +156,8 @@ def parse(payload: Mapping[str, Any]) -> Notice:
     except InvalidWebhook:
         raise
     except ValueError as error:
-        raise InvalidWebhook(str(error)) from None
+        reason = str(error)
+        raise InvalidWebhook(reason if len(reason) <= 160 else reason[:159] + "…") from None
 
 
 def _parse(payload: Mapping[str, Any]) -> Notice:

@@ -27,6 +27,7 @@ from django.db.models import BooleanField, F, Func
 from django.utils import timezone
 
 from athm_sync.conf import MAX_PAYMENT_TIMEOUT, MIN_PAYMENT_TIMEOUT, get_settings
+from athm_sync.normalize import MAX_AMOUNT
 
 if TYPE_CHECKING:
     from athm_sync.models import Payment
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
 CENT = Decimal("0.01")
 MIN_TOTAL = Decimal("1.00")
 MAX_TOTAL = Decimal("1500.00")
-# The largest value a DecimalField(max_digits=10, decimal_places=2) can hold.
-MAX_STORABLE = Decimal("99999999.99")
 MAX_METADATA_LENGTH = 40
 
 
@@ -65,7 +64,7 @@ def validate_ecommerce_id(value: Any) -> uuid.UUID:
 
 
 def to_money(
-    name: str, value: Any, *, minimum: Decimal = Decimal("0"), maximum: Decimal = MAX_STORABLE
+    name: str, value: Any, *, minimum: Decimal = Decimal("0"), maximum: Decimal = MAX_AMOUNT
 ) -> Decimal:
     """``value`` as a Decimal rounded to cents (half up), checked against the bounds.
 

@@ -19,6 +19,8 @@ from zoneinfo import ZoneInfo
 
 PUERTO_RICO = ZoneInfo("America/Puerto_Rico")
 CENT = Decimal("0.01")
+# The largest amount the app stores: what a DecimalField(max_digits=10, decimal_places=2) holds.
+MAX_AMOUNT = Decimal("99999999.99")
 LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 # Remote spellings of each status, upper-cased. findPayment says CANCEL for cancelled and
@@ -59,6 +61,8 @@ def money(value: Any, field: str = "amount") -> Decimal:
         raise ValueError(f"{field} must be an amount, not {value!r}") from None
     if not amount.is_finite():
         raise ValueError(f"{field} must be a finite amount, not {value!r}")
+    if abs(amount) > MAX_AMOUNT:  # nothing ATH Móvil handles; no amount column can hold it
+        raise ValueError(f"{field} {str(value)[:30]} is more than any payment can hold")
     return amount.quantize(CENT, rounding=ROUND_HALF_UP)
 
 

@@ -455,6 +455,7 @@ def test_a_body_over_64_kib_is_413_and_stores_nothing(athm, web):
         (b"null", "the body is not a JSON object"),
         (b'{"total": NaN, "transactionType": "payment"}', "NaN"),
         (b'{"total": -Infinity, "transactionType": "payment"}', "-Infinity"),
+        (b'{"total": 1e999, "transactionType": "payment"}', "too large to store"),
         (b'{"transactionType": "payment", "name": "a\\u0000b"}', "NUL"),
         (b'{"transactionType": "payment", "name": "\\ud800"}', "surrogate"),
         (b'{"transactionType": "payment", "x": ' + b"[" * 40 + b"]" * 40 + b"}", "nested"),
@@ -486,9 +487,22 @@ def test_a_body_over_64_kib_is_413_and_stores_nothing(athm, web):
             b' "total": "ten"}' % str(uuid.uuid4()).encode(),
             "total must be an amount",
         ),
+        (
+            b'{"transactionType": "ecommerce", "status": "completed", "ecommerceId": "%s",'
+            b' "total": 1e20}' % str(uuid.uuid4()).encode(),
+            "more than any payment can hold",
+        ),
+        (
+            b'{"transactionType": "refund", "referenceNumber": "1", "total": "1e400"}',
+            "more than any payment can hold",
+        ),
         (b'{"transactionType": "refund", "total": 3}', "referenceNumber is missing"),
         (b'{"transactionType": "refund", "referenceNumber": "1-2"}', "must be more than 0"),
         (b'{"transactionType": "refund", "referenceNumber": ["1"], "total": 1}', "must be text"),
+        (
+            b'{"transactionType": "refund", "referenceNumber": "1", "total": "%s"}' % (b"9" * 40,),
+            "more than any payment can hold",
+        ),
     ],
 )
 def test_bodies_of_the_wrong_shape_are_400_with_a_reason_and_store_nothing(athm, web, body, reason):
