@@ -1,11 +1,12 @@
 """The benchmarks behind scripts/bench: ``scripts/bench <benchmark> [options]``.
 
 One benchmark so far, ``webhook``: the latency of the webhook view (``athm_sync:webhook``) over
-real HTTP. It writes a throwaway Django project into a temporary folder (SQLite file database,
-the app's URLs under ``athm/``), starts the sandbox ATH Móvil server in this process, serves
-Django on 127.0.0.1 from a thread, and POSTs real-shaped completion webhooks with one
-``requests.Session``, timing each POST (request sent, answer read). Three scenarios, each with
-the sandbox answering at once and with 50 ms added to every API call:
+real HTTP. It writes the throwaway Django project of ``_shop.py`` into a temporary folder (SQLite
+file database, the app's URLs under ``athm/``), starts the sandbox ATH Móvil server in this
+process, serves Django on 127.0.0.1 from a thread (``_shop.DjangoServer``), and POSTs
+real-shaped completion webhooks with one ``requests.Session``, timing each POST (request sent,
+answer read). Three scenarios, each with the sandbox answering at once and with 50 ms added to
+every API call:
 
 - ``genuine``: a tracked payment the sandbox completed; the view verifies it with one
   findPayment and applies it (database writes and one ``payment_completed`` signal);
@@ -27,22 +28,18 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _shop
+
 PROGRAM = "scripts/bench"
-# The sandbox's tokens and a webhook secret for a throwaway project: not secrets.
-PUBLIC_TOKEN = "sandbox-public-token"  # noqa: S105
-PRIVATE_TOKEN = "sandbox-private-token"  # noqa: S105
-WEBHOOK_SECRET = "bench-only-webhook-secret-0123456789abcdef"  # noqa: S105
-HOST = "127.0.0.1"
 LATENCIES_MS = (0, 50)
 
 
@@ -89,148 +86,6 @@ def summarize(samples_ms: Sequence[float]) -> dict[str, float]:
         "p95": percentile(ordered, 0.95),
         "max": ordered[-1],
     }
-
-
-# -- the throwaway project -------------------------------------------------------------------
-
-SETTINGS = """\
-SECRET_KEY = "bench-only"
-DEBUG = False
-ALLOWED_HOSTS = [{host!r}]
-USE_TZ = True
-INSTALLED_APPS = ["django.contrib.contenttypes", "athm_sync"]
-MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-]
-ROOT_URLCONF = "bench_shop.urls"
-DATABASES = {{
-    "default": {{
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": {database!r},
-        "OPTIONS": {{"transaction_mode": "IMMEDIATE"}},
-    }}
-}}
-ATHM_SYNC = {{
-    "PUBLIC_TOKEN": {public!r},
-    "PRIVATE_TOKEN": {private!r},
-    "API_BASE_URL": {url!r},
-    "REPORT_BASE_URL": {url!r},
-    "WEBHOOK_SECRET": {secret!r},
-}}
-LOGGING = {{
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {{"stderr": {{"class": "logging.StreamHandler"}}}},
-    "loggers": {{
-        "athm_sync": {{"handlers": ["stderr"], "level": "WARNING", "propagate": False}},
-        # Every forged webhook is logged as a warning when rejected: expected here.
-        "athm_sync.inbox": {{"level": "ERROR"}},
-    }},
-}}
-"""
-
-URLS = """\
-from django.urls import include, path
-
-urlpatterns = [path("athm/", include("athm_sync.urls"))]
-"""
-
-
-def write_project(folder: Path, sandbox_url: str) -> None:
-    """A Django project (settings and URLconf) using athm_sync on SQLite and the sandbox."""
-    package = folder / "bench_shop"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "urls.py").write_text(URLS)
-    (package / "settings.py").write_text(
-        SETTINGS.format(
-            host=HOST,
-            database=str(folder / "db.sqlite3"),
-            public=PUBLIC_TOKEN,
-            private=PRIVATE_TOKEN,
-            url=sandbox_url,
-            secret=WEBHOOK_SECRET,
-        )
-    )
-
-
-def setup_django(folder: Path, sandbox_url: str) -> None:
-    """Write the project, configure Django with it and migrate its database."""
-    write_project(folder, sandbox_url)
-    sys.path.insert(0, str(folder))
-    os.environ["DJANGO_SETTINGS_MODULE"] = "bench_shop.settings"
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", verbosity=0)
-
-
-# -- Django over HTTP ------------------------------------------------------------------------
-
-SERVER_DESCRIPTION = (
-    "django.core.servers.basehttp.ThreadedWSGIServer + WSGIRequestHandler (HTTP/1.1, "
-    "a thread per connection, TCP_NODELAY), get_wsgi_application()"
-)
-
-
-class DjangoServer:
-    """Django's own threaded WSGI server (the one behind runserver) on a free loopback port.
-
-    Its handler speaks HTTP/1.1 and keeps connections alive when the answer has a
-    Content-Length (CommonMiddleware sets it). Two changes from runserver: no access log, and
-    TCP_NODELAY, since wsgiref writes the status line, the headers and the body in separate
-    sends and Nagle's algorithm would hold the later ones for the client's delayed ACK.
-    """
-
-    def __init__(self) -> None:
-        """Bind a free port now; nothing is served until :meth:`start`."""
-        from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
-        from django.core.wsgi import get_wsgi_application
-
-        class Handler(WSGIRequestHandler):
-            disable_nagle_algorithm = True
-
-            def log_message(self, format: str, *args: Any) -> None:
-                """No access log: one line per request would be all the output."""
-
-        counter = self
-
-        class Server(ThreadedWSGIServer):
-            def process_request(self, request: Any, client_address: Any) -> None:
-                with counter._lock:
-                    counter.connections += 1
-                super().process_request(request, client_address)
-
-        self.connections = 0
-        self._lock = threading.Lock()
-        self._httpd = Server((HOST, 0), Handler)
-        self._httpd.set_app(get_wsgi_application())
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="bench-django",
-            daemon=True,
-        )
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:port``."""
-        return f"http://{HOST}:{self._httpd.server_address[1]}"
-
-    def start(self) -> DjangoServer:
-        """Serve in a daemon thread; returns self."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop accepting and close the listening socket (open connections die with us)."""
-        if self._thread.is_alive():
-            self._httpd.shutdown()
-            self._thread.join(timeout=5)
-        self._httpd.server_close()
 
 
 # -- the webhook benchmark -------------------------------------------------------------------
@@ -503,38 +358,30 @@ def bench_webhook(argv: Sequence[str]) -> int:
     counts = {0: args.n, 50: max(1, args.n // 2)}
     started = time.perf_counter()
 
-    from athm_sync.sandbox import SandboxServer
-
-    sandbox = SandboxServer(
-        host=HOST, port=0, public_token=PUBLIC_TOKEN, private_token=PRIVATE_TOKEN
-    ).start()
-    folder = Path(tempfile.mkdtemp(prefix="athm-bench-", dir=args.dir))
-    server: DjangoServer | None = None
-    bench: WebhookBench | None = None
-    try:
-        setup_django(folder, sandbox.url)
-        from django.urls import reverse
-
-        server = DjangoServer().start()
-        path = reverse("athm_sync:webhook", kwargs={"token": WEBHOOK_SECRET})
-        bench = WebhookBench(sandbox, server.url + path, args.warmup)
-        progress(f"Sandbox ATH Móvil at {sandbox.url}; Django at {server.url}; project {folder}")
-        results: list[Result] = []
-        for latency_ms in LATENCIES_MS:
-            n = counts[latency_ms]
+    with (
+        _shop.throwaway_shop("athm-bench-", args.dir) as (sandbox, folder),
+        _shop.DjangoServer() as server,
+    ):
+        path = _shop.webhook_path()
+        with closing(WebhookBench(sandbox, server.url + path, args.warmup)) as bench:
             progress(
-                f"  sandbox +{latency_ms} ms: {args.warmup} warm-up and {n} measured rounds "
-                f"of {len(SCENARIOS)} requests ..."
+                f"Sandbox ATH Móvil at {sandbox.url}; Django at {server.url}; project {folder}"
             )
-            results.extend(bench.run(latency_ms, n))
-        bench.check_database()
-        bench.close()
+            results: list[Result] = []
+            for latency_ms in LATENCIES_MS:
+                n = counts[latency_ms]
+                progress(
+                    f"  sandbox +{latency_ms} ms: {args.warmup} warm-up and {n} measured rounds "
+                    f"of {len(SCENARIOS)} requests ..."
+                )
+                results.extend(bench.run(latency_ms, n))
+            bench.check_database()
         requests_sent = sum(len(r.samples_ms) for r in results) + args.warmup * len(results)
         document = {
             "benchmark": "webhook",
-            "endpoint": f"POST {path.replace(WEBHOOK_SECRET, '<token>')}",
+            "endpoint": f"POST {path.replace(_shop.WEBHOOK_SECRET, '<token>')}",
             "server": {
-                "description": SERVER_DESCRIPTION,
+                "description": _shop.SERVER_DESCRIPTION,
                 "requests": requests_sent,
                 "tcp_connections": server.connections,
                 "keep_alive": server.connections < requests_sent,
@@ -547,13 +394,6 @@ def bench_webhook(argv: Sequence[str]) -> int:
             "results": [result.as_json() for result in results],
             "elapsed_seconds": round(time.perf_counter() - started, 2),
         }
-    finally:
-        if bench is not None:
-            bench.close()
-        if server is not None:
-            server.stop()
-        sandbox.stop()
-        shutil.rmtree(folder, ignore_errors=True)
     if args.json:
         print(json.dumps(document, indent=2))
     else:
@@ -582,7 +422,7 @@ def print_table(document: dict[str, Any]) -> None:
     """The readable report of :func:`bench_webhook`."""
     env = document["environment"]
     server = document["server"]
-    print(f"Webhook view latency: {document['endpoint']} over HTTP on {HOST}")
+    print(f"Webhook view latency: {document['endpoint']} over HTTP on {_shop.HOST}")
     print(f"  server:   {server['description']}")
     print(
         f"  keep-alive: {'yes' if server['keep_alive'] else 'NO'} "

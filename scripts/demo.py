@@ -1,99 +1,53 @@
 """The end-to-end demo behind scripts/demo: a throwaway shop on SQLite against the sandbox.
 
 It starts the sandbox ATH Móvil server, writes a small Django project into a temporary
-folder, creates payments the two ways a shop does (server-side through the API, and by the
-JavaScript button then registered with ``Payment.objects.track``), connects receivers written
-as on the signals page, plays customers against the sandbox (completing, cancelling, letting
-one expire, confirming and walking away, a refund from the ATH Business app), fast-forwards
-the clock and runs ``manage.py athm_sync``, printing every transition and signal.
+folder (``_shop.py``), creates payments the two ways a shop does (server-side through the API,
+and by the JavaScript button then registered with ``Payment.objects.track``), connects
+receivers written as on the signals page, plays customers against the sandbox (completing,
+cancelling, letting one expire, confirming and walking away, a refund from the ATH Business
+app), fast-forwards the clock and runs ``manage.py athm_sync``, printing every transition and
+signal. Then it serves the shop over HTTP, subscribes its webhook URL and lets the sandbox post
+webhooks: a tracked payment and one the shop never heard of complete with no run, a forged
+webhook is rejected, a second delivery does nothing, and the next run has nothing to poll but
+the payment still open. It ends by checking that every signal fired exactly once (exit 1 if
+not), and removes the project.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
-import textwrap
+from collections import Counter
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
 
-# The sandbox's tokens, not secrets.
-PUBLIC_TOKEN = "demo-public-token"  # noqa: S105
-PRIVATE_TOKEN = "demo-private-token"  # noqa: S105
-
-SETTINGS = """\
-SECRET_KEY = "demo-only"
-USE_TZ = True
-INSTALLED_APPS = ["django.contrib.contenttypes", "athm_sync"]
-DATABASES = {{
-    "default": {{
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": {database!r},
-        "OPTIONS": {{"transaction_mode": "IMMEDIATE"}},
-    }}
-}}
-ATHM_SYNC = {{
-    "PUBLIC_TOKEN": {public!r},
-    "PRIVATE_TOKEN": {private!r},
-    "API_BASE_URL": {url!r},
-    "REPORT_BASE_URL": {url!r},
-}}
-"""
-
-
-def write_project(folder: Path, sandbox_url: str) -> None:
-    """A Django project of two files that uses athm_sync on SQLite and the sandbox."""
-    (folder / "demo_shop").mkdir()
-    (folder / "demo_shop" / "__init__.py").write_text("")
-    (folder / "demo_shop" / "settings.py").write_text(
-        SETTINGS.format(
-            database=str(folder / "db.sqlite3"),
-            public=PUBLIC_TOKEN,
-            private=PRIVATE_TOKEN,
-            url=sandbox_url,
-        )
-    )
-    (folder / "manage.py").write_text(
-        textwrap.dedent(
-            """\
-            import os, sys
-            os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo_shop.settings")
-            from django.core.management import execute_from_command_line
-            execute_from_command_line(sys.argv)
-            """
-        )
-    )
+import _shop
 
 
 def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def main() -> int:
-    from athm_sync.sandbox import SandboxServer
+def plural(n: int, thing: str) -> str:
+    """``no signal``, ``1 signal``, ``2 signals``."""
+    return f"no {thing}" if n == 0 else f"{n} {thing}{'' if n == 1 else 's'}"
 
-    sandbox = SandboxServer(public_token=PUBLIC_TOKEN, private_token=PRIVATE_TOKEN).start()
-    folder = Path(tempfile.mkdtemp(prefix="athm-demo-"))
-    try:
-        write_project(folder, sandbox.url)
-        sys.path.insert(0, str(folder))
-        os.environ["DJANGO_SETTINGS_MODULE"] = "demo_shop.settings"
-        import django
+
+def main() -> int:
+    with _shop.throwaway_shop("athm-demo-") as (sandbox, folder):
         from django.core.management import call_command
 
-        django.setup()
         say(f"Sandbox ATH Móvil server: {sandbox.url}")
         say(f"Throwaway shop project:   {folder} (SQLite)")
-        call_command("migrate", verbosity=0)
         call_command("check", "athm_sync")
         return play(sandbox)
-    finally:
-        sandbox.stop()
 
 
-def connect_receivers() -> list[str]:
-    """Receivers as a shop writes them (the seed signals page); each prints what it got."""
+def connect_receivers() -> list[tuple[str, str]]:
+    """Receivers as a shop writes them (the seed signals page); each prints what it got.
+
+    Returns the list they note ``(signal, order)`` in, for the final "exactly once" check. In
+    part 4 the webhook view fires them, so they run in the web server's threads.
+    """
     from django.dispatch import receiver
 
     from athm_sync.signals import (
@@ -103,27 +57,27 @@ def connect_receivers() -> list[str]:
         refund_sent,
     )
 
-    received: list[str] = []
+    received: list[tuple[str, str]] = []
 
-    def note(line: str) -> None:
-        received.append(line)
-        say(f"      signal -> {line}")
+    def note(signal: str, payment, detail: str = "") -> None:
+        received.append((signal, payment.metadata_1))
+        say(f"      signal -> {signal:<18} {payment.metadata_1}{detail}")
 
     @receiver(payment_completed, weak=False)
     def on_payment_completed(sender, payment, **kwargs):
-        note(f"payment_completed  {payment.metadata_1}  ref {payment.reference_number}")
+        note("payment_completed", payment, f"  ref {payment.reference_number}")
 
     @receiver(payment_cancelled, weak=False)
     def on_payment_cancelled(sender, payment, **kwargs):
-        note(f"payment_cancelled  {payment.metadata_1}")
+        note("payment_cancelled", payment)
 
     @receiver(payment_expired, weak=False)
     def on_payment_expired(sender, payment, **kwargs):
-        note(f"payment_expired    {payment.metadata_1}")
+        note("payment_expired", payment)
 
     @receiver(refund_sent, weak=False)
     def on_refund_sent(sender, refund, payment, **kwargs):
-        note(f"refund_sent        {payment.metadata_1}  ${refund.amount}")
+        note("refund_sent", payment, f"  ${refund.amount}")
 
     return received
 
@@ -222,10 +176,125 @@ def play(sandbox) -> int:
     say(f"   sandbox requests: {dict(sorted((k, v) for k, v in state.counts().items() if v))}")
     say("\nThe --json summary of the run two minutes later:")
     say(json.dumps(summary, indent=2))
-    expected = 7  # 4 completed, 1 cancelled, 1 expired, 1 refund
-    ok = len(received) == expected and again["signals_sent"] == 0 and summary["exit_code"] == 0
+    problems = play_webhooks(sandbox, client, received)
+
+    expected = Counter(
+        [("payment_completed", f"order-{n}") for n in (1, 4, 5, 6, 7, 8)]
+        + [("payment_cancelled", "order-2"), ("payment_expired", "order-3")]
+        + [("refund_sent", "order-5")]
+    )
+    got = Counter(received)
+    problems += [
+        f"{signal} for {order} fired {got[signal, order]} times, expected {expected[signal, order]}"
+        for signal, order in sorted(expected | got)
+        if got[signal, order] != expected[signal, order]
+    ]
+    if again["signals_sent"] or summary["exit_code"]:
+        problems.append("the runs two minutes later did not end as they should")
+    if problems:
+        say()
+    for problem in problems:
+        say(f"   PROBLEM: {problem}")
+    ok = not problems
     say("\nOK: every transition signalled exactly once." if ok else "\nUNEXPECTED RESULT")
     return 0 if ok else 1
+
+
+def play_webhooks(sandbox, client, received: list[tuple[str, str]]) -> list[str]:
+    """Part 4: the webhook fast path over real HTTP; returns what did not go as it should.
+
+    Serves the shop with Django's threaded server, subscribes its webhook URL through the real
+    client and turns on the sandbox's automatic webhooks, which the sandbox posts before its
+    ``complete()`` returns. Each step prints what was posted, what the view made of it (its
+    ``WebhookEvent``) and which signals fired; no ``athm_sync`` run until the last step.
+    """
+    from athm_sync.models import Payment, WebhookEvent
+
+    state = sandbox.state
+    problems: list[str] = []
+
+    def step(eid: str, post, expected: tuple[str, int, int]) -> None:
+        """``post()`` posts a webhook for ``eid``; print what the view made of it and check it
+        against ``expected``: (the event's outcome, signals fired, findPayment calls)."""
+        fired_before, finds_before = len(received), state.counts().get("findPayment", 0)
+        delivered_before = len(state.deliveries)
+        post()
+        delivered = state.deliveries[delivered_before:]
+        posted = ", ".join(repr(d["payload"].get("status")) for d in delivered) or "nothing"
+        answers = ", ".join(
+            f"HTTP {d['status']}" if "status" in d else f"not delivered ({d.get('error')})"
+            for d in delivered
+        )
+        fired = [signal for signal, _ in received[fired_before:]]
+        finds = state.counts().get("findPayment", 0) - finds_before
+        event = WebhookEvent.objects.filter(ecommerce_id=eid).order_by("-pk").first()
+        if event is None:
+            verdict = "nothing stored"
+        elif event.deliveries > 1:
+            verdict = f"{event.outcome}, delivery {event.deliveries}: the stored event answers"
+        else:
+            verdict = f"{event.outcome}: {event.reason}"
+        say(
+            f"      POST {posted} -> {answers or 'no answer'}, {verdict} "
+            f"({plural(finds, 'findPayment')}, {plural(len(fired), 'signal')})"
+        )
+        actual = (answers, event and event.outcome, len(fired), finds)
+        wanted = ("HTTP 200", *expected)
+        if actual != wanted:
+            problems.append(
+                f"the webhook for {eid} gave (answer, outcome, signals, findPayment calls) "
+                f"{actual}, expected {wanted}"
+            )
+
+    say("\n4. Webhooks: ATH Móvil posts to the shop over real HTTP; no athm_sync run")
+    server = _shop.DjangoServer().start()
+    try:
+        listener = server.url + _shop.webhook_path()
+        client.subscribe_webhooks(listener)
+        state.auto_webhooks = True
+        say(f"   Django serves the shop at {server.url}")
+        shown = listener.replace(_shop.WEBHOOK_SECRET, "<WEBHOOK_SECRET>")
+        say(f"   subscribed {shown} (client.subscribe_webhooks)")
+        say("   the sandbox's automatic webhooks are on: it posts each change as it happens")
+
+        paid, _ = state.create_payment(total="9.99", metadata1="order-7", timeout=600)
+        Payment.objects.track(paid, total=Decimal("9.99"), metadata_1="order-7")
+        say("\n   order-7: tracked from the button; the customer pays and ATH Móvil posts at once")
+        step(paid, lambda: sandbox.complete(paid), ("applied", 1, 1))
+
+        lost, _ = state.create_payment(total="15.00", metadata1="order-8", timeout=600)
+        say("\n   order-8: paid with the button, but the browser died before the shop tracked it")
+        step(lost, lambda: sandbox.complete(lost), ("applied", 1, 1))
+
+        forged, _ = state.create_payment(total="99.00", metadata1="order-9", timeout=600)
+        Payment.objects.track(forged, total=Decimal("99.00"), metadata_1="order-9")
+        payload = sandbox.webhook_payload(forged, "completed")
+        say("\n   order-9: tracked, not paid yet; someone posts a forged completion for it")
+        step(forged, lambda: sandbox.send_webhook(payload, listener), ("rejected", 0, 1))
+
+        first = next(d["payload"] for d in state.deliveries if d["payload"]["ecommerceId"] == paid)
+        say("\n   order-7: ATH Móvil posts the very same webhook a second time")
+        step(paid, lambda: sandbox.send_webhook(first, listener), ("applied", 0, 0))
+    finally:
+        state.auto_webhooks = False
+        server.stop()
+
+    after = run_sync("right after: what is left to poll")
+    still_open = [p.metadata_1 for p in Payment.objects.filter(status__in=Payment.ACTIVE_STATUSES)]
+    say(
+        f"   checked only what is still open ({', '.join(still_open) or 'nothing'}); "
+        "order-7 and order-8 need no poll: their webhooks settled them"
+    )
+    say(
+        f"\n   signals received in all: {len(received)}; "
+        f"webhook events stored: {WebhookEvent.objects.count()}"
+    )
+    if after["signals_sent"] or after["exit_code"] or after["checked"] != len(still_open):
+        problems.append(
+            f"the run after the webhooks checked {after['checked']} payments (open: "
+            f"{len(still_open)}), sent {after['signals_sent']} signals, exit {after['exit_code']}"
+        )
+    return problems
 
 
 if __name__ == "__main__":
