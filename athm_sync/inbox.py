@@ -474,9 +474,14 @@ def process_pending(
     """
     conf = conf or get_settings()
     processed: list[Processed] = []
-    pending = WebhookEvent.objects.filter(outcome=Outcome.PENDING).order_by("received_at", "pk")
-    for event in pending.iterator():
-        done = process(event, client, conf=conf)
+    # The ids first: rows change while the loop runs, which an open cursor must not see.
+    pending = list(
+        WebhookEvent.objects.filter(outcome=Outcome.PENDING)
+        .order_by("received_at", "pk")
+        .values_list("pk", flat=True)
+    )
+    for pk in pending:
+        done = process(WebhookEvent(pk=pk), client, conf=conf)
         if done is None:
             continue
         processed.append(done)
