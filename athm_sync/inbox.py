@@ -278,17 +278,23 @@ def receive(
     """Store a webhook and, unless it is a duplicate already settled, verify and apply it.
 
     Returns ``(event, duplicate)``. Verification is bounded by ``WEBHOOK_VERIFY_TIMEOUT``: when
-    ATH Móvil cannot answer in time the event stays ``pending`` for the next run.
+    ATH Móvil cannot answer in time the event stays ``pending`` for the next run. Raises only
+    when the event could not be stored; once it is stored, any failure leaves it ``pending``.
     """
     conf = conf or get_settings()
-    client = client or verification_client(conf)
     event, created = record(notice, remote_addr, claim_until=timezone.now() + _lease(conf))
     if created and event.outcome == Outcome.PENDING:
-        processed = process(event, client, conf=conf, claimed=True)
+        options = {"claimed": True}
     elif not created and event.outcome in (Outcome.PENDING, Outcome.REJECTED):
-        processed = process(event, client, conf=conf, retry_rejected=True)
+        options = {"retry_rejected": True}
     else:
-        processed = None
+        return event, not created
+    try:
+        processed = process(event, client or verification_client(conf), conf=conf, **options)
+    except Exception:
+        logger.exception("Webhook event %s stored but not processed; it stays pending", event.pk)
+        event.refresh_from_db()
+        return event, not created
     return (processed.event if processed is not None else event), not created
 
 

@@ -9,7 +9,8 @@ It stores what it accepts and verifies it with ATH Móvil before anything change
 - 200 with ``{"outcome": ..., "event": id, "duplicate": bool}`` for everything stored,
   duplicates included, even when ATH Móvil could not be asked in time (the event is then
   ``pending`` and the next run finishes it);
-- 503 only when the event could not be stored at all (the database is down).
+- 503 only when the event could not be stored at all (the database is down); once it is
+  stored, any failure leaves it ``pending`` and the answer is 200.
 
 It never answers 500, whatever the body.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, transaction
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponseNotAllowed, JsonResponse
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.csrf import csrf_exempt
@@ -56,13 +57,9 @@ def webhook(request: HttpRequest, token: str) -> JsonResponse:
         return _error(400, str(error))
     try:
         event, duplicate = inbox.receive(notice, request.META.get("REMOTE_ADDR"), conf=conf)
-    except DatabaseError:
+    except Exception:  # not stored (the database is down): ATH Móvil may send it again
         logger.exception("Webhook %s could not be stored", notice.idempotency_key)
         return _error(503, "the event could not be stored; send it again later")
-    except Exception:
-        # Stored, then something unexpected: the event stays pending for the next run.
-        logger.exception("Webhook %s stored but not processed", notice.idempotency_key)
-        return JsonResponse({"outcome": "pending"})
     return JsonResponse({"outcome": event.outcome, "event": event.pk, "duplicate": duplicate})
 
 

@@ -15,6 +15,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
+from django.db import OperationalError
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -646,9 +647,10 @@ def test_an_unexpected_failure_after_storing_answers_200_and_the_run_finishes_it
     monkeypatch.setattr(reconcile, "apply", broken_apply)
     response = post(web, sandbox.webhook_payload(str(payment.pk)))
 
-    assert response.status_code == 200 and response.json() == {"outcome": "pending"}
-    assert "stored but not processed" in caplog.text
     event = WebhookEvent.objects.get()
+    assert response.status_code == 200
+    assert response.json() == {"outcome": "pending", "event": event.pk, "duplicate": False}
+    assert "stored but not processed" in caplog.text
     assert event.outcome == "pending" and event.processing_until is None  # released
     assert names(received) == []
 
@@ -726,3 +728,15 @@ def test_a_sender_that_hangs_up_mid_body_gets_400_and_stores_nothing(athm, rf):
     assert response.status_code == 400
     assert json.loads(response.content) == {"error": "the body could not be read"}
     assert not WebhookEvent.objects.exists()
+
+
+def test_a_database_that_cannot_store_the_event_is_503_not_500(athm, web, monkeypatch):
+    def database_down(*args, **kwargs):
+        raise OperationalError("could not connect to server")
+
+    monkeypatch.setattr(WebhookEvent.objects, "create", database_down)
+
+    response = post(web, {"transactionType": "payment", "referenceNumber": "1-2"})
+
+    assert response.status_code == 503
+    assert response.json() == {"error": "the event could not be stored; send it again later"}
