@@ -21,6 +21,7 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -593,13 +594,28 @@ class SandboxState:
         email: str = "customer@example.com",
     ) -> dict[str, Any]:
         """The customer confirms in the app: OPEN -> CONFIRM. Returns :meth:`payment`."""
-        with self._lock:
-            p = self._get(ecommerce_id)
-            if p.status != OPEN:
-                raise self._state_error(p, "confirm")
+
+        def confirm(p: Payment) -> None:
             p.status = CONFIRM
             p.confirmed = True
             p.customer_name, p.customer_phone, p.customer_email = name, phone, email
+
+        return self._customer_action(ecommerce_id, "confirm", (OPEN,), confirm)
+
+    def _customer_action(
+        self,
+        ecommerce_id: str,
+        action: str,
+        allowed: tuple[str, ...],
+        change: Callable[[Payment], None],
+    ) -> dict[str, Any]:
+        """Apply ``change`` to a payment in one of the ``allowed`` statuses, under the lock;
+        then post the webhooks it queued. Returns :meth:`payment`."""
+        with self._lock:
+            p = self._get(ecommerce_id)
+            if p.status not in allowed:
+                raise self._state_error(p, action)
+            change(p)
         self.deliver_webhooks()
         return self.payment(ecommerce_id)
 
@@ -621,10 +637,7 @@ class SandboxState:
 
     def capture(self, ecommerce_id: str) -> dict[str, Any]:
         """What the JS button does after CONFIRM: CONFIRM -> COMPLETED. Returns :meth:`payment`."""
-        with self._lock:
-            self._capture(self._get(ecommerce_id))
-        self.deliver_webhooks()
-        return self.payment(ecommerce_id)
+        return self._customer_action(ecommerce_id, "authorize", (CONFIRM, COMPLETED), self._capture)
 
     def authorize(self, ecommerce_id: str) -> dict[str, Any]:
         """The authorization API: capture and answer findPayment-shaped data."""
@@ -646,13 +659,7 @@ class SandboxState:
 
     def cancel(self, ecommerce_id: str) -> dict[str, Any]:
         """The customer cancels: OPEN/CONFIRM -> CANCEL. Returns :meth:`payment`."""
-        with self._lock:
-            p = self._get(ecommerce_id)
-            if p.status not in (OPEN, CONFIRM):
-                raise self._state_error(p, "cancel")
-            self._cancel(p)
-        self.deliver_webhooks()
-        return self.payment(ecommerce_id)
+        return self._customer_action(ecommerce_id, "cancel", (OPEN, CONFIRM), self._cancel)
 
     def _cancel(self, p: Payment) -> None:
         p.status = CANCEL
@@ -671,14 +678,12 @@ class SandboxState:
 
     def expire(self, ecommerce_id: str) -> dict[str, Any]:
         """Make this payment's deadline pass now: OPEN/CONFIRM -> CANCEL (expired)."""
-        with self._lock:
-            p = self._get(ecommerce_id)
-            if p.status not in (OPEN, CONFIRM):
-                raise self._state_error(p, "expire")
+
+        def expire(p: Payment) -> None:
             p.deadline = self._now_ts()
             self._refresh(p)
-        self.deliver_webhooks()
-        return self.payment(ecommerce_id)
+
+        return self._customer_action(ecommerce_id, "expire", (OPEN, CONFIRM), expire)
 
     def update_phone_number(self, ecommerce_id: str, phone_number: Any) -> dict[str, Any]:
         """The updatePhoneNumber API: change the phone the payment request goes to."""
