@@ -289,16 +289,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._check_tokens(data)
             if data.get("total") in (None, ""):
                 raise SandboxError("BTRA_0003", "total is required", 400)
-            ecommerce_id, token = state.create_payment(
-                total=data["total"],
-                subtotal=data.get("subtotal", 0),
-                tax=data.get("tax", 0),
-                metadata1=data.get("metadata1", ""),
-                metadata2=data.get("metadata2", ""),
-                items=data.get("items"),
-                phone_number=data.get("phoneNumber"),
-                timeout=data.get("timeout"),
-            )
+            ecommerce_id, token = _create_payment(state, data)
             return {"ecommerceId": ecommerce_id, "auth_token": token}
         if name == "findPayment":
             self._check_tokens(data)
@@ -366,16 +357,7 @@ class _Handler(BaseHTTPRequestHandler):
         if route == ("GET", "/sandbox/payments"):
             return 200, [state.payment(eid) for eid in state.payment_ids()]
         if route == ("POST", "/sandbox/payments"):
-            ecommerce_id, token = state.create_payment(
-                total=data.get("total"),
-                subtotal=data.get("subtotal", 0),
-                tax=data.get("tax", 0),
-                metadata1=data.get("metadata1", ""),
-                metadata2=data.get("metadata2", ""),
-                items=data.get("items"),
-                phone_number=data.get("phoneNumber"),
-                timeout=data.get("timeout"),
-            )
+            ecommerce_id, token = _create_payment(state, data)
             return 201, {"ecommerceId": ecommerce_id, "auth_token": token}
         match = _PAYMENT_PATH.match(path)
         if match:
@@ -463,6 +445,20 @@ class _Handler(BaseHTTPRequestHandler):
                 )
         status = state.send_webhook(payload, data.get("listenerURL"))
         return {"status": status, "payload": payload}
+
+
+def _create_payment(state: SandboxState, data: dict[str, Any]) -> tuple[str, str]:
+    """Create a payment from a create-payment body (the API's or the control API's)."""
+    return state.create_payment(
+        total=data.get("total"),
+        subtotal=data.get("subtotal", 0),
+        tax=data.get("tax", 0),
+        metadata1=data.get("metadata1", ""),
+        metadata2=data.get("metadata2", ""),
+        items=data.get("items"),
+        phone_number=data.get("phoneNumber"),
+        timeout=data.get("timeout"),
+    )
 
 
 class SandboxServer:
