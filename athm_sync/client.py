@@ -66,6 +66,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("athm_sync.client")
+# Set on the log record of each retry, so a caller can tell retries from other messages.
+RETRY_LOG_MARK = "athm_retry"
 
 DEFAULT_API_BASE_URL = "https://payments.athmovil.com"
 DEFAULT_REPORT_BASE_URL = "https://www.athmovil.com"
@@ -566,6 +568,7 @@ class ATHMovilClient:
             self.max_attempts,
             error,
             state.upcoming_sleep,
+            extra={RETRY_LOG_MARK: True},
         )
 
 

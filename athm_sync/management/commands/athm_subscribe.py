@@ -23,7 +23,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandParser
 from django.urls import NoReverseMatch, reverse
 
-from athm_sync.client import ATHMovilClient
+from athm_sync.client import RETRY_LOG_MARK, ATHMovilClient
 from athm_sync.conf import AthmSyncSettings, get_settings
 from athm_sync.errors import ATHMovilError, AuthenticationError, TransientError
 from athm_sync.management.base import OneLineErrorCommand
@@ -331,7 +331,7 @@ def _quiet_retries(quiet: bool) -> Iterator[None]:
     client_logger = logging.getLogger("athm_sync.client")
 
     def drop_retries(record: logging.LogRecord) -> bool:
-        return "retrying in" not in record.getMessage()
+        return not getattr(record, RETRY_LOG_MARK, False)
 
     if quiet:
         client_logger.addFilter(drop_retries)
