@@ -219,14 +219,14 @@ class Runner:
                 max_workers=self.workers, thread_name_prefix="athm-sync"
             ) as pool:
                 try:
-                    if not self.options.dry_run:
-                        self._process_webhooks(client)
                     if self.options.dry_run:
                         self._dry_run(pool, client)
-                    elif self.options.ecommerce_ids:
-                        self._check_given(pool, client)
                     else:
-                        self._check_due(pool, client)
+                        self._process_webhooks(client)
+                        if self.options.ecommerce_ids:
+                            self._check_given(pool, client)
+                        else:
+                            self._check_due(pool, client)
                 except AuthenticationError as error:
                     failure = CannotRun(f"ATH Móvil rejected the credentials: {error}")
         except BaseException as error:
