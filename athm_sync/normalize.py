@@ -145,10 +145,3 @@ def ecommerce_id(value: Any, field: str = "ecommerceId") -> uuid.UUID:
         return uuid.UUID(raw)
     except ValueError:
         raise ValueError(f"{field} must be a UUID, not {raw!r}") from None
-
-
-def boolean(value: Any) -> bool:
-    """A flag sent as ``true``, ``"true"`` or ``1``."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes")
-    return bool(value)
