@@ -7,14 +7,12 @@ The same flows over real HTTP, posted by the sandbox itself, are in ``test_webho
 
 from __future__ import annotations
 
-import io
 import json
 import uuid
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.core.management import call_command
 from django.db import OperationalError
 from django.test import Client
 from django.urls import reverse
@@ -25,6 +23,7 @@ from hypothesis import strategies as st
 
 from athm_sync import inbox, reconcile, views
 from athm_sync.models import Payment, PaymentEvent, Refund, WebhookEvent
+from tests.commands import call
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -395,9 +394,10 @@ def test_pending_events_come_before_the_poll_and_the_poll_adds_no_second_signal(
 
 
 def run_sync() -> dict:
-    out = io.StringIO()
-    call_command("athm_sync", "--json", stdout=out)
-    return json.loads(out.getvalue())
+    """``athm_sync --json`` in this process; its summary (the run must exit 0)."""
+    code, out, err = call("athm_sync", "--json")
+    assert code == 0, err
+    return json.loads(out)
 
 
 # -- bad requests: their status codes, and nothing stored ----------------------------------
