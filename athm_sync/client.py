@@ -5,13 +5,22 @@ concurrent workers, so it can be shared between threads. Every call has connect 
 timeouts. Transient failures (the table in ATHM_API.md) are retried with exponential backoff
 and jitter, bounded by a number of attempts and by a total deadline per call.
 
-What is retried depends on whether repeating the call is safe:
+What is retried depends on whether repeating the call is safe, and on whether anything of the
+request was written to the socket. The client records that as a fact while sending (see
+:class:`_TrackingAdapter`) instead of guessing it from the exception: urllib3 reports a TLS
+error while the answer is read as the same ``SSLError`` as a failed handshake.
 
-- find payment, cancel, update phone number, the transaction report and the webhook
-  subscription change nothing when repeated, so any transient failure is retried;
-- create payment, authorization and refund are retried only when the connection failed before
-  the request was sent. A lost answer to a refund must be reconciled (find payment shows the
-  refunded amount), never sent again: that could pay the customer twice.
+- A failure before any byte of the request was written (connection refused, DNS failure,
+  connect timeout, a TLS handshake or proxy tunnel that failed) is retried for every call.
+- Once the request may have left, including onto a kept-alive connection that turns out dead
+  when written to, a failure is retried only for the calls that change nothing when repeated:
+  find payment, cancel, update phone number, the transaction report and the webhook
+  subscription. For create payment, authorization and refund it is raised as
+  ``TransientError``: a lost answer to a refund must be reconciled (find payment shows the
+  refunded amount), never sent again, since that could pay the customer twice.
+- When the client cannot tell (the request did not go through urllib3's HTTP(S) connection
+  classes: a SOCKS proxy, or a test double replacing the transport), it assumes the request
+  may have left.
 
 Answers are frozen dataclasses with every quirk normalised and the raw answer kept in ``raw``.
 Tokens are never logged and never appear in exception messages.
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -33,6 +43,9 @@ from urllib.parse import urlsplit
 import requests
 import tenacity
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.poolmanager import ProxyManager
 
 from athm_sync import normalize
 from athm_sync.errors import (
@@ -233,6 +246,90 @@ class _NotSent(Exception):
     """The connection failed before the request left: safe to retry any call."""
 
 
+# How far the current thread's attempt got. ``_attempt`` resets it to None before sending;
+# the connection classes below move it to CONNECTING and then, before writing a byte of the
+# request, to MAY_HAVE_SENT, which nothing in the same attempt moves back.
+_CONNECTING = "connecting"
+_MAY_HAVE_SENT = "may have sent"
+
+
+class _Progress(threading.local):
+    stage: str | None = None
+
+
+_progress = _Progress()
+
+
+class _TracksSending:
+    """Mixed into urllib3's connection classes: records in ``_progress`` whether anything of
+    the request may have been written.
+
+    ``connect`` opens the TCP connection and, for HTTPS, does the TLS handshake (urllib3 calls
+    it from ``_validate_conn`` before the request; for plain HTTP, http.client calls it from
+    ``send`` on first use). ``send`` is how http.client writes the request line, headers and
+    body. The CONNECT of a proxy tunnel is sent from inside ``connect``: it goes to the proxy,
+    not to ATH Móvil, so it is not the request.
+    """
+
+    sock: Any
+    _athm_connecting = False
+
+    def connect(self) -> None:
+        if _progress.stage != _MAY_HAVE_SENT:
+            _progress.stage = _CONNECTING
+        self._athm_connecting = True
+        try:
+            super().connect()  # type: ignore[misc]
+        finally:
+            self._athm_connecting = False
+
+    def send(self, data: Any) -> None:
+        if not self._athm_connecting:
+            if self.sock is None:
+                self.connect()  # a failure here leaves the request unsent
+            _progress.stage = _MAY_HAVE_SENT
+        super().send(data)  # type: ignore[misc]
+
+
+class _TrackedHTTPConnection(_TracksSending, HTTPConnection):
+    pass
+
+
+class _TrackedHTTPSConnection(_TracksSending, HTTPSConnection):
+    pass
+
+
+class _TrackedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+_TRACKED_POOLS = {"http": _TrackedHTTPConnectionPool, "https": _TrackedHTTPSConnectionPool}
+
+
+class _TrackingAdapter(HTTPAdapter):
+    """An ``HTTPAdapter`` whose connections record whether the request may have left.
+
+    Direct connections and HTTP(S) proxies from the environment (``HTTPS_PROXY`` and the like,
+    tunnelled with CONNECT or forwarding) use the tracked classes. A SOCKS proxy uses urllib3's
+    own SOCKS connections, which are not tracked: through one, every failure counts as "may
+    have sent", so create payment, authorization and refund are never retried.
+    """
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _TRACKED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if isinstance(manager, ProxyManager):
+            manager.pool_classes_by_scheme = _TRACKED_POOLS
+        return manager
+
+
 class ATHMovilClient:
     """A client for ATH Móvil's eCommerce API. Build one with :meth:`from_settings`.
 
@@ -270,7 +367,7 @@ class ATHMovilClient:
         self._sleep = sleep
         self.session = requests.Session()
         # No retries inside urllib3: tenacity decides, knowing which calls are repeatable.
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self.pool_size, max_retries=0)
+        adapter = _TrackingAdapter(pool_connections=2, pool_maxsize=self.pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update(
@@ -495,6 +592,7 @@ class ATHMovilClient:
         # A read may not outlast what is left of the call's deadline.
         remaining = self.retry_deadline - (time.monotonic() - started)
         timeout = (self.connect_timeout, max(0.05, min(self.read_timeout, remaining)))
+        _progress.stage = None
         try:
             response = self.session.request(
                 endpoint.method,
@@ -503,18 +601,20 @@ class ATHMovilClient:
                 headers=headers,
                 timeout=timeout,
             )
-        except (requests.ConnectTimeout, requests.exceptions.SSLError) as error:
-            raise _NotSent(f"could not connect: {_describe(error)}") from None
-        except requests.ConnectionError as error:
-            if _never_sent(error):
-                raise _NotSent(f"could not connect: {_describe(error)}") from None
-            raise TransientError(
-                f"the connection failed: {_describe(error)}", call=endpoint.name
-            ) from None
-        except requests.Timeout:
-            raise TransientError(f"no answer within {timeout[1]:g} s", call=endpoint.name) from None
         except requests.RequestException as error:
-            raise TransientError(_describe(error), call=endpoint.name) from None
+            # Whatever the exception says: only a failure while connecting, before a byte of
+            # the request was written, is known not to have reached ATH Móvil.
+            if _progress.stage == _CONNECTING:
+                raise _NotSent(f"could not connect: {_describe(error)}") from None
+            if isinstance(error, requests.ConnectionError):
+                message = f"the connection failed: {_describe(error)}"
+            elif isinstance(error, requests.Timeout):
+                message = f"no answer within {timeout[1]:g} s"
+            else:
+                message = _describe(error)
+            raise TransientError(message, call=endpoint.name) from None
+        finally:
+            _progress.stage = None
         logger.debug(
             "ATH Móvil %s answered HTTP %s in %.0f ms",
             endpoint.name,
@@ -614,19 +714,6 @@ def _amount_text(value: Any, name: str) -> str:
     if isinstance(value, float):
         raise ValueError(f"{name} must be a Decimal or a string, not a float")
     return str(normalize.money(value, name))
-
-
-def _never_sent(error: requests.ConnectionError) -> bool:
-    """Whether a connection error happened before any byte of the request left.
-
-    urllib3 wraps "connection refused" and DNS failures in ``NewConnectionError``; an error
-    after sending (the server closed mid-answer) is a ``ProtocolError`` instead.
-    """
-    from urllib3.exceptions import NameResolutionError, NewConnectionError
-
-    reason = error.args[0] if error.args else None
-    reason = getattr(reason, "reason", reason)
-    return isinstance(reason, NewConnectionError | NameResolutionError)
 
 
 def _describe(error: BaseException) -> str:
