@@ -30,18 +30,39 @@ class RefundInline(_ReadOnlyMixin, admin.TabularInline):
     show_change_link = True
 
 
+HELD_SECTION = "Held: what ATH Móvil reported"
+
+
+class GivenUpFilter(admin.SimpleListFilter):
+    """Payments no longer checked because they stayed open past ``MAX_AGE``."""
+
+    title = "given up"
+    parameter_name = "given_up"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Given up"), ("no", "Followed"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(given_up_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(given_up_at__isnull=True)
+        return queryset
+
+
 @admin.register(Payment)
 class PaymentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     list_display = (
         "ecommerce_id",
         "status",
         "total",
+        "remote_total",
         "total_refunded_amount",
         "reference_number",
         "metadata_1",
         "created_at",
     )
-    list_filter = ("status",)
+    list_filter = ("status", GivenUpFilter)
     search_fields = (
         "reference_number",
         "metadata_1",
@@ -66,13 +87,26 @@ class PaymentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         ),
         ("Dates", {"fields": ("transaction_date", "created_at", "updated_at", "expires_at")}),
         (
+            HELD_SECTION,
+            {
+                "fields": (
+                    "mismatch_reason",
+                    "remote_total",
+                    "remote_metadata_1",
+                    "remote_metadata_2",
+                ),
+            },
+        ),
+        (
             "Sync",
             {
                 "classes": ("collapse",),
                 "fields": (
                     "timeout",
                     "next_check_at",
+                    "given_up_at",
                     "check_count",
+                    "failures",
                     "last_checked_at",
                     "last_error",
                     "claimed_until",
@@ -82,6 +116,13 @@ class PaymentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         ),
     )
     readonly_fields = tuple(field for _, options in fieldsets for field in options["fields"])
+
+    def get_fieldsets(self, request, obj=None):
+        """The "Held" section only for a payment that is held."""
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is not None and obj.is_held:
+            return fieldsets
+        return [fieldset for fieldset in fieldsets if fieldset[0] != HELD_SECTION]
 
 
 @admin.register(Refund)

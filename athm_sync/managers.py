@@ -36,6 +36,8 @@ CENT = Decimal("0.01")
 MIN_TOTAL = Decimal("1.00")
 MAX_TOTAL = Decimal("1500.00")
 MAX_METADATA_LENGTH = 40
+# How far ahead of this server's clock a creation time given to track() may be.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -155,13 +157,32 @@ def _validate_items(items: Any) -> list[dict[str, Any]]:
 
 
 def _validate_created_at(created_at: Any) -> datetime:
+    """The creation time a browser reported, refused when no clock could have given it.
+
+    A browser's clock is not trusted: a time ahead of ours by more than ``CLOCK_SKEW`` or older
+    than ``MAX_AGE`` would get the payment polled every few seconds for days, or given up at
+    its first check.
+    """
+    now = timezone.now()
     if created_at is None:
-        return timezone.now()
+        return now
     if not isinstance(created_at, datetime):
         raise ValueError(f"created_at must be a datetime, got {created_at!r}.")
     if timezone.is_naive(created_at):
         raise ValueError(
             f"created_at must be timezone-aware, got the naive {created_at.isoformat()}."
+        )
+    if created_at > now + CLOCK_SKEW:
+        raise ValueError(
+            f"created_at {created_at.isoformat()} is in the future (more than "
+            f"{CLOCK_SKEW.total_seconds():g} s ahead of this server's clock); "
+            "leave it out to use the time of this call."
+        )
+    max_age = get_settings().max_age
+    if created_at < now - max_age:
+        raise ValueError(
+            f"created_at {created_at.isoformat()} is more than MAX_AGE ({max_age}) ago; "
+            "leave it out to use the time of this call."
         )
     return created_at
 
@@ -212,15 +233,22 @@ class PaymentQuerySet(models.QuerySet):
     def due(self, now: datetime | None = None) -> PaymentQuerySet:
         """Active payments whose ``next_check_at`` has come, the most overdue first.
 
-        Filters on the same condition as the partial index ``athm_payment_due_idx`` so the
-        database answers from the index and never reads terminal rows.
+        Every active payment that is not given up is due once its time comes, however it was
+        stored: ``next_check_at`` defaults to the moment the row is inserted, in Python and in
+        the database. Filters on the same condition as the partial index
+        ``athm_payment_due_idx``, so the database answers from the index and never reads
+        terminal or given-up rows.
         """
         now = timezone.now() if now is None else now
         return self.filter(
             StatusIn(self.model.ACTIVE_STATUSES),
-            next_check_at__isnull=False,
+            given_up_at__isnull=True,
             next_check_at__lte=now,
         ).order_by("next_check_at", "pk")
+
+    def given_up(self) -> PaymentQuerySet:
+        """Payments still OPEN or CONFIRM after ``MAX_AGE``, no longer checked."""
+        return self.active().filter(given_up_at__isnull=False)
 
 
 class PaymentManager(models.Manager.from_queryset(PaymentQuerySet)):  # type: ignore[misc]
@@ -241,8 +269,14 @@ class PaymentManager(models.Manager.from_queryset(PaymentQuerySet)):  # type: ig
         """Follow a payment the JavaScript button created; returns its row.
 
         Idempotent: tracking an ``ecommerce_id`` again returns the stored row unchanged. Tracking
-        it again with a different total raises ``ValueError`` and changes nothing. A new row is
-        OPEN and due for a check at once; its expiry deadline is ``created_at + timeout``.
+        it again with a different total or metadata raises ``ValueError`` and changes nothing.
+        A new row is OPEN and due for a check at once; its expiry deadline is
+        ``created_at + timeout``. ``created_at`` (the time the button reported) may be at most
+        ``CLOCK_SKEW`` (5 minutes) ahead of this server's clock and no older than ``MAX_AGE``.
+
+        ATH Móvil's answer must later match what is stored here: the payment completes only
+        if ATH Móvil's total equals ``total`` and, where given, its metadata equals
+        ``metadata_1`` / ``metadata_2``; otherwise it is held as ``MISMATCHED``.
         """
         payment_id = validate_ecommerce_id(ecommerce_id)
         cleaned = validate_new_payment(
@@ -355,13 +389,18 @@ class PaymentManager(models.Manager.from_queryset(PaymentQuerySet)):  # type: ig
                     "timeout": cleaned.timeout,
                     "created_at": created_at,
                     "expires_at": created_at + timedelta(seconds=cleaned.timeout),
-                    "next_check_at": timezone.now(),
                     "auth_token": auth_token,
                 },
             )
-        if not created and payment.total != cleaned.total:
-            raise ValueError(
-                f"Payment {ecommerce_id} is already tracked with total {payment.total}; "
-                f"it cannot be tracked again with total {cleaned.total}."
-            )
+        if not created:
+            for name, stored, given in (
+                ("total", payment.total, cleaned.total),
+                ("metadata_1", payment.metadata_1, cleaned.metadata_1),
+                ("metadata_2", payment.metadata_2, cleaned.metadata_2),
+            ):
+                if stored != given:
+                    raise ValueError(
+                        f"Payment {ecommerce_id} is already tracked with {name} {stored!r}; "
+                        f"it cannot be tracked again with {name} {given!r}."
+                    )
         return payment

@@ -15,6 +15,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -23,14 +24,43 @@ from athm_sync.managers import PaymentManager
 _ZERO = Decimal("0.00")
 
 
-def _money(verbose_name: str, **kwargs) -> models.DecimalField:
-    return models.DecimalField(
-        verbose_name, max_digits=10, decimal_places=2, default=_ZERO, **kwargs
+class MoneyField(models.DecimalField):
+    """A two-place decimal amount that refuses ``float``: a binary float cannot hold most cent
+    amounts exactly, so saving one (``payment.total = 12.5``) raises ``ValueError`` on every
+    path that writes: ``save()``, ``create()``, ``bulk_create()``, ``update()``, the admin."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("max_digits", 10)
+        kwargs.setdefault("decimal_places", 2)
+        super().__init__(*args, **kwargs)
+
+    def get_db_prep_save(self, value, connection):
+        if isinstance(value, float):
+            raise ValueError(
+                f"{self.model.__name__}.{self.name} must be a Decimal, not the float {value!r}: "
+                f'use Decimal("{value}") so no cents are lost.'
+            )
+        return super().get_db_prep_save(value, connection)
+
+
+def _money(verbose_name: str, **kwargs) -> MoneyField:
+    # db_default too: a row inserted outside the ORM (raw SQL) gets the same zero.
+    return MoneyField(verbose_name, default=_ZERO, db_default=_ZERO, **kwargs)
+
+
+def _text(verbose_name: str, max_length: int, **kwargs) -> models.CharField:
+    return models.CharField(
+        verbose_name, max_length=max_length, blank=True, default="", db_default="", **kwargs
     )
 
 
 class Payment(models.Model):
-    """One ATH Móvil eCommerce payment, keyed by the ``ecommerceId`` ATH Móvil gave it."""
+    """One ATH Móvil eCommerce payment, keyed by the ``ecommerceId`` ATH Móvil gave it.
+
+    However a row gets into the table (``track``, ``create``, ``bulk_create``, a data
+    migration, a raw SQL ``INSERT`` naming only ``ecommerce_id`` and ``total``), every column
+    has a default in Python and in the database, and an OPEN or CONFIRM row is due at once.
+    """
 
     class Status(models.TextChoices):
         OPEN = "OPEN", _("Open")
@@ -38,14 +68,20 @@ class Payment(models.Model):
         COMPLETED = "COMPLETED", _("Completed")
         CANCEL = "CANCEL", _("Cancelled")
         EXPIRED = "EXPIRED", _("Expired")
+        # ATH Móvil completed it, but not for what the shop stored: never COMPLETED by itself.
+        MISMATCHED = "MISMATCHED", _("Held: does not match")
 
     # A terminal payment never changes status again (a COMPLETED one can still be refunded).
-    TERMINAL_STATUSES = (Status.COMPLETED, Status.CANCEL, Status.EXPIRED)
+    TERMINAL_STATUSES = (Status.COMPLETED, Status.CANCEL, Status.EXPIRED, Status.MISMATCHED)
     ACTIVE_STATUSES = (Status.OPEN, Status.CONFIRM)
 
     ecommerce_id = models.UUIDField(_("eCommerce id"), primary_key=True, editable=False)
     status = models.CharField(
-        _("status"), max_length=16, choices=Status.choices, default=Status.OPEN
+        _("status"),
+        max_length=16,
+        choices=Status.choices,
+        default=Status.OPEN,
+        db_default=Status.OPEN,
     )
 
     total = _money(_("total"))
@@ -55,44 +91,67 @@ class Payment(models.Model):
     net_amount = _money(_("net amount"))
     total_refunded_amount = _money(_("total refunded amount"))
 
-    reference_number = models.CharField(_("reference number"), max_length=100, blank=True)
-    daily_transaction_id = models.CharField(_("daily transaction id"), max_length=32, blank=True)
-    metadata_1 = models.CharField(_("metadata 1"), max_length=40, blank=True)
-    metadata_2 = models.CharField(_("metadata 2"), max_length=40, blank=True)
-    customer_name = models.CharField(_("customer name"), max_length=255, blank=True)
-    customer_phone = models.CharField(
-        _("customer phone"),
-        max_length=20,
-        blank=True,
-        validators=[RegexValidator(r"^\d*$", _("Digits only."))],
+    reference_number = _text(_("reference number"), 100)
+    daily_transaction_id = _text(_("daily transaction id"), 32)
+    metadata_1 = _text(_("metadata 1"), 40)
+    metadata_2 = _text(_("metadata 2"), 40)
+    customer_name = _text(_("customer name"), 255)
+    customer_phone = _text(
+        _("customer phone"), 20, validators=[RegexValidator(r"^\d*$", _("Digits only."))]
     )
-    customer_email = models.EmailField(_("customer email"), max_length=254, blank=True)
-    business_name = models.CharField(_("business name"), max_length=255, blank=True)
-    items = models.JSONField(_("items"), default=list, blank=True, encoder=DjangoJSONEncoder)
+    customer_email = models.EmailField(
+        _("customer email"), max_length=254, blank=True, default="", db_default=""
+    )
+    business_name = _text(_("business name"), 255)
+    items = models.JSONField(
+        _("items"), default=list, db_default=[], blank=True, encoder=DjangoJSONEncoder
+    )
 
     transaction_date = models.DateTimeField(_("transaction date"), null=True, blank=True)
     # Not auto_now_add: a tracked payment carries the creation time the button reported.
-    created_at = models.DateTimeField(_("created at"), default=timezone.now)
-    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now, db_default=Now())
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True, db_default=Now())
 
     # What the reconciler needs.
     timeout = models.PositiveIntegerField(
-        _("timeout (seconds)"), default=600, help_text=_("Seconds ATH Móvil waits (120-600).")
+        _("timeout (seconds)"),
+        default=600,
+        db_default=600,
+        help_text=_("Seconds ATH Móvil waits (120-600)."),
     )
     expires_at = models.DateTimeField(
-        _("expires at"), null=True, blank=True, help_text=_("created_at + timeout.")
+        _("expires at"),
+        null=True,
+        blank=True,
+        help_text=_("created_at + timeout; derived from them when empty."),
     )
-    next_check_at = models.DateTimeField(
-        _("next check at"), null=True, blank=True, help_text=_("Empty: not due for a check.")
+    # Never empty: a new row is due at once, however it was inserted. Only OPEN and CONFIRM
+    # rows that are not given up are read (the partial index); for the others it is unused.
+    next_check_at = models.DateTimeField(_("next check at"), default=timezone.now, db_default=Now())
+    given_up_at = models.DateTimeField(
+        _("given up at"),
+        null=True,
+        blank=True,
+        help_text=_("Set when the payment was still open after MAX_AGE; no longer checked."),
     )
-    check_count = models.PositiveIntegerField(_("check count"), default=0)
+    check_count = models.PositiveIntegerField(_("check count"), default=0, db_default=0)
+    # Checks in a row that failed (API or database); each one doubles the wait before the next.
+    failures = models.PositiveIntegerField(_("failures in a row"), default=0, db_default=0)
     last_checked_at = models.DateTimeField(_("last checked at"), null=True, blank=True)
-    last_error = models.TextField(_("last error"), blank=True)
+    last_error = models.TextField(_("last error"), blank=True, default="", db_default="")
     claimed_until = models.DateTimeField(_("claimed until"), null=True, blank=True)
-    claimed_by = models.CharField(_("claimed by"), max_length=200, blank=True)
+    claimed_by = _text(_("claimed by"), 200)
     # The JWT from create-payment, needed to capture a CONFIRM payment. Cleared by save() once
     # the payment is terminal; a check constraint refuses a terminal row that still holds one.
-    auth_token = models.TextField(_("auth token"), blank=True, editable=False)
+    auth_token = models.TextField(
+        _("auth token"), blank=True, editable=False, default="", db_default=""
+    )
+
+    # What ATH Móvil reported for a payment held as MISMATCHED, beside what the shop stored.
+    remote_total = MoneyField(_("total ATH Móvil reported"), null=True, blank=True)
+    remote_metadata_1 = _text(_("metadata 1 ATH Móvil reported"), 40)
+    remote_metadata_2 = _text(_("metadata 2 ATH Móvil reported"), 40)
+    mismatch_reason = models.TextField(_("mismatch reason"), blank=True, default="", db_default="")
 
     objects = PaymentManager()
 
@@ -104,7 +163,7 @@ class Payment(models.Model):
             # "Which payments are due for a check" reads only active rows through this index.
             models.Index(
                 fields=["next_check_at"],
-                condition=Q(status__in=["OPEN", "CONFIRM"]) & Q(next_check_at__isnull=False),
+                condition=Q(status__in=["OPEN", "CONFIRM"]) & Q(given_up_at__isnull=True),
                 name="athm_payment_due_idx",
             ),
             models.Index(fields=["reference_number"], name="athm_payment_reference_idx"),
@@ -112,7 +171,9 @@ class Payment(models.Model):
         ]
         constraints = [
             models.CheckConstraint(
-                condition=Q(status__in=["OPEN", "CONFIRM", "COMPLETED", "CANCEL", "EXPIRED"]),
+                condition=Q(
+                    status__in=["OPEN", "CONFIRM", "COMPLETED", "CANCEL", "EXPIRED", "MISMATCHED"]
+                ),
                 name="athm_payment_status_valid",
             ),
             models.CheckConstraint(
@@ -144,6 +205,17 @@ class Payment(models.Model):
     def is_terminal(self) -> bool:
         return self.status in self.TERMINAL_STATUSES
 
+    @property
+    def is_held(self) -> bool:
+        """ATH Móvil completed it for another amount or other metadata than the shop stored."""
+        return self.status == self.Status.MISMATCHED
+
+    @property
+    def deadline(self):
+        """When ATH Móvil expires the payment: ``expires_at``, or ``created_at + timeout`` for a
+        row stored without it (``bulk_create``, raw SQL)."""
+        return self.expires_at or self.compute_expires_at()
+
     def compute_expires_at(self):
         return self.created_at + timedelta(seconds=self.timeout)
 
@@ -164,7 +236,7 @@ class Refund(models.Model):
         related_name="refunds",
         on_delete=models.PROTECT,
     )
-    amount = models.DecimalField(_("amount"), max_digits=10, decimal_places=2)
+    amount = MoneyField(_("amount"))
     # Not unique: ATH Móvil reuses the payment's reference number for its refunds.
     reference_number = models.CharField(_("reference number"), max_length=100, blank=True)
     daily_transaction_id = models.CharField(_("daily transaction id"), max_length=32, blank=True)
@@ -194,6 +266,7 @@ class PaymentEvent(models.Model):
         CANCELLED = "cancelled", _("Payment cancelled")
         EXPIRED = "expired", _("Payment expired")
         REFUND_SENT = "refund_sent", _("Refund sent")
+        MISMATCHED = "mismatched", _("Payment held: does not match")
 
     payment = models.ForeignKey(
         Payment, verbose_name=_("payment"), related_name="events", on_delete=models.CASCADE
@@ -281,9 +354,7 @@ class WebhookEvent(models.Model):
     status = models.CharField(_("status"), max_length=16, blank=True)
     ecommerce_id = models.UUIDField(_("eCommerce id"), null=True, blank=True)
     reference_number = models.CharField(_("reference number"), max_length=100, blank=True)
-    amount = models.DecimalField(
-        _("amount"), max_digits=10, decimal_places=2, null=True, blank=True
-    )
+    amount = MoneyField(_("amount"), null=True, blank=True)
     idempotency_key = models.CharField(_("idempotency key"), max_length=200, unique=True)
     outcome = models.CharField(
         _("outcome"), max_length=16, choices=Outcome.choices, default=Outcome.PENDING
@@ -302,6 +373,9 @@ class WebhookEvent(models.Model):
     processed_at = models.DateTimeField(_("processed at"), null=True, blank=True)
     # Held while one process verifies the event, so a duplicate arriving meanwhile waits out.
     processing_until = models.DateTimeField(_("processing until"), null=True, blank=True)
+    # A pending event that could not be verified or applied waits until then (backoff), so it
+    # never holds up the events behind it. Empty: as soon as possible.
+    next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("ATH Móvil webhook event")

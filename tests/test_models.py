@@ -38,9 +38,11 @@ def test_status_choices_and_groups():
         "COMPLETED",
         "CANCEL",
         "EXPIRED",
+        "MISMATCHED",
     ]
     assert S.CANCEL.label == "Cancelled"
-    assert set(Payment.TERMINAL_STATUSES) == {"COMPLETED", "CANCEL", "EXPIRED"}
+    assert set(Payment.TERMINAL_STATUSES) == {"COMPLETED", "CANCEL", "EXPIRED", "MISMATCHED"}
+    assert Payment(status=S.MISMATCHED).is_terminal and Payment(status=S.MISMATCHED).is_held
     assert set(Payment.ACTIVE_STATUSES) == {"OPEN", "CONFIRM"}
     assert Payment(status=S.COMPLETED).is_terminal
     assert not Payment(status=S.CONFIRM).is_terminal
@@ -56,12 +58,14 @@ def test_money_fields_are_two_place_decimals():
 @pytest.mark.django_db
 def test_save_fills_expires_at_from_created_at_and_timeout():
     created = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+    before = timezone.now()
     payment = make_payment(created_at=created, timeout=300)
     payment.refresh_from_db()
     assert payment.expires_at == created + timedelta(seconds=300)
     assert payment.status == S.OPEN
     assert payment.items == []
-    assert payment.next_check_at is None
+    assert before <= payment.next_check_at <= timezone.now()  # due at once
+    assert payment.given_up_at is None
 
 
 @pytest.mark.django_db
@@ -176,7 +180,7 @@ def test_track_timeout_defaults_to_the_setting(settings):
 def test_track_twice_returns_the_same_row_unchanged():
     first = Payment.objects.track(ID, total="12.50", metadata_1="order-17")
     first.refresh_from_db()
-    second = Payment.objects.track(ID, total=Decimal("12.5"), metadata_1="something else")
+    second = Payment.objects.track(ID, total=Decimal("12.5"), metadata_1="order-17")
     assert Payment.objects.count() == 1
     assert second.pk == first.pk
     second.refresh_from_db()
@@ -200,11 +204,11 @@ def test_track_with_a_conflicting_total_raises_and_changes_nothing():
 def test_track_does_not_touch_a_payment_that_moved_on():
     payment = Payment.objects.track(ID, total=10)
     payment.status = S.COMPLETED
-    payment.next_check_at = None
     payment.save()
+    payment.refresh_from_db()
     again = Payment.objects.track(ID, total=10)
     assert again.status == S.COMPLETED
-    assert again.next_check_at is None
+    assert (again.updated_at, again.next_check_at) == (payment.updated_at, payment.next_check_at)
     assert list(Payment.objects.due()) == []
 
 
@@ -291,7 +295,7 @@ def test_due_returns_only_active_payments_whose_check_time_has_come():
     confirm_due = make_payment(status=S.CONFIRM, next_check_at=past - timedelta(minutes=1))
     exactly_now = make_payment(status=S.OPEN, next_check_at=now)
     make_payment(status=S.OPEN, next_check_at=future)
-    make_payment(status=S.OPEN, next_check_at=None)
+    make_payment(status=S.OPEN, next_check_at=past, given_up_at=past)
     for status in Payment.TERMINAL_STATUSES:
         make_payment(status=status, next_check_at=past)
     assert list(Payment.objects.due(now)) == [confirm_due, open_due, exactly_now]
@@ -315,12 +319,12 @@ def test_due_filters_on_the_partial_index_condition():
     assert index.fields == ["next_check_at"]
     assert dict(index.condition.children) == {
         "status__in": list(Payment.ACTIVE_STATUSES),
-        "next_check_at__isnull": False,
+        "given_up_at__isnull": True,
     }
     sql, params = Payment.objects.due(timezone.now()).query.sql_with_params()
     # Literals, not bound parameters: SQLite only matches a partial index on literal terms.
     assert """"athm_sync_payment"."status" IN ('OPEN', 'CONFIRM')""" in sql
-    assert '"athm_sync_payment"."next_check_at" IS NOT NULL' in sql
+    assert '"athm_sync_payment"."given_up_at" IS NULL' in sql
     assert "OPEN" not in params
 
 
