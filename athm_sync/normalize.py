@@ -67,14 +67,37 @@ def money(value: Any, field: str = "amount") -> Decimal:
 
 
 def text(value: Any, field: str = "value") -> str:
-    """A string with stray spaces stripped; ``None`` is empty, numbers become their digits."""
+    """A string with stray spaces stripped; ``None`` is empty, numbers become their digits.
+
+    NUL characters are removed and lone surrogates replaced with ``?``: no database column
+    stores them (PostgreSQL refuses both), and one such answer must not stop a run.
+    """
     if value is None:
         return ""
     if isinstance(value, str):
-        return value.strip()
+        return _storable(value).strip()
     if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
         return str(value)
     raise ValueError(f"{field} must be text, not {type(value).__name__}")
+
+
+def _storable(value: str) -> str:
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    if not value.isascii():
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
+def _storable_json(value: Any) -> Any:
+    """A decoded JSON value with every string (keys included) made storable."""
+    if isinstance(value, str):
+        return _storable(value)
+    if isinstance(value, list):
+        return [_storable_json(item) for item in value]
+    if isinstance(value, dict):
+        return {_storable(str(key)): _storable_json(item) for key, item in value.items()}
+    return value
 
 
 def digits(value: Any, field: str = "phoneNumber") -> str:
@@ -123,7 +146,8 @@ def to_local_string(moment: datetime) -> str:
 
 
 def items(value: Any) -> list[Any]:
-    """The items list, sent either as a list or as a JSON-encoded string."""
+    """The items list, sent either as a list or as a JSON-encoded string; its strings are made
+    storable as :func:`text` does (no NUL, no lone surrogate)."""
     if value is None or value == "":
         return []
     if isinstance(value, str):
@@ -133,7 +157,10 @@ def items(value: Any) -> list[Any]:
             raise ValueError("items is a string that is not JSON") from None
     if not isinstance(value, list):
         raise ValueError(f"items must be a list, not {type(value).__name__}")
-    return value
+    try:
+        return _storable_json(value)
+    except RecursionError:
+        raise ValueError("items is nested too deeply") from None
 
 
 def ecommerce_id(value: Any, field: str = "ecommerceId") -> uuid.UUID:

@@ -4,16 +4,22 @@ Every door (the ``athm_sync`` command, the webhook view, :func:`athm_sync.sync_p
 admin) goes through the same three steps:
 
 1. :func:`observe` asks ATH Móvil (find payment, and authorization for a payment the customer
-   confirmed but nobody captured). Network only: it touches no database, so it can run in
-   worker threads.
+   confirmed but nobody captured) and checks that the answer is about the payment asked about
+   and holds possible amounts (:func:`check_answer`). Network only: it touches no database,
+   so it can run in worker threads.
 2. :func:`apply` locks the payment row, lets :func:`decide` pick the transition, writes the
    remote fields, the status, any new refund and one :class:`~athm_sync.models.PaymentEvent`
-   per transition, all in one transaction.
+   per transition, all in one transaction. A database error while doing so is recorded on
+   that payment alone, which is retried later with backoff.
 3. After commit, :func:`dispatch` sends each event's signal once, claiming the event first so
    that two processes never send the same one. An event a crash left unsent is sent by the
    next :func:`dispatch_pending`.
 
 A second door arriving at the same payment sees the status already changed and does nothing.
+
+The money must match: a payment becomes COMPLETED only when ATH Móvil's total equals the stored
+total and, where the shop stored metadata, ATH Móvil's metadata equals it (:func:`mismatch`).
+Otherwise it is held as ``MISMATCHED`` and ``payment_mismatched`` fires instead.
 """
 
 from __future__ import annotations
@@ -27,18 +33,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from django.db import OperationalError, connection, transaction
+from django.db import DatabaseError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from athm_sync import signals
+from athm_sync import normalize, signals
 from athm_sync.client import (
     ATHMovilClient,
     ATHMovilError,
     AuthenticationError,
     AuthTokenError,
+    InvalidResponseError,
     InvalidStateError,
     NotFoundError,
     PaymentSnapshot,
@@ -50,25 +57,46 @@ logger = logging.getLogger("athm_sync.reconcile")
 
 OPEN, CONFIRM = Payment.Status.OPEN, Payment.Status.CONFIRM
 COMPLETED, CANCEL, EXPIRED = Payment.Status.COMPLETED, Payment.Status.CANCEL, Payment.Status.EXPIRED
+MISMATCHED = Payment.Status.MISMATCHED
 HINT_CANCELLED, HINT_EXPIRED = "cancelled", "expired"
 HINTS = (HINT_CANCELLED, HINT_EXPIRED)
 
 # A status only moves forward: OPEN -> CONFIRM -> one of the terminal statuses.
-_RANK = {OPEN: 0, CONFIRM: 1, COMPLETED: 2, CANCEL: 2, EXPIRED: 2}
+_RANK = {OPEN: 0, CONFIRM: 1, COMPLETED: 2, CANCEL: 2, EXPIRED: 2, MISMATCHED: 2}
 _EVENT_FOR_STATUS = {
     COMPLETED: PaymentEvent.Kind.COMPLETED,
     CANCEL: PaymentEvent.Kind.CANCELLED,
     EXPIRED: PaymentEvent.Kind.EXPIRED,
+    MISMATCHED: PaymentEvent.Kind.MISMATCHED,
 }
+# Statuses in which ATH Móvil holds the customer's money, so refunds are followed.
+_PAID = (COMPLETED, MISMATCHED)
 # Rechecks of a payment that is still open: often while the customer can act, then backing off.
 MIN_INTERVAL = timedelta(seconds=5)
 MAX_INTERVAL_BEFORE_DEADLINE = timedelta(seconds=60)
 FIRST_INTERVAL_AFTER_DEADLINE = timedelta(seconds=30)
 MAX_INTERVAL = timedelta(hours=1)
+# A check that failed (API or database) waits 10 s, 20 s, 40 s... up to MAX_INTERVAL.
+FIRST_RETRY = timedelta(seconds=10)
 # A capture needs an auth token with at least this much life left.
 TOKEN_MARGIN = timedelta(seconds=10)
+# A webhook's "expired" is believed from this long before the deadline, its "cancelled" until
+# this long after it: the clocks of this server, ATH Móvil and the browser differ a little.
+HINT_ALLOWANCE = timedelta(seconds=30)
+# The text columns an answer fills, and their lengths; a longer reference number or daily id
+# is an invalid answer (cutting a key would point it at another transaction).
+_KEY_FIELDS = ("reference_number", "daily_transaction_id")
+_FITTED_FIELDS = ("customer_name", "customer_phone", "customer_email", "business_name")
 
 T = TypeVar("T")
+
+
+class Expected(Protocol):
+    """What the shop stored and ATH Móvil's answer must match (a ``Payment`` is one)."""
+
+    total: Decimal
+    metadata_1: str
+    metadata_2: str
 
 
 # -- deciding ------------------------------------------------------------------------------
@@ -82,10 +110,28 @@ class Decision:
     event: str | None = None
     refund_amount: Decimal = Decimal("0.00")
     note: str = ""
+    mismatch: str = ""  # why the payment is held, when ``status`` is MISMATCHED now
 
     @property
     def changes_anything(self) -> bool:
         return self.event is not None or self.refund_amount > 0
+
+
+def mismatch(expected: Expected, snapshot: PaymentSnapshot) -> str:
+    """Why ATH Móvil's answer is not the payment the shop stored; ``""`` when it is.
+
+    The totals must be equal to the cent; each metadata the shop stored (not blank) must equal
+    ATH Móvil's, compared as the client normalises text (stray spaces stripped).
+    """
+    problems = []
+    if snapshot.total != expected.total:
+        problems.append(f"total: ATH Móvil says {snapshot.total}, the shop stored {expected.total}")
+    for name in ("metadata_1", "metadata_2"):
+        stored = normalize.text(getattr(expected, name))
+        remote = getattr(snapshot, name)
+        if stored and remote != stored:
+            problems.append(f"{name}: ATH Móvil says {remote[:60]!r}, the shop stored {stored!r}")
+    return "; ".join(problems)
 
 
 def decide(
@@ -99,37 +145,55 @@ def decide(
     """The transition for ``payment`` given what ATH Móvil says (the status mapping table).
 
     ``snapshot`` is ``None`` when ATH Móvil does not know the payment. ``hint`` is a webhook's
-    ``cancelled`` or ``expired``: findPayment says CANCEL for both.
+    ``cancelled`` or ``expired``: findPayment says CANCEL for both. The hint only breaks that
+    tie near the deadline (``HINT_ALLOWANCE``); elsewhere the deadline decides.
     """
     current = payment.status
     note = ""
+    deadline = payment.deadline
     if snapshot is None:
-        deadline = payment.expires_at + conf.expiry_grace
-        target = EXPIRED if now >= deadline else current
+        target = EXPIRED if now >= deadline + conf.expiry_grace else current
         if target == EXPIRED:
             note = "ATH Móvil never knew this payment; it never reached ATH Móvil"
     elif snapshot.status in (CANCEL, EXPIRED):
-        if hint == HINT_EXPIRED or snapshot.status == EXPIRED:
+        by_clock = EXPIRED if now >= deadline else CANCEL
+        if snapshot.status == EXPIRED or (
+            hint == HINT_EXPIRED and now >= deadline - HINT_ALLOWANCE
+        ):
             target = EXPIRED
-        elif hint == HINT_CANCELLED:
+        elif hint == HINT_CANCELLED and now < deadline + HINT_ALLOWANCE:
             target = CANCEL
         else:
-            target = EXPIRED if now >= payment.expires_at else CANCEL
+            target = by_clock
+            if hint in HINTS and current in Payment.ACTIVE_STATUSES:
+                note = (
+                    f"a webhook says {hint}, but the deadline {deadline.isoformat()} says "
+                    f"{'expired' if by_clock == EXPIRED else 'cancelled'}; the clock decides"
+                )
     else:
         target = snapshot.status
 
+    held_for = ""
+    if target == COMPLETED and current in Payment.ACTIVE_STATUSES:
+        held_for = mismatch(payment, snapshot)
+        if held_for:
+            target = MISMATCHED
+
     if current in Payment.TERMINAL_STATUSES or _RANK[target] < _RANK[current]:
-        if COMPLETED in (target, current) and target != current and _RANK[target] == 2:
+        if _RANK[target] == 2 and (target in _PAID) != (current in _PAID):
             # Money and the stored outcome disagree: someone must look.
             note = f"ATH Móvil says {target} but the payment is already {current}; kept"
         target = current
+        held_for = ""
     event = _EVENT_FOR_STATUS.get(target) if target != current else None
 
     refund_amount = Decimal("0.00")
-    if snapshot is not None and target == COMPLETED:
+    if snapshot is not None and target in _PAID:
         grown = snapshot.total_refunded_amount - payment.total_refunded_amount
         refund_amount = max(grown, Decimal("0.00"))
-    return Decision(status=target, event=event, refund_amount=refund_amount, note=note)
+    return Decision(
+        status=target, event=event, refund_amount=refund_amount, note=note, mismatch=held_for
+    )
 
 
 def next_check(payment: Payment, now: datetime, conf: AthmSyncSettings) -> datetime | None:
@@ -137,19 +201,27 @@ def next_check(payment: Payment, now: datetime, conf: AthmSyncSettings) -> datet
 
     Before its deadline a payment is rechecked every 5 to 60 seconds (the customer may act any
     moment) and once right at the deadline, so that an expiry is seen as one. After it, the
-    interval doubles up to an hour.
+    interval doubles up to an hour. After ``payment.failures`` failed checks in a row it waits
+    at least 10 s doubled for each (``FIRST_RETRY``), up to an hour, so a payment whose answer
+    cannot be stored does not stay first in line.
     """
     if payment.is_terminal or now >= payment.created_at + conf.max_age:
         return None
-    if now < payment.expires_at:
+    deadline = payment.deadline
+    if now < deadline:
         age = now - payment.created_at
         interval = min(MAX_INTERVAL_BEFORE_DEADLINE, max(MIN_INTERVAL, age / 2))
-        return min(now + interval, payment.expires_at)
-    # From the time overdue, not from check_count: that also counts the checks made before
-    # the deadline, which made the first interval after it a whole hour. Checked when due,
-    # this gives 30 s, 60 s, 120 s... (each interval doubles) up to an hour.
-    interval = min(MAX_INTERVAL, FIRST_INTERVAL_AFTER_DEADLINE + (now - payment.expires_at))
-    return now + interval
+        scheduled = min(now + interval, deadline)
+    else:
+        # From the time overdue, not from check_count: that also counts the checks made before
+        # the deadline, which made the first interval after it a whole hour. Checked when due,
+        # this gives 30 s, 60 s, 120 s... (each interval doubles) up to an hour.
+        interval = min(MAX_INTERVAL, FIRST_INTERVAL_AFTER_DEADLINE + (now - deadline))
+        scheduled = now + interval
+    if payment.failures:
+        backoff = min(MAX_INTERVAL, FIRST_RETRY * 2 ** min(payment.failures - 1, 20))
+        scheduled = max(scheduled, now + backoff)
+    return scheduled
 
 
 # -- observing (network only) --------------------------------------------------------------
@@ -167,42 +239,82 @@ class Observation:
     drop_auth_token: bool = False
 
 
+def check_answer(ecommerce_id: Any, snapshot: PaymentSnapshot) -> None:
+    """Refuse an answer that cannot be about this payment; raises ``InvalidResponseError``.
+
+    It must name the ``ecommerce_id`` asked about (a proxy's cache or a backend mix-up can
+    answer with another payment's data); its amounts cannot be negative and the refunded
+    amount cannot exceed the total; its reference number and daily id must fit their columns.
+    """
+    problems = []
+    if str(snapshot.ecommerce_id) != str(ecommerce_id):
+        problems.append(f"it is about payment {snapshot.ecommerce_id}, not {ecommerce_id}")
+    for name in ("total", "subtotal", "tax", "fee", "net_amount", "total_refunded_amount"):
+        if getattr(snapshot, name) < 0:
+            problems.append(f"{name} is negative ({getattr(snapshot, name)})")
+    if snapshot.total_refunded_amount > snapshot.total:
+        problems.append(
+            f"the refunded amount {snapshot.total_refunded_amount} exceeds the total "
+            f"{snapshot.total}"
+        )
+    for name in _KEY_FIELDS:
+        limit = Payment._meta.get_field(name).max_length
+        if len(getattr(snapshot, name)) > limit:
+            problems.append(f"{name} is longer than {limit} characters")
+    if problems:
+        raise InvalidResponseError(
+            "the answer is invalid: " + "; ".join(problems), call="findPayment", http_status=200
+        )
+
+
 def observe(
     client: ATHMovilClient,
     ecommerce_id: Any,
     auth_token: str = "",
     *,
     capture: bool = True,
+    expected: Expected | None = None,
     now: datetime | None = None,
 ) -> Observation:
     """Ask ATH Móvil about one payment, capturing it when confirmed but never captured.
 
-    Raises :class:`AuthenticationError` when the merchant's credentials are rejected (nothing
-    else can work then); every other failure is returned in ``error``.
+    A payment is captured only when its answer matches ``expected`` (the stored payment): the
+    customer is never charged for another amount than the order's. Raises
+    :class:`AuthenticationError` when the merchant's credentials are rejected (nothing else
+    can work then); every other failure, an invalid answer included, is returned in ``error``.
     """
     now = now or timezone.now()
     try:
         snapshot = client.find_payment(ecommerce_id)
+        check_answer(ecommerce_id, snapshot)
     except NotFoundError:
         return Observation(ecommerce_id, not_found=True)
     except AuthTokenError as error:
         return Observation(ecommerce_id, error=error)
     except AuthenticationError:
         raise
+    except InvalidResponseError as error:
+        logger.error("Payment %s: ATH Móvil's answer was not used: %s", ecommerce_id, error)
+        return Observation(ecommerce_id, error=error)
     except ATHMovilError as error:
         return Observation(ecommerce_id, error=error)
     if not (capture and snapshot.status == CONFIRM and auth_token):
+        return Observation(ecommerce_id, snapshot=snapshot)
+    if expected is not None and (differs := mismatch(expected, snapshot)):
+        logger.error("Payment %s not captured: %s", ecommerce_id, differs)
         return Observation(ecommerce_id, snapshot=snapshot)
     if not auth_token_usable(auth_token, now):
         return Observation(ecommerce_id, snapshot=snapshot, drop_auth_token=True)
     try:
         captured = client.authorize(auth_token)
+        check_answer(ecommerce_id, captured)
     except (AuthTokenError, InvalidStateError) as error:
         logger.info("Payment %s could not be captured: %s", ecommerce_id, error)
         return Observation(ecommerce_id, snapshot=snapshot, drop_auth_token=True)
     except ATHMovilError as error:
         # The capture may or may not have happened; the next findPayment tells.
-        logger.warning("Capture of payment %s failed: %s", ecommerce_id, error)
+        log = logger.error if isinstance(error, InvalidResponseError) else logger.warning
+        log("Capture of payment %s failed: %s", ecommerce_id, error)
         return Observation(ecommerce_id, snapshot=snapshot)
     logger.info("Captured payment %s, which the customer confirmed", ecommerce_id)
     return Observation(ecommerce_id, snapshot=captured, captured=True)
@@ -225,7 +337,11 @@ def auth_token_usable(auth_token: str, now: datetime) -> bool:
 
 @dataclass
 class Outcome:
-    """What :func:`apply` did. The signal counts are filled in when the events are sent."""
+    """What :func:`apply` did. The signal counts are filled in when the events are sent.
+
+    ``error`` says why the payment could not be checked (ATH Móvil failed or answered
+    something invalid, or its answer could not be stored); it is recorded on the payment.
+    """
 
     payment: Payment
     decision: Decision
@@ -233,6 +349,7 @@ class Outcome:
     signals_sent: int = 0
     receiver_errors: int = 0
     given_up: bool = False
+    error: str = ""
 
     @property
     def changed(self) -> bool:
@@ -250,12 +367,21 @@ def apply(
     """Record one observation: the only function that changes a payment's status.
 
     Locks the row, decides, writes the payment, any refund and the transition events in one
-    transaction, and sends the events' signals after it commits. Raises ``Payment.DoesNotExist``
-    for a payment that is not stored.
+    transaction, and sends the events' signals after it commits. A database error while doing
+    so (an answer no column can hold, a constraint) rolls all of it back and is recorded on
+    the payment in a transaction of its own, with backoff (``outcome.error``). Raises
+    ``Payment.DoesNotExist`` for a payment that is not stored.
     """
     conf = conf or get_settings()
     now = now or timezone.now()
-    outcome = run_locked(lambda: _apply_locked(observation, hint, source, now, conf))
+    try:
+        outcome = run_locked(lambda: _apply_locked(observation, hint, source, now, conf))
+    except Payment.DoesNotExist:
+        raise
+    except DatabaseError as error:
+        reason = normalize.text(f"could not store ATH Móvil's answer: {error}")[:1000]
+        logger.error("Payment %s: %s", observation.ecommerce_id, reason)
+        outcome = run_locked(lambda: _record_failure(observation.ecommerce_id, reason, now, conf))
     if outcome.given_up:
         logger.warning(
             "Gave up on payment %s: still %s after %s",
@@ -276,12 +402,10 @@ def _apply_locked(
     with transaction.atomic():
         payment = Payment.objects.select_for_update().get(pk=observation.ecommerce_id)
         before = payment.status
-        payment.check_count += 1
-        payment.last_checked_at = now
-        payment.claimed_by, payment.claimed_until = "", None
+        error = ""
         if observation.error is not None:
             decision = Decision(status=before)
-            payment.last_error = str(observation.error)[:1000]
+            error = str(observation.error)[:1000]
         else:
             snapshot = observation.snapshot
             decision = decide(payment, snapshot, hint, now=now, conf=conf)
@@ -289,17 +413,16 @@ def _apply_locked(
                 logger.warning("Payment %s: %s", payment.pk, decision.note)
             if snapshot is not None:
                 _copy_remote_fields(payment, snapshot, refresh_all=not payment.is_terminal)
+            if decision.mismatch:
+                _hold(payment, snapshot, decision.mismatch)
             payment.status = decision.status
             payment.last_error = decision.note if decision.status == EXPIRED else ""
         if observation.drop_auth_token:
             payment.auth_token = ""
-        payment.next_check_at = next_check(payment, now, conf)
-        given_up = payment.next_check_at is None and not payment.is_terminal
-        if given_up:
-            payment.last_error = f"given up: still {payment.status} after {conf.max_age}"
+        given_up = _checked(payment, now, conf, error)
         payment.save()
 
-        outcome = Outcome(payment=payment, decision=decision, given_up=given_up)
+        outcome = Outcome(payment=payment, decision=decision, given_up=given_up, error=error)
         if decision.event:
             outcome.events.append(
                 PaymentEvent.objects.create(
@@ -338,29 +461,89 @@ def _apply_locked(
     return outcome
 
 
+def _checked(payment: Payment, now: datetime, conf: AthmSyncSettings, error: str) -> bool:
+    """Record one check on ``payment`` (failed when ``error``) and schedule the next one;
+    returns whether the payment was given up just now."""
+    payment.check_count += 1
+    payment.last_checked_at = now
+    payment.claimed_by, payment.claimed_until = "", None
+    if error:
+        payment.failures += 1
+        payment.last_error = error
+    else:
+        payment.failures = 0
+    scheduled = next_check(payment, now, conf)
+    if scheduled is not None:
+        payment.next_check_at = scheduled
+        return False
+    if payment.is_terminal or payment.given_up_at is not None:
+        return False
+    payment.given_up_at = now
+    payment.last_error = f"given up: still {payment.status} after {conf.max_age}"
+    return True
+
+
+def _record_failure(
+    ecommerce_id: Any, reason: str, now: datetime, conf: AthmSyncSettings
+) -> Outcome:
+    """Record a check whose answer could not be stored, in a transaction of its own."""
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().get(pk=ecommerce_id)
+        given_up = _checked(payment, now, conf, reason)
+        payment.save(
+            update_fields=[
+                "check_count",
+                "last_checked_at",
+                "claimed_by",
+                "claimed_until",
+                "failures",
+                "last_error",
+                "next_check_at",
+                "given_up_at",
+            ]
+        )
+    return Outcome(
+        payment=payment, decision=Decision(status=payment.status), given_up=given_up, error=reason
+    )
+
+
+def _hold(payment: Payment, snapshot: PaymentSnapshot, reason: str) -> None:
+    """Keep what ATH Móvil reported beside what the shop stored, for a held payment."""
+    payment.remote_total = snapshot.total
+    payment.remote_metadata_1 = snapshot.metadata_1[:40]
+    payment.remote_metadata_2 = snapshot.metadata_2[:40]
+    payment.mismatch_reason = reason
+    logger.error(
+        "Payment %s held, not completed: ATH Móvil completed it for %s, the shop expected %s (%s)",
+        payment.pk,
+        snapshot.total,
+        payment.total,
+        reason,
+    )
+
+
 def _record_dispatch(outcome: Outcome, counts: tuple[int, int]) -> None:
     outcome.signals_sent, outcome.receiver_errors = counts
 
 
 def _copy_remote_fields(payment: Payment, snapshot: PaymentSnapshot, refresh_all: bool) -> None:
-    """Copy what ATH Móvil knows onto the row; a terminal payment only gains its refunds."""
+    """Copy what ATH Móvil knows onto the row; a terminal payment only gains its refunds.
+
+    Descriptive text longer than its column (a name, an e-mail) is cut to fit; the client has
+    already removed NUL characters. Keys that would not fit never get here (:func:`check_answer`).
+    """
     payment.total_refunded_amount = max(
         payment.total_refunded_amount, snapshot.total_refunded_amount
     )
     if not refresh_all and payment.reference_number:
         return
-    for name in (
-        "reference_number",
-        "daily_transaction_id",
-        "transaction_date",
-        "customer_name",
-        "customer_phone",
-        "customer_email",
-        "business_name",
-    ):
+    for name in (*_KEY_FIELDS, "transaction_date", *_FITTED_FIELDS):
         value = getattr(snapshot, name)
-        if value:  # ATH Móvil sends "" until it knows; never erase what is stored
-            setattr(payment, name, value)
+        if not value:  # ATH Móvil sends "" until it knows; never erase what is stored
+            continue
+        if name in _FITTED_FIELDS:
+            value = value[: Payment._meta.get_field(name).max_length]
+        setattr(payment, name, value)
     for name in ("fee", "net_amount"):
         value = getattr(snapshot, name)
         if value:
@@ -438,6 +621,15 @@ def _send(event: PaymentEvent) -> int:
     if event.kind == PaymentEvent.Kind.REFUND_SENT:
         signal, sender = signals.refund_sent, Refund
         responses = signal.send_robust(sender=Refund, refund=event.refund, payment=payment)
+    elif event.kind == PaymentEvent.Kind.MISMATCHED:
+        signal, sender = signals.payment_mismatched, Payment
+        responses = signal.send_robust(
+            sender=Payment,
+            payment=payment,
+            expected_total=payment.total,
+            remote_total=payment.remote_total,
+            reason=payment.mismatch_reason,
+        )
     else:
         signal = {
             PaymentEvent.Kind.COMPLETED: signals.payment_completed,
@@ -466,10 +658,16 @@ def _send(event: PaymentEvent) -> int:
 
 @dataclass(frozen=True)
 class Claimed:
-    """A payment a run has claimed: what a worker needs without touching the database."""
+    """A payment a run has claimed: what a worker needs without touching the database
+    (its id, its auth token for a capture, and what a capture must match)."""
 
     ecommerce_id: Any
     auth_token: str
+    total: Decimal
+    metadata_1: str
+    metadata_2: str
+
+    FIELDS = ("pk", "auth_token", "total", "metadata_1", "metadata_2")
 
 
 def claim_due(
@@ -495,9 +693,9 @@ def claim_due(
                 claimed_by=run_id, claimed_until=now + lease
             )
             rows = Payment.objects.filter(pk__in=ids, claimed_by=run_id).values_list(
-                "pk", "auth_token"
+                *Claimed.FIELDS
             )
-            return [Claimed(pk, token) for pk, token in rows]
+            return [Claimed(*row) for row in rows]
 
     return run_locked(claim)
 
@@ -538,6 +736,7 @@ def check_payment(
             payment.pk,
             payment.auth_token,
             capture=conf.auto_capture and not payment.is_terminal,
+            expected=payment,
         )
     finally:
         if own_client:

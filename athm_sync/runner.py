@@ -33,12 +33,13 @@ from athm_sync.models import Payment, PaymentEvent, SyncRun
 logger = logging.getLogger("athm_sync.runner")
 
 # Each kind of transition, as counted in the summary and the ``--json`` document.
-TRANSITION_KINDS = ("completed", "cancelled", "expired", "refund_sent")
+TRANSITION_KINDS = ("completed", "cancelled", "expired", "refund_sent", "mismatched")
 SIGNAL_FOR_KIND = {
     "completed": "payment_completed",
     "cancelled": "payment_cancelled",
     "expired": "payment_expired",
     "refund_sent": "refund_sent",
+    "mismatched": "payment_mismatched",
 }
 # A claim outlives the worst case of one batch; a run that died frees its payments after it.
 MIN_LEASE = timedelta(minutes=5)
@@ -112,6 +113,7 @@ class RunReport:
             "checked": self.checked,
             "unchanged": self.unchanged,
             "transitions": dict(self.transitions),
+            "mismatched": self.transitions["mismatched"],
             "captured": self.captured,
             "given_up": self.given_up,
             "signals_sent": self.signals_sent,
@@ -302,7 +304,7 @@ class Runner:
                 self._record_events(processed.result)
             if processed.credentials_error is not None:
                 raise processed.credentials_error
-        if processed_events and processed_events[-1].event.outcome == "pending":
+        if any(processed.event.outcome == "pending" for processed in processed_events):
             self.report.webhooks["pending"] = inbox.count_pending()
 
     # -- the three ways to pick payments -------------------------------------------------
@@ -335,10 +337,7 @@ class Runner:
             claimed_total += len(claimed)
             self._total = max(self._total, claimed_total)
             self._observe_and_apply(
-                pool,
-                client,
-                [(c.ecommerce_id, c.auth_token, self.conf.auto_capture) for c in claimed],
-                source="poll",
+                pool, client, [(c, self.conf.auto_capture) for c in claimed], source="poll"
             )
 
     def _check_given(self, pool: ThreadPoolExecutor, client: ATHMovilClient) -> None:
@@ -346,29 +345,38 @@ class Runner:
         ids = list(self.options.ecommerce_ids)
         if self.options.limit is not None:
             ids = ids[: self.options.limit]
-        rows = Payment.objects.filter(pk__in=ids).values_list("pk", "auth_token", "status")
-        known = {pk: (token, status) for pk, token, status in rows}
+        rows = Payment.objects.filter(pk__in=ids).values_list(*reconcile.Claimed.FIELDS, "status")
+        known = {row[0]: (reconcile.Claimed(*row[:-1]), row[-1]) for row in rows}
         self._total = len(ids)
         if self._progress is not None:
             self._progress(0, self._total)
         work = []
         for pk in ids:
-            token, status = known[pk]
+            payment, status = known[pk]
             terminal = status in Payment.TERMINAL_STATUSES
-            work.append((pk, token, self.conf.auto_capture and not terminal))
+            work.append((payment, self.conf.auto_capture and not terminal))
         self._observe_and_apply(pool, client, work, source="manual")
 
     def _observe_and_apply(
         self,
         pool: ThreadPoolExecutor,
         client: ATHMovilClient,
-        work: Sequence[tuple[Any, str, bool]],
+        work: Sequence[tuple[reconcile.Claimed, bool]],
         *,
         source: str,
     ) -> None:
+        """Ask ATH Móvil about each payment in the pool and apply each answer as it comes;
+        ``work`` is each payment with whether it may be captured."""
         pending: set[Future] = {
-            pool.submit(reconcile.observe, client, pk, token, capture=capture)
-            for pk, token, capture in work
+            pool.submit(
+                reconcile.observe,
+                client,
+                payment.ecommerce_id,
+                payment.auth_token,
+                capture=capture,
+                expected=payment,
+            )
+            for payment, capture in work
         }
         try:
             while pending:
@@ -393,9 +401,9 @@ class Runner:
         report = self.report
         if outcome.given_up:
             report.given_up += 1
-        if observation.error is not None:
+        if outcome.error:
             report.errors.append(
-                {"ecommerce_id": str(observation.ecommerce_id), "reason": str(observation.error)}
+                {"ecommerce_id": str(observation.ecommerce_id), "reason": outcome.error}
             )
             return
         report.checked += 1
@@ -492,6 +500,7 @@ class Runner:
             and self.conf.auto_capture
             and not payment.is_terminal
             and payment.auth_token
+            and not reconcile.mismatch(payment, snapshot)
             and reconcile.auth_token_usable(payment.auth_token, now)
         )
 

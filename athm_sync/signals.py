@@ -7,6 +7,13 @@ package keep working with only the import path changed:
   argument ``payment``.
 - ``refund_sent``: sender ``Refund``, arguments ``refund`` and ``payment``.
 
+And one of this app's own:
+
+- ``payment_mismatched``: sender ``Payment``, arguments ``payment``, ``expected_total`` (what
+  the shop stored), ``remote_total`` (what ATH Móvil completed) and ``reason`` (every field that
+  differs). ATH Móvil completed the payment, but not for the total or metadata the shop stored;
+  it is held as ``MISMATCHED`` and never becomes COMPLETED by itself. Alert someone; refund it.
+
 Each is sent exactly once per transition, after the transaction that recorded it commits.
 """
 
@@ -16,5 +23,12 @@ payment_completed = Signal()
 payment_cancelled = Signal()
 payment_expired = Signal()
 refund_sent = Signal()
+payment_mismatched = Signal()
 
-__all__ = ["payment_cancelled", "payment_completed", "payment_expired", "refund_sent"]
+__all__ = [
+    "payment_cancelled",
+    "payment_completed",
+    "payment_expired",
+    "payment_mismatched",
+    "refund_sent",
+]

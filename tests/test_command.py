@@ -25,6 +25,7 @@ JSON_KEYS = {
     "checked",
     "unchanged",
     "transitions",
+    "mismatched",
     "captured",
     "given_up",
     "signals_sent",
@@ -117,7 +118,13 @@ def story(athm_settings):
     }
 
 
-STORY_TRANSITIONS = {"completed": 2, "cancelled": 1, "expired": 1, "refund_sent": 0}
+STORY_TRANSITIONS = {
+    "completed": 2,
+    "cancelled": 1,
+    "expired": 1,
+    "refund_sent": 0,
+    "mismatched": 0,
+}
 
 
 def snapshot_db() -> dict:
@@ -171,6 +178,7 @@ def test_json_summary_is_the_only_thing_on_stdout(story, received):
         "checked": 5,
         "unchanged": 1,
         "transitions": STORY_TRANSITIONS,
+        "mismatched": 0,
         "captured": 1,
         "given_up": 0,
         "signals_sent": 4,
@@ -552,14 +560,16 @@ def test_an_open_payment_left_past_its_deadline_expires(athm_settings, received)
 
 @pytest.mark.django_db(transaction=True)
 def test_a_payment_still_open_after_max_age_is_given_up(athm_settings, settings):
-    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "MAX_AGE": timedelta(seconds=60)}
     payment = track(athm_settings, age=120)  # remotely still OPEN: its deadline is far
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "MAX_AGE": timedelta(seconds=60)}
     code, document, _ = run_json()
     assert code == 0
     assert (document["given_up"], document["unchanged"]) == (1, 1)
     payment.refresh_from_db()
-    assert payment.status == S.OPEN and payment.next_check_at is None
+    assert payment.status == S.OPEN and payment.given_up_at is not None
     assert "given up" in payment.last_error
+    assert not Payment.objects.due(timezone.now() + timedelta(days=30)).exists()
+    assert run_json()[1]["checked"] == 0
 
 
 @pytest.mark.django_db(transaction=True)

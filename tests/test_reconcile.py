@@ -133,7 +133,7 @@ def test_completed_fires_payment_completed_with_the_remote_fields(athm, received
     assert stored.transaction_date.utcoffset() == timedelta(0)
     assert abs(stored.transaction_date - sandbox.now()) < timedelta(seconds=5)
     assert stored.auth_token == ""
-    assert stored.next_check_at is None
+    assert not Payment.objects.due(later(86400)).filter(pk=payment.pk).exists()
 
     assert names(received) == ["payment_completed"]
     _, sender, kwargs = received[0]
@@ -176,31 +176,39 @@ def test_cancel_seen_after_the_deadline_is_expired(athm, received, time_machine)
     assert received[0][1] is Payment and received[0][2]["payment"].status == S.EXPIRED
 
 
-def test_cancelled_hint_wins_over_the_clock(athm, received, time_machine):
-    """The customer cancelled; the webhook is processed after the deadline: still cancelled."""
-    sandbox = athm
-    payment = create(timeout=120)
-    sandbox.cancel(str(payment.pk))
-    time_machine.move_to(payment.created_at + timedelta(seconds=300), tick=False)
-
-    reconcile.check_payment(payment.pk, hint="cancelled", source="webhook")
-
-    assert reload(payment).status == S.CANCEL
-    assert names(received) == ["payment_cancelled"]
-
-
-def test_expired_hint_wins_over_the_clock(athm, received):
-    """ATH Móvil expired it (its clock ran ahead of ours): the webhook says so, before our
-    deadline; without the hint the same CANCEL would read as a customer cancel."""
+@pytest.mark.parametrize(
+    ("hint", "seen_at", "status", "signal"),
+    [
+        # Near the deadline the hint breaks findPayment's tie, within HINT_ALLOWANCE (30 s):
+        # a cancel 1 s before the deadline whose webhook is verified 20 s after it...
+        ("cancelled", 20, S.CANCEL, "payment_cancelled"),
+        # ...and an expiry ATH Móvil's clock saw 20 s before ours.
+        ("expired", -20, S.EXPIRED, "payment_expired"),
+        # Anywhere else the deadline decides, whatever the webhook says: a forged "expired"
+        # cannot turn a cancellation 1 s into a 600 s payment into an expiry...
+        ("expired", -599, S.CANCEL, "payment_cancelled"),
+        ("expired", -31, S.CANCEL, "payment_cancelled"),
+        # ...nor a forged "cancelled" an expiry into a cancellation.
+        ("cancelled", 30, S.EXPIRED, "payment_expired"),
+        ("cancelled", 3600, S.EXPIRED, "payment_expired"),
+    ],
+)
+def test_a_webhook_hint_decides_only_near_the_deadline(
+    athm, received, time_machine, caplog, hint, seen_at, status, signal
+):
     sandbox = athm
     payment = create(timeout=600)
-    sandbox.expire(str(payment.pk))
+    sandbox.cancel(str(payment.pk))  # findPayment says CANCEL from now on, either way
+    time_machine.move_to(payment.expires_at + timedelta(seconds=seen_at), tick=False)
 
-    reconcile.check_payment(payment.pk, hint="expired", source="webhook")
+    with caplog.at_level(logging.WARNING, logger="athm_sync.reconcile"):
+        reconcile.check_payment(payment.pk, hint=hint, source="webhook")
 
-    assert reload(payment).status == S.EXPIRED
-    assert names(received) == ["payment_expired"]
+    assert reload(payment).status == status
+    assert names(received) == [signal]
     assert PaymentEvent.objects.get().source == "webhook"
+    overruled = status.lower() not in hint
+    assert (f"a webhook says {hint}" in caplog.text) is overruled
 
 
 def test_refunds_become_refund_rows_and_refund_sent(athm, received):
@@ -632,7 +640,8 @@ def test_a_payment_ath_movil_never_knew_expires_after_the_grace(
         athm_sync.sync_payment(payment.pk)
 
     stored = reload(payment)
-    assert stored.status == S.EXPIRED and stored.next_check_at is None
+    assert stored.status == S.EXPIRED
+    assert not Payment.objects.due(later(86400)).exists()
     assert names(received) == ["payment_expired"]
     assert "never reached ATH Móvil" in caplog.text
     assert str(payment.pk) in caplog.text
@@ -659,7 +668,8 @@ def test_a_payment_that_never_finishes_is_given_up_after_max_age(
     stored = reload(payment)
     assert sandbox.payment(str(payment.pk))["status"] == "OPEN"
     assert outcome.given_up
-    assert stored.status == S.OPEN and stored.next_check_at is None
+    assert stored.status == S.OPEN and stored.given_up_at == timezone.now()
+    assert list(Payment.objects.given_up()) == [stored]
     assert "given up" in stored.last_error
     assert "Gave up on payment" in caplog.text and str(payment.pk) in caplog.text
     assert list(Payment.objects.due(timezone.now() + timedelta(days=365))) == []
@@ -677,9 +687,10 @@ def test_the_check_schedule_never_passes_the_deadline_then_backs_off(athm, setti
     for _ in range(40):
         athm_sync.sync_payment(payment.pk)
         checked = reload(payment)
-        checks.append((checked.last_checked_at, checked.next_check_at))
-        if checked.next_check_at is None:
+        if checked.is_terminal:
+            checks.append((checked.last_checked_at, None))
             break
+        checks.append((checked.last_checked_at, checked.next_check_at))
         time_machine.move_to(checked.next_check_at, tick=False)
 
     deadline = payment.expires_at

@@ -35,6 +35,7 @@ _LABELS = {
     "cancelled": "CANCELLED",
     "expired": "EXPIRED",
     "refund_sent": "REFUNDED",
+    "mismatched": "HELD",
 }
 
 
@@ -136,7 +137,7 @@ class Command(OneLineErrorCommand):
             f"  unchanged: {report.unchanged}",
             f"  {'would be ' if report.dry_run else ''}completed: {t['completed']}, "
             f"cancelled: {t['cancelled']}, expired: {t['expired']}, "
-            f"refunds: {t['refund_sent']}",
+            f"refunds: {t['refund_sent']}, held (mismatched): {t['mismatched']}",
             f"  captured: {report.captured}, given up: {report.given_up}",
             f"  signals sent: {report.signals_sent} ({report.redispatched} left by an earlier "
             f"run), receiver errors: {report.receiver_errors}",
