@@ -41,14 +41,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from ipaddress import ip_address
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from athm_sync import normalize, reconcile
-from athm_sync.client import ATHMovilClient, AuthenticationError
+from athm_sync.client import ATHMovilClient, AuthenticationError, TransientError
 from athm_sync.conf import AthmSyncSettings, get_settings
 from athm_sync.models import Payment, WebhookEvent
 
@@ -67,6 +67,8 @@ _WEBHOOK_STATUS = {
 }
 # Added to the longest a verification can take, for the lease on an event being verified.
 PROCESSING_MARGIN = timedelta(seconds=60)
+# The longest a pending event waits between two verifications.
+MAX_RETRY_DELAY = timedelta(minutes=15)
 
 Outcome = WebhookEvent.Outcome
 
@@ -266,6 +268,7 @@ class Processed:
     event: WebhookEvent
     result: reconcile.Outcome | None = None
     credentials_error: AuthenticationError | None = None
+    unreachable: bool = False  # ATH Móvil could not be asked: the events behind would wait too
 
 
 def receive(
@@ -332,26 +335,37 @@ def process(
             return None
         event.refresh_from_db()
     credentials_error = None
-    result = None
     try:
         if event.transaction_type == ECOMMERCE:
-            outcome, reason, payment, result = _process_ecommerce(event, client, conf)
+            verdict = _process_ecommerce(event, client, conf)
         else:
-            outcome, reason, payment, result = _process_refund(event, client, conf)
+            verdict = _process_refund(event, client, conf)
     except AuthenticationError as error:
         logger.error("Cannot verify webhook event %s: %s", event.pk, error)
-        outcome, reason, payment = Outcome.PENDING, f"credentials rejected: {error}", None
+        verdict = _Verdict(Outcome.PENDING, f"credentials rejected: {error}", unreachable=True)
         credentials_error = error
+    except Exception as error:
+        # A database error while storing what ATH Móvil said, or anything unforeseen: this
+        # event alone waits (with backoff); the events and payments behind it go on.
+        logger.exception("Webhook event %s could not be processed; it stays pending", event.pk)
+        reason = normalize.text(f"could not be processed: {type(error).__name__}: {error}")
+        verdict = _Verdict(Outcome.PENDING, reason)
     except BaseException:
         _release(event)
         raise
-    event.outcome = outcome
-    event.reason = reason[:1000]
-    if payment is not None:
-        event.payment = payment
+    event.outcome = verdict.outcome
+    event.reason = verdict.reason[:1000]
+    if verdict.payment is not None:
+        event.payment = verdict.payment
     event.attempts += 1
     event.processed_at = timezone.now()
     event.processing_until = None
+    # ATH Móvil being unreachable is no fault of this event: it keeps its place in line.
+    event.next_attempt_at = (
+        event.processed_at + retry_delay(event.attempts)
+        if verdict.outcome == Outcome.PENDING and not verdict.unreachable
+        else None
+    )
     reconcile.run_locked(
         lambda: event.save(
             update_fields=[
@@ -361,12 +375,25 @@ def process(
                 "attempts",
                 "processed_at",
                 "processing_until",
+                "next_attempt_at",
             ]
         )
     )
-    log = logger.warning if outcome == Outcome.REJECTED else logger.info
-    log("Webhook event %s (%s): %s %s", event.pk, event.idempotency_key, outcome, reason)
-    return Processed(event, result, credentials_error)
+    log = logger.warning if verdict.outcome == Outcome.REJECTED else logger.info
+    log("Webhook event %s (%s): %s %s", event.pk, event.idempotency_key, *verdict[:2])
+    return Processed(event, verdict.result, credentials_error, verdict.unreachable)
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """How long a pending event waits after its ``attempts``-th failed verification.
+
+    None after the first (usually the view's, within its short ``WEBHOOK_VERIFY_TIMEOUT``):
+    the next run tries it at once, with the full retry budget. Then 10 s, 20 s, 40 s... up to
+    ``MAX_RETRY_DELAY``.
+    """
+    if attempts <= 1:
+        return timedelta(0)
+    return min(MAX_RETRY_DELAY, reconcile.FIRST_RETRY * 2 ** min(attempts - 2, 20))
 
 
 def _release(event: WebhookEvent) -> None:
@@ -375,7 +402,14 @@ def _release(event: WebhookEvent) -> None:
     )
 
 
-_Verdict = tuple[str, str, Payment | None, reconcile.Outcome | None]
+class _Verdict(NamedTuple):
+    """What one verification concluded; ``unreachable``: ATH Móvil could not be asked."""
+
+    outcome: str
+    reason: str
+    payment: Payment | None = None
+    result: reconcile.Outcome | None = None
+    unreachable: bool = False
 
 
 def _ask(
@@ -386,13 +420,11 @@ def _ask(
     observation = reconcile.observe(client, ecommerce_id, capture=False)
     if observation.error is not None:
         reason = f"could not verify: {observation.error}"
-        return observation, (Outcome.PENDING, reason, payment, None)
+        unreachable = isinstance(observation.error, TransientError)
+        return observation, _Verdict(Outcome.PENDING, reason, payment, None, unreachable)
     if observation.snapshot is None:
-        return observation, (
-            Outcome.REJECTED,
-            "ATH Móvil does not know this payment",
-            payment,
-            None,
+        return observation, _Verdict(
+            Outcome.REJECTED, "ATH Móvil does not know this payment", payment
         )
     return observation, None
 
@@ -418,11 +450,11 @@ def _process_ecommerce(
             payment, adopted = _adopt(snapshot)
             if adopted:
                 reason += "; now tracked, the poll will follow it"
-        return Outcome.REJECTED, reason, payment, None
+        return _Verdict(Outcome.REJECTED, reason, payment)
     hint = event.status if event.status in reconcile.HINTS else None
     payment, adopted = _adopt(snapshot)
     if payment is None:
-        return Outcome.REJECTED, "ATH Móvil describes a payment that cannot be stored", None, None
+        return _Verdict(Outcome.REJECTED, "ATH Móvil describes a payment that cannot be stored")
     result = reconcile.apply(observation, hint, source="webhook", conf=conf)
     return _verdict_of(result, "created from the verified webhook" if adopted else "")
 
@@ -442,7 +474,7 @@ def _process_refund(
     payments = list(Payment.objects.filter(reference_number=event.reference_number)[:2])
     if len(payments) != 1:
         found = "no stored payment has" if not payments else "several stored payments have"
-        return Outcome.IGNORED, f"{found} reference number {event.reference_number}", None, None
+        return _Verdict(Outcome.IGNORED, f"{found} reference number {event.reference_number}")
     payment = payments[0]
     observation, unsettled = _ask(client, payment.pk, payment)
     if unsettled is not None:
@@ -453,17 +485,19 @@ def _process_refund(
             f"the webhook says {event.amount} was refunded but ATH Móvil shows "
             f"{snapshot.total_refunded_amount} refunded in all"
         )
-        return Outcome.REJECTED, reason, payment, None
+        return _Verdict(Outcome.REJECTED, reason, payment)
     result = reconcile.apply(observation, source="webhook", conf=conf)
     return _verdict_of(result, "")
 
 
 def _verdict_of(result: reconcile.Outcome, note: str) -> _Verdict:
+    if result.error:
+        return _Verdict(Outcome.PENDING, f"could not be applied: {result.error}", result.payment)
     if result.events:
         kinds = ", ".join(str(event.kind) for event in result.events)
         reason = f"{kinds}; {note}" if note else kinds
-        return Outcome.APPLIED, reason, result.payment, result
-    return Outcome.UNCHANGED, "already known", result.payment, result
+        return _Verdict(Outcome.APPLIED, reason, result.payment, result)
+    return _Verdict(Outcome.UNCHANGED, "already known", result.payment, result)
 
 
 # -- the run's share -----------------------------------------------------------------------
@@ -474,15 +508,21 @@ def process_pending(
 ) -> list[Processed]:
     """Verify and apply every pending event, oldest first (the start of each ``athm_sync`` run).
 
-    Stops at the first event ATH Móvil still cannot verify (it is down, or the credentials are
-    rejected): the others would wait out the same retries one by one. They stay pending for
-    the next run.
+    An event that failed before waits out its backoff (``next_attempt_at``). One that cannot
+    be verified or applied (an invalid answer, a database error) stays pending with a longer
+    backoff, and the others go on. The loop stops at the first event ATH Móvil cannot be asked
+    about at all (it is down, or the credentials are rejected): the others would wait out the
+    same retries one by one. They stay pending for the next run.
     """
     conf = conf or get_settings()
+    now = timezone.now()
     processed: list[Processed] = []
     # The ids first: rows change while the loop runs, which an open cursor must not see.
     pending = list(
-        WebhookEvent.objects.filter(outcome=Outcome.PENDING)
+        WebhookEvent.objects.filter(
+            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now),
+            outcome=Outcome.PENDING,
+        )
         .order_by("received_at", "pk")
         .values_list("pk", flat=True)
     )
@@ -491,7 +531,7 @@ def process_pending(
         if done is None:
             continue
         processed.append(done)
-        if done.event.outcome == Outcome.PENDING:
+        if done.unreachable:
             break
     return processed
 

@@ -61,6 +61,10 @@ def reload(payment: Payment) -> Payment:
     return Payment.objects.get(pk=payment.pk)
 
 
+def later(seconds: float):
+    return timezone.now() + timedelta(seconds=seconds)
+
+
 def find_calls(sandbox) -> int:
     return sandbox.counts().get("findPayment", 0)
 
@@ -146,9 +150,13 @@ def test_a_rejected_event_delivered_again_is_verified_again(athm, web, received)
     assert WebhookEvent.objects.get().attempts == 2
 
 
-def test_an_expired_webhook_is_an_expiry_even_before_our_deadline(athm, web, received):
+def test_an_expired_webhook_just_before_our_deadline_is_an_expiry(
+    athm, web, received, time_machine
+):
+    """ATH Móvil's clock ran 20 s ahead of ours: its "expired" breaks findPayment's tie."""
     sandbox = athm
     payment = track(sandbox, timeout=600)
+    time_machine.move_to(payment.expires_at - timedelta(seconds=20), tick=False)
     sandbox.expire(str(payment.pk))  # findPayment says CANCEL, as for a cancel
 
     post(web, sandbox.webhook_payload(str(payment.pk)))
@@ -157,16 +165,47 @@ def test_an_expired_webhook_is_an_expiry_even_before_our_deadline(athm, web, rec
     assert names(received) == ["payment_expired"]
 
 
-def test_a_cancelled_webhook_is_a_cancel_even_after_our_deadline(athm, web, received, time_machine):
+def test_a_cancelled_webhook_just_after_our_deadline_is_a_cancel(athm, web, received, time_machine):
     sandbox = athm
     payment = track(sandbox, timeout=120)
+    time_machine.move_to(payment.expires_at - timedelta(seconds=1), tick=False)
     sandbox.cancel(str(payment.pk))
-    time_machine.move_to(payment.created_at + timedelta(seconds=300), tick=False)
+    time_machine.move_to(payment.expires_at + timedelta(seconds=20), tick=False)
 
     post(web, sandbox.webhook_payload(str(payment.pk)))
 
     assert reload(payment).status == S.CANCEL
     assert names(received) == ["payment_cancelled"]
+
+
+def test_a_forged_expired_webhook_does_not_turn_a_cancel_into_an_expiry(
+    athm, web, received, time_machine
+):
+    """The customer cancelled 1 s into a 600 s payment; a forged "expired" arrives at once."""
+    sandbox = athm
+    payment = track(sandbox, timeout=600)
+    time_machine.move_to(payment.created_at + timedelta(seconds=1), tick=False)
+    sandbox.cancel(str(payment.pk))
+
+    response = post(web, sandbox.webhook_payload(str(payment.pk), "expired"))
+
+    assert response.json()["outcome"] == "applied"
+    assert reload(payment).status == S.CANCEL
+    assert names(received) == ["payment_cancelled"]
+
+
+def test_a_forged_cancelled_webhook_does_not_turn_an_expiry_into_a_cancel(
+    athm, web, received, time_machine
+):
+    sandbox = athm
+    payment = track(sandbox, timeout=120)
+    time_machine.move_to(payment.expires_at + timedelta(minutes=5), tick=False)
+    assert sandbox.payment(str(payment.pk))["status"] == "CANCEL"  # it expired
+
+    post(web, sandbox.webhook_payload(str(payment.pk), "cancelled"))
+
+    assert reload(payment).status == S.EXPIRED
+    assert names(received) == ["payment_expired"]
 
 
 def test_a_cancel_webhook_for_a_completed_payment_is_rejected(athm, web, received):
@@ -194,7 +233,7 @@ def test_an_unregistered_payment_is_created_from_the_verified_snapshot(athm, web
     assert payment.status == S.COMPLETED
     assert payment.total == Decimal("25.50") and payment.tax == Decimal("1.50")
     assert payment.metadata_1 == "cart-9" and payment.reference_number
-    assert payment.next_check_at is None and payment.auth_token == ""
+    assert payment.auth_token == "" and not Payment.objects.due(later(86400)).exists()
     assert names(received) == ["payment_completed"]
     assert received[0][2]["payment"].pk == payment.pk
     assert "created" in WebhookEvent.objects.get().reason
@@ -370,7 +409,8 @@ def test_api_down_answers_200_keeps_the_event_pending_and_the_next_run_applies_i
     assert event.outcome == "pending" and "could not verify" in event.reason
     assert event.processing_until is None  # free for the run to take
 
-    Payment.objects.filter(pk=payment.pk).update(next_check_at=None)  # only the inbox is due
+    # Only the inbox is due.
+    Payment.objects.filter(pk=payment.pk).update(next_check_at=later(86400))
     summary = run_sync()
 
     assert summary["webhooks"] == webhook_counts(applied=1)
@@ -650,7 +690,7 @@ def test_an_unexpected_failure_after_storing_answers_200_and_the_run_finishes_it
     event = WebhookEvent.objects.get()
     assert response.status_code == 200
     assert response.json() == {"outcome": "pending", "event": event.pk, "duplicate": False}
-    assert "stored but not processed" in caplog.text
+    assert "could not be processed; it stays pending" in caplog.text
     assert event.outcome == "pending" and event.processing_until is None  # released
     assert names(received) == []
 
@@ -667,7 +707,7 @@ def test_an_event_held_by_a_verifier_that_died_waits_for_its_lease(athm, web, re
     sandbox.complete(str(payment.pk))
     notice = inbox.parse(sandbox.webhook_payload(str(payment.pk)))
     inbox.record(notice, claim_until=timezone.now() + timedelta(minutes=1))  # then "killed"
-    Payment.objects.filter(pk=payment.pk).update(next_check_at=None)
+    Payment.objects.filter(pk=payment.pk).update(next_check_at=later(86400))
 
     assert run_sync()["webhooks"]["applied"] == 0
     WebhookEvent.objects.update(processing_until=timezone.now() - timedelta(seconds=1))
@@ -702,7 +742,7 @@ def test_a_run_with_ath_movil_still_down_tries_one_pending_event_not_all(
     sandbox = athm
     for _ in range(3):
         left_pending(sandbox, web)
-    Payment.objects.update(next_check_at=None)  # only the inbox is due
+    Payment.objects.update(next_check_at=later(86400))  # only the inbox is due
     sandbox.inject_fault("http503", "findPayment", times=100)
     sandbox.reset_counts()
 
