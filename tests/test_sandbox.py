@@ -857,3 +857,45 @@ def test_webhooks_respect_subscription_flags(sandbox, listener):
     sandbox.state.auto_webhooks = True
     sandbox.cancel(create(sandbox)["ecommerceId"])
     assert listener.received == []
+
+
+def test_misroute_answers_find_payment_with_another_payments_data(sandbox):
+    asked, _ = sandbox.create_payment("100.00")
+    other, _ = sandbox.create_payment("1.00")
+    sandbox.complete(other)
+    body = {"ecommerceId": asked, "publicToken": "sandbox-public-token"}
+
+    answered = control(sandbox, "POST", f"/payments/{asked}/misroute", answerWith=other).json()
+    found = requests.post(f"{sandbox.url}{ECOM}/business/findPayment", json=body, timeout=5)
+
+    assert answered == found.json()["data"]
+    assert (answered["ecommerceId"], answered["total"]) == (other, 1)
+    assert answered["ecommerceStatus"] == "COMPLETED"
+    assert sandbox.payment(asked)["status"] == "OPEN"  # the ledger itself is untouched
+    sandbox.misroute(asked, None)
+    assert sandbox.state.payment_data(asked)["ecommerceId"] == asked
+    missing = "00000000-0000-4000-8000-000000000000"
+    response = control(sandbox, "POST", f"/payments/{asked}/misroute", answerWith=missing)
+    assert response.status_code == 404
+    assert control(sandbox, "POST", f"/payments/{missing}/misroute").status_code == 404
+
+
+def test_tamper_replaces_fields_of_find_payments_answer_until_undone(sandbox):
+    ecommerce_id, _ = sandbox.create_payment("10.00")
+    long_reference = "\x00" + "9" * 299
+
+    tampered = control(
+        sandbox,
+        "POST",
+        f"/payments/{ecommerce_id}/tamper",
+        fields={"referenceNumber": long_reference},
+    ).json()
+
+    assert tampered["referenceNumber"] == long_reference and tampered["total"] == 10
+    sandbox.tamper(ecommerce_id, total=-5)
+    assert sandbox.state.payment_data(ecommerce_id)["total"] == -5
+    assert sandbox.state.payment_data(ecommerce_id)["referenceNumber"] == ""  # replaced, not merged
+    sandbox.tamper(ecommerce_id)
+    assert sandbox.state.payment_data(ecommerce_id)["total"] == 10
+    sandbox.reset()
+    assert control(sandbox, "POST", f"/payments/{ecommerce_id}/tamper").status_code == 404

@@ -32,7 +32,16 @@ API_ROUTES: dict[str, tuple[str, str]] = {
     "/transactions/v4/transactionReport": ("GET", "transactionReport"),
     "/transactions/webhook/post": ("POST", "webhookSubscribe"),
 }
-PAYMENT_ACTIONS = ("confirm", "capture", "complete", "cancel", "expire", "refund")
+PAYMENT_ACTIONS = (
+    "confirm",
+    "capture",
+    "complete",
+    "cancel",
+    "expire",
+    "refund",
+    "misroute",
+    "tamper",
+)
 # Errors that mean "this payment is in the wrong state": the control API answers 409 for them.
 _CONFLICT_CODES = {"BTRA_0013", "BTRA_0032", "BTRA_0037", "BTRA_0039"}
 _PAYMENT_PATH = re.compile(r"^/sandbox/payments/([^/]+)(?:/([a-z]+))?$")
@@ -425,6 +434,18 @@ class _Handler(BaseHTTPRequestHandler):
             if data.get("amount") in (None, ""):
                 raise ValueError("amount is required")
             return state.refund(ecommerce_id, data["amount"], message=str(data.get("message", "")))
+        if action == "misroute":
+            answer_with = data.get("answerWith")
+            if answer_with is not None and not isinstance(answer_with, str):
+                raise ValueError("answerWith must be an ecommerceId or null")
+            state.misroute(ecommerce_id, answer_with)
+            return state.payment_data(ecommerce_id)
+        if action == "tamper":
+            fields = data.get("fields") or {}
+            if not isinstance(fields, dict):
+                raise ValueError("fields must be an object")
+            state.tamper(ecommerce_id, **fields)
+            return state.payment_data(ecommerce_id)
         return getattr(state, action)(ecommerce_id)
 
     def _post_webhook(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -564,6 +585,14 @@ class SandboxServer:
     def payment(self, ecommerce_id: str) -> dict[str, Any]:
         """See :meth:`SandboxState.payment`."""
         return self.state.payment(ecommerce_id)
+
+    def misroute(self, ecommerce_id: str, answer_with: str | None) -> None:
+        """See :meth:`SandboxState.misroute`."""
+        self.state.misroute(ecommerce_id, answer_with)
+
+    def tamper(self, ecommerce_id: str, **fields: Any) -> None:
+        """See :meth:`SandboxState.tamper`."""
+        self.state.tamper(ecommerce_id, **fields)
 
     def advance(self, seconds: float) -> Any:
         """See :meth:`SandboxState.advance`."""

@@ -231,6 +231,10 @@ class SandboxState:
         self.auto_webhooks = False
         self.deliveries: list[dict[str, Any]] = []
         self._outbox: list[dict[str, Any]] = []  # automatic webhooks waiting to be posted
+        # Hostile answers: findPayment for a key answers with another payment's data, or with
+        # some fields replaced (see misroute() and tamper()).
+        self._misroutes: dict[str, str] = {}
+        self._tampered: dict[str, dict[str, Any]] = {}
 
     def reset(self) -> None:
         """Forget payments, faults, counts, clock offset, latency changes and the subscription."""
@@ -496,9 +500,33 @@ class SandboxState:
         return f"{self._daily[day]:04d}"
 
     def payment_data(self, ecommerce_id: str) -> dict[str, Any]:
-        """The ``data`` of a findPayment answer for this payment."""
+        """The ``data`` of a findPayment answer for this payment (as misrouted or tampered)."""
         with self._lock:
-            return self._data(self._get(ecommerce_id))
+            key = str(ecommerce_id).strip()
+            data = self._data(self._get(self._misroutes.get(key, key)))
+            data.update(self._tampered.get(key, {}))
+            return data
+
+    def misroute(self, ecommerce_id: str, answer_with: str | None) -> None:
+        """Make findPayment for ``ecommerce_id`` answer with the data of payment
+        ``answer_with`` (a proxy's cache or a backend mix-up); ``None`` puts it right."""
+        with self._lock:
+            self._get(ecommerce_id)
+            if answer_with is None:
+                self._misroutes.pop(str(ecommerce_id), None)
+                return
+            self._get(answer_with)
+            self._misroutes[str(ecommerce_id)] = str(answer_with)
+
+    def tamper(self, ecommerce_id: str, **fields: Any) -> None:
+        """Make findPayment for ``ecommerce_id`` answer with these ``data`` fields replaced
+        (``referenceNumber="\\x00" + "9" * 299``, ``total=-1``...); no fields puts it right."""
+        with self._lock:
+            self._get(ecommerce_id)
+            if fields:
+                self._tampered[str(ecommerce_id)] = dict(fields)
+            else:
+                self._tampered.pop(str(ecommerce_id), None)
 
     def _data(self, p: Payment) -> dict[str, Any]:
         completed = p.status == COMPLETED
