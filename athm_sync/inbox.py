@@ -492,7 +492,8 @@ def _process_refund(
 
 def _verdict_of(result: reconcile.Outcome, note: str) -> _Verdict:
     if result.error:
-        return _Verdict(Outcome.PENDING, f"could not be applied: {result.error}", result.payment)
+        reason = f"could not be applied: {result.error}"
+        return _Verdict(Outcome.PENDING, reason, result.payment, result)
     if result.events:
         kinds = ", ".join(str(event.kind) for event in result.events)
         reason = f"{kinds}; {note}" if note else kinds

@@ -302,6 +302,8 @@ class Runner:
                 self.report.webhooks[processed.event.outcome] += 1
             if processed.result is not None:
                 self._record_events(processed.result)
+                if processed.result.error:  # verified, but what ATH Móvil said was not stored
+                    self._record_error(processed.result.payment.pk, processed.result.error)
             if processed.credentials_error is not None:
                 raise processed.credentials_error
         if any(processed.event.outcome == "pending" for processed in processed_events):
@@ -402,9 +404,7 @@ class Runner:
         if outcome.given_up:
             report.given_up += 1
         if outcome.error:
-            report.errors.append(
-                {"ecommerce_id": str(observation.ecommerce_id), "reason": outcome.error}
-            )
+            self._record_error(observation.ecommerce_id, outcome.error)
             return
         report.checked += 1
         if observation.captured:
@@ -412,6 +412,9 @@ class Runner:
         if not outcome.events:
             report.unchanged += 1
         self._record_events(outcome)
+
+    def _record_error(self, ecommerce_id: Any, reason: str) -> None:
+        self.report.errors.append({"ecommerce_id": str(ecommerce_id), "reason": reason})
 
     def _record_events(self, outcome: reconcile.Outcome) -> None:
         """Count the transitions ``apply`` recorded and the signals it sent."""
@@ -464,9 +467,7 @@ class Runner:
     ) -> None:
         report = self.report
         if observation.error is not None:
-            report.errors.append(
-                {"ecommerce_id": str(payment.pk), "reason": str(observation.error)}
-            )
+            self._record_error(payment.pk, str(observation.error))
             return
         report.checked += 1
         snapshot = observation.snapshot

@@ -44,6 +44,7 @@ SIGNALS = {
     "payment_cancelled": signals.payment_cancelled,
     "payment_expired": signals.payment_expired,
     "refund_sent": signals.refund_sent,
+    "payment_mismatched": signals.payment_mismatched,
 }
 
 
