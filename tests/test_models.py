@@ -538,6 +538,32 @@ def test_admin_is_read_only_and_hides_the_auth_token(admin_client_logged_in):
     assert payment.total == Decimal("3.00")
 
 
+@pytest.mark.django_db
+def test_admin_shows_and_filters_held_and_given_up_payments(admin_client_logged_in):
+    held = make_payment(
+        status=S.MISMATCHED,
+        total=Decimal("100.00"),
+        remote_total=Decimal("1.00"),
+        mismatch_reason="total: ATH Móvil says 1.00, the shop stored 100.00",
+    )
+    given_up = make_payment(given_up_at=timezone.now(), last_error="given up: still OPEN")
+    followed = make_payment()
+    client = admin_client_logged_in
+
+    def listed(**query) -> set[str]:
+        html = client.get("/admin/athm_sync/payment/", query).content.decode()
+        return {str(p.pk) for p in (held, given_up, followed) if str(p.pk) in html}
+
+    assert listed(status__exact="MISMATCHED") == {str(held.pk)}
+    assert listed(given_up="yes") == {str(given_up.pk)}
+    assert listed(given_up="no") == {str(held.pk), str(followed.pk)}
+    page = client.get(f"/admin/athm_sync/payment/{held.pk}/change/").content.decode()
+    assert "Held: does not match" in page and "Held: what ATH Móvil reported" in page
+    assert "the shop stored 100.00" in page
+    other = client.get(f"/admin/athm_sync/payment/{followed.pk}/change/").content.decode()
+    assert "Held: what ATH Móvil reported" not in other
+
+
 # --- concurrency -----------------------------------------------------------------------------
 
 
