@@ -5,7 +5,8 @@ folder (``_shop.py``), creates payments the two ways a shop does (server-side th
 and by the JavaScript button then registered with ``Payment.objects.track``), connects
 receivers written as on the signals page, plays customers against the sandbox (completing,
 cancelling, letting one expire, confirming and walking away, a refund from the ATH Business
-app), fast-forwards the clock and runs ``manage.py athm_sync``, printing every transition and
+app, a customer whose browser paid $1.00 for a $100.00 order, which is held, not completed),
+fast-forwards the clock and runs ``manage.py athm_sync``, printing every transition and
 signal. Then it serves the shop over HTTP, subscribes its webhook URL and lets the sandbox post
 webhooks: a tracked payment and one the shop never heard of complete with no run, a forged
 webhook is rejected, a second delivery does nothing, and the next run has nothing to poll but
@@ -54,6 +55,7 @@ def connect_receivers() -> list[tuple[str, str]]:
         payment_cancelled,
         payment_completed,
         payment_expired,
+        payment_mismatched,
         refund_sent,
     )
 
@@ -78,6 +80,10 @@ def connect_receivers() -> list[tuple[str, str]]:
     @receiver(refund_sent, weak=False)
     def on_refund_sent(sender, refund, payment, **kwargs):
         note("refund_sent", payment, f"  ${refund.amount}")
+
+    @receiver(payment_mismatched, weak=False)
+    def on_payment_mismatched(sender, payment, expected_total, remote_total, reason, **kwargs):
+        note("payment_mismatched", payment, f"  paid ${remote_total}, order ${expected_total}")
 
     return received
 
@@ -142,6 +148,12 @@ def play(sandbox) -> int:
         button_id, total=Decimal("3.75"), metadata_1="order-6"
     )
     say(f"   tracked from button  {button_id}  $  3.75  (pays with the button)")
+    # A browser that lies: it makes a $1.00 payment and hands its id to a $100.00 order.
+    cheap_id, _ = state.create_payment(total="1.00", metadata1="order-10", timeout=600)
+    made["pays $1.00 for a $100.00 order"] = Payment.objects.track(
+        cheap_id, total=Decimal("100.00"), metadata_1="order-10"
+    )
+    say(f"   tracked from button  {cheap_id}  $100.00  (the browser made it a $1.00 payment)")
 
     run_sync("nobody has paid yet")
 
@@ -158,6 +170,8 @@ def play(sandbox) -> int:
     say("   order-5: customer pays; the shop refunds $5.00 in the ATH Business app")
     state.complete(button_id)
     say("   order-6: customer pays through the button")
+    state.complete(cheap_id)
+    say("   order-10: customer pays the $1.00 payment; the shop expects $100.00")
     say("   ... the clock moves 2 minutes on: order-3's 120-second timeout runs out")
 
     with time_machine.travel(timezone.now() + timedelta(seconds=121), tick=True):
@@ -181,7 +195,7 @@ def play(sandbox) -> int:
     expected = Counter(
         [("payment_completed", f"order-{n}") for n in (1, 4, 5, 6, 7, 8)]
         + [("payment_cancelled", "order-2"), ("payment_expired", "order-3")]
-        + [("refund_sent", "order-5")]
+        + [("refund_sent", "order-5"), ("payment_mismatched", "order-10")]
     )
     got = Counter(received)
     problems += [
