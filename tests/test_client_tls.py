@@ -37,7 +37,49 @@ BOGUS_RECORD = b"\x17\x03\x03\x00\x20" + b"\x5a" * 32
 CUT_RECORD = b"\x17\x03\x03\x40\x00" + b"\x5a" * 10
 
 
-class LoopbackServer:
+class _Listener:
+    """A listener on a free loopback port that serves each connection in a thread of its own
+    (``_serve``); subclasses set their own fields before calling ``__init__``."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port = self._listener.getsockname()[1]
+        self._accepter = threading.Thread(target=self._accept, daemon=True)
+        self._accepter.start()
+
+    def settle(self) -> None:
+        """Wait for every connection seen so far to be finished with."""
+        for thread in list(self._threads):
+            thread.join(timeout=10)
+            assert not thread.is_alive(), f"a {type(self).__name__} connection is stuck"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._accepter.join(timeout=10)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self._accepted()
+            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _accepted(self) -> None:
+        """Called for each connection, before it is served."""
+
+    def _serve(self, sock: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class LoopbackServer(_Listener):
     """A server on a free loopback port; each connection runs ``behaviour`` in its own thread.
 
     Behaviours: ``answer`` (a findPayment success, keep-alive), ``bogus_record`` and
@@ -55,13 +97,7 @@ class LoopbackServer:
         self.counts: Counter[str] = Counter()
         self.paths: list[str] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._handlers: list[threading.Thread] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self.port = self._listener.getsockname()[1]
-        self._accepter = threading.Thread(target=self._accept, daemon=True)
-        self._accepter.start()
+        super().__init__()
 
     @property
     def url(self) -> str:
@@ -69,30 +105,15 @@ class LoopbackServer:
 
     def settle(self) -> Counter[str]:
         """Wait for every connection seen so far to be finished with; returns the counts."""
-        for handler in list(self._handlers):
-            handler.join(timeout=10)
-            assert not handler.is_alive(), "a server connection is stuck"
+        super().settle()
         return self.counts
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._accepter.join(timeout=10)
-        self._listener.close()
 
     def _count(self, name: str) -> None:
         with self._lock:
             self.counts[name] += 1
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            self._count("connections")
-            handler = threading.Thread(target=self._serve, args=(sock,), daemon=True)
-            self._handlers.append(handler)
-            handler.start()
+    def _accepted(self) -> None:
+        self._count("connections")
 
     def _serve(self, sock: socket.socket) -> None:
         sock.settimeout(10)
@@ -164,40 +185,14 @@ class LoopbackServer:
             raw.close()
 
 
-class TunnelProxy:
+class TunnelProxy(_Listener):
     """An HTTP CONNECT proxy on loopback that tunnels only to 127.0.0.1; counts tunnels."""
 
     def __init__(self) -> None:
         self.tunnels = 0
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self.port = self._listener.getsockname()[1]
-        self._accepter = threading.Thread(target=self._accept, daemon=True)
-        self._accepter.start()
+        super().__init__()
 
-    def settle(self) -> None:
-        for thread in list(self._threads):
-            thread.join(timeout=10)
-            assert not thread.is_alive(), "a tunnel is stuck"
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._accepter.join(timeout=10)
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            thread = threading.Thread(target=self._tunnel, args=(sock,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _tunnel(self, client: socket.socket) -> None:
+    def _serve(self, client: socket.socket) -> None:
         client.settimeout(10)
         with client:
             data = b""
