@@ -239,7 +239,7 @@ class Observation:
     drop_auth_token: bool = False
 
 
-def check_answer(ecommerce_id: Any, snapshot: PaymentSnapshot) -> None:
+def check_answer(ecommerce_id: Any, snapshot: PaymentSnapshot, call: str = "findPayment") -> None:
     """Refuse an answer that cannot be about this payment; raises ``InvalidResponseError``.
 
     It must name the ``ecommerce_id`` asked about (a proxy's cache or a backend mix-up can
@@ -263,7 +263,7 @@ def check_answer(ecommerce_id: Any, snapshot: PaymentSnapshot) -> None:
             problems.append(f"{name} is longer than {limit} characters")
     if problems:
         raise InvalidResponseError(
-            "the answer is invalid: " + "; ".join(problems), call="findPayment", http_status=200
+            "the answer is invalid: " + "; ".join(problems), call=call, http_status=200
         )
 
 
@@ -307,7 +307,7 @@ def observe(
         return Observation(ecommerce_id, snapshot=snapshot, drop_auth_token=True)
     try:
         captured = client.authorize(auth_token)
-        check_answer(ecommerce_id, captured)
+        check_answer(ecommerce_id, captured, call="authorization")
     except (AuthTokenError, InvalidStateError) as error:
         logger.info("Payment %s could not be captured: %s", ecommerce_id, error)
         return Observation(ecommerce_id, snapshot=snapshot, drop_auth_token=True)
@@ -510,8 +510,9 @@ def _record_failure(
 def _hold(payment: Payment, snapshot: PaymentSnapshot, reason: str) -> None:
     """Keep what ATH Móvil reported beside what the shop stored, for a held payment."""
     payment.remote_total = snapshot.total
-    payment.remote_metadata_1 = snapshot.metadata_1[:40]
-    payment.remote_metadata_2 = snapshot.metadata_2[:40]
+    for name in ("remote_metadata_1", "remote_metadata_2"):
+        value = getattr(snapshot, name.removeprefix("remote_"))
+        setattr(payment, name, value[: Payment._meta.get_field(name).max_length])
     payment.mismatch_reason = reason
     logger.error(
         "Payment %s held, not completed: ATH Móvil completed it for %s, the shop expected %s (%s)",
