@@ -257,8 +257,9 @@ class Refund(models.Model):
 class PaymentEvent(models.Model):
     """A transition, written in the same transaction as the change it records (the outbox).
 
-    Its signal is sent after that transaction commits; ``dispatched_at`` is set when it is.
-    A run finds events a crash left undispatched and sends them then, so no signal is lost.
+    Its signal is sent after that transaction commits, in a transaction of its own that also
+    sets ``dispatched_at`` and holds what the receivers write. A run finds events a crash left
+    undispatched and sends them then, so no signal is lost.
     """
 
     class Kind(models.TextChoices):
@@ -288,6 +289,8 @@ class PaymentEvent(models.Model):
     created_at = models.DateTimeField(_("created at"), default=timezone.now)
     dispatched_at = models.DateTimeField(_("dispatched at"), null=True, blank=True)
     receiver_errors = models.PositiveIntegerField(_("receiver errors"), default=0)
+    # Each receiver that raised when the signal was sent: {"receiver": ..., "error": ...}.
+    errors = models.JSONField(_("receiver errors, in full"), default=list, blank=True)
 
     class Meta:
         verbose_name = _("ATH Móvil payment event")

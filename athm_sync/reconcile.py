@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
+from asgiref.sync import async_to_sync
 from django.db import DatabaseError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -350,6 +351,7 @@ class Outcome:
     receiver_errors: int = 0
     given_up: bool = False
     error: str = ""
+    unsent: str = ""  # why some of its signals could not be sent (they stay pending)
 
     @property
     def changed(self) -> bool:
@@ -454,7 +456,8 @@ def _apply_locked(
             )
         if outcome.events:
             event_ids = [event.pk for event in outcome.events]
-            # robust: a failure while sending is logged; the events stay pending for the sweep.
+            # robust: an unexpected failure while sending is logged; the events stay pending
+            # for the next run's sweep. A database error is reported in ``outcome.unsent``.
             transaction.on_commit(
                 lambda: _record_dispatch(outcome, dispatch(event_ids)), robust=True
             )
@@ -523,8 +526,12 @@ def _hold(payment: Payment, snapshot: PaymentSnapshot, reason: str) -> None:
     )
 
 
-def _record_dispatch(outcome: Outcome, counts: tuple[int, int]) -> None:
-    outcome.signals_sent, outcome.receiver_errors = counts
+def _record_dispatch(outcome: Outcome, dispatched: Dispatched) -> None:
+    outcome.signals_sent = dispatched.sent
+    outcome.receiver_errors = dispatched.receiver_errors
+    if dispatched.failures:
+        reasons = "; ".join(reason for _, reason in dispatched.failures)
+        outcome.unsent = f"{len(dispatched.failures)} signal(s) not sent, left pending: {reasons}"
 
 
 def _copy_remote_fields(payment: Payment, snapshot: PaymentSnapshot, refresh_all: bool) -> None:
@@ -572,86 +579,163 @@ def run_locked(work: Callable[[], T], attempts: int = 8) -> T:
 # -- dispatching the outbox ----------------------------------------------------------------
 
 
-def dispatch(event_ids: Iterable[int]) -> tuple[int, int]:
-    """Send the signal of each given event not yet sent; returns (signals sent, receiver errors).
+@dataclass
+class Dispatched:
+    """What :func:`dispatch` did: events sent, receivers that raised, events it could not
+    send (each with the database's reason; they stay pending for the next run)."""
 
-    Each event is claimed by setting ``dispatched_at`` before its signal goes out, so that two
-    processes never send it twice. A receiver that raises is logged with its traceback and
-    counted; the other receivers still run and the transition stands.
+    sent_ids: list[int] = field(default_factory=list)
+    receiver_errors: int = 0
+    failures: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def sent(self) -> int:
+        return len(self.sent_ids)
+
+
+def dispatch(event_ids: Iterable[int]) -> Dispatched:
+    """Send the signal of each given event not yet sent, each in one transaction.
+
+    The transaction holds the event's "sent" mark and everything its receivers write to the
+    database, so a process killed at any moment either rolls both back (the event stays
+    pending and the next run sends it again) or commits both: a receiver's database work
+    happens exactly once. Each receiver runs in a savepoint of its own: one that raises is
+    rolled back alone, logged with its traceback and recorded on the event (``errors``); the
+    others' work still commits. An event another process is sending is skipped (its row is
+    locked: ``SKIP LOCKED`` on PostgreSQL; SQLite's write lock makes the second process wait,
+    then find it sent). An event that cannot be marked (a database error) is reported in
+    ``failures`` and left pending; the others are still sent.
     """
-    sent = errors = 0
-    events = (
-        PaymentEvent.objects.filter(pk__in=list(event_ids), dispatched_at__isnull=True)
-        .select_related("payment", "refund")
-        .order_by("created_at", "pk")
-    )
-    for event in events:
-        claimed = run_locked(
-            lambda event=event: PaymentEvent.objects.filter(
-                pk=event.pk, dispatched_at__isnull=True
-            ).update(dispatched_at=timezone.now())
-        )
-        if not claimed:
+    result = Dispatched()
+    for pk in event_ids:
+        try:
+            failures = run_locked(lambda pk=pk: _dispatch_one(pk))
+        except DatabaseError as error:
+            reason = normalize.text(f"{type(error).__name__}: {error}")[:500]
+            logger.error("Signal of event %s not sent, it stays pending: %s", pk, reason)
+            result.failures.append((pk, reason))
             continue
-        failures = _send(event)
-        sent += 1
-        errors += failures
-        if failures:
-            run_locked(
-                lambda event=event, failures=failures: PaymentEvent.objects.filter(
-                    pk=event.pk
-                ).update(receiver_errors=failures)
-            )
-    return sent, errors
+        if failures is not None:
+            result.sent_ids.append(pk)
+            result.receiver_errors += failures
+    return result
 
 
-def dispatch_pending() -> tuple[int, int]:
-    """Send the events a crash left unsent (committed, never dispatched)."""
+def _dispatch_one(pk: int) -> int | None:
+    """Send one event in a transaction; returns how many receivers raised, or ``None`` when
+    it was already sent or another process is sending it."""
+    with transaction.atomic():
+        event = (
+            PaymentEvent.objects.select_for_update(skip_locked=_SKIP_LOCKED, of=("self",))
+            .select_related("payment", "refund")
+            .filter(pk=pk, dispatched_at__isnull=True)
+            .first()
+        )
+        if event is None:
+            return None
+        # Written first: on SQLite this takes the write lock before any receiver runs, so a
+        # receiver's own writes never meet "database is locked" halfway through.
+        marked = PaymentEvent.objects.filter(pk=pk, dispatched_at__isnull=True).update(
+            dispatched_at=timezone.now()
+        )
+        if not marked:
+            return None
+        errors = _send(event)
+        if errors:
+            PaymentEvent.objects.filter(pk=pk).update(receiver_errors=len(errors), errors=errors)
+    return len(errors)
+
+
+# Whether the database can skip rows another transaction locked (PostgreSQL); decided per
+# query by Django, which ignores select_for_update() where the database has no FOR UPDATE.
+_SKIP_LOCKED = True
+# An unsent event younger than this may be one a live process is about to send right after
+# its commit: sending it is harmless (once is once), but it is no leftover of a crash.
+IN_FLIGHT = timedelta(seconds=10)
+
+
+def dispatch_pending() -> Dispatched:
+    """Send every event a crash left unsent (committed, never dispatched), at once.
+
+    Events another live process is sending are skipped. Only events older than ``IN_FLIGHT``
+    that this call really sent are reported as left by an earlier run.
+    """
     pending = list(
         PaymentEvent.objects.filter(dispatched_at__isnull=True)
-        .order_by("created_at")
-        .values_list("pk", flat=True)
+        .order_by("created_at", "pk")
+        .values_list("pk", "created_at")
     )
-    if pending:
-        logger.warning("Sending %d signal(s) left unsent by an earlier run", len(pending))
-    return dispatch(pending)
+    if not pending:
+        return Dispatched()
+    result = dispatch([pk for pk, _ in pending])
+    sent = set(result.sent_ids)
+    fresh_before = timezone.now() - IN_FLIGHT
+    leftovers = [pk for pk, created in pending if pk in sent and created < fresh_before]
+    if leftovers:
+        logger.warning("Sent %d signal(s) left unsent by an earlier run", len(leftovers))
+    return result
 
 
-def _send(event: PaymentEvent) -> int:
+def _signal_of(event: PaymentEvent) -> tuple[Any, type, dict[str, Any]]:
+    """The signal an event sends, its sender and its arguments."""
     payment = event.payment
-    if event.kind == PaymentEvent.Kind.REFUND_SENT:
-        signal, sender = signals.refund_sent, Refund
-        responses = signal.send_robust(sender=Refund, refund=event.refund, payment=payment)
-    elif event.kind == PaymentEvent.Kind.MISMATCHED:
-        signal, sender = signals.payment_mismatched, Payment
-        responses = signal.send_robust(
-            sender=Payment,
-            payment=payment,
-            expected_total=payment.total,
-            remote_total=payment.remote_total,
-            reason=payment.mismatch_reason,
-        )
-    else:
-        signal = {
-            PaymentEvent.Kind.COMPLETED: signals.payment_completed,
-            PaymentEvent.Kind.CANCELLED: signals.payment_cancelled,
-            PaymentEvent.Kind.EXPIRED: signals.payment_expired,
-        }[event.kind]
-        sender = Payment
-        responses = signal.send_robust(sender=Payment, payment=payment)
-    failures = 0
-    for receiver, response in responses:
-        if isinstance(response, Exception):
-            failures += 1
+    kind = PaymentEvent.Kind
+    if event.kind == kind.REFUND_SENT:
+        return signals.refund_sent, Refund, {"refund": event.refund, "payment": payment}
+    if event.kind == kind.MISMATCHED:
+        arguments = {
+            "payment": payment,
+            "expected_total": payment.total,
+            "remote_total": payment.remote_total,
+            "reason": payment.mismatch_reason,
+        }
+        return signals.payment_mismatched, Payment, arguments
+    signal = {
+        kind.COMPLETED: signals.payment_completed,
+        kind.CANCELLED: signals.payment_cancelled,
+        kind.EXPIRED: signals.payment_expired,
+    }[event.kind]
+    return signal, Payment, {"payment": payment}
+
+
+def _send(event: PaymentEvent) -> list[dict[str, str]]:
+    """Call each receiver of the event's signal in a savepoint; returns the failures."""
+    signal, sender, arguments = _signal_of(event)
+    errors = []
+    for receiver in _receivers(signal, sender):
+        try:
+            with transaction.atomic():
+                receiver(signal=signal, sender=sender, **arguments)
+        except Exception as error:
+            name = _name_of(receiver)
+            errors.append({"receiver": name, "error": f"{type(error).__name__}: {error}"[:500]})
             logger.error(
-                "Receiver %s of %s failed for payment %s",
-                getattr(receiver, "__qualname__", receiver),
+                "Receiver %s of %s failed for payment %s; its database writes were rolled back",
+                name,
                 event.kind,
-                payment.pk,
-                exc_info=(type(response), response, response.__traceback__),
+                event.payment_id,
+                exc_info=(type(error), error, error.__traceback__),
             )
-    logger.debug("Sent %s for payment %s (sender %s)", event.kind, payment.pk, sender.__name__)
-    return failures
+    logger.debug("Sent %s for payment %s (sender %s)", event.kind, event.payment_id, sender)
+    return errors
+
+
+def _receivers(signal: Any, sender: type) -> list[Callable[..., Any]]:
+    """The live receivers of ``signal`` for ``sender``, sync ones first, as ``send`` calls them.
+
+    Django's ``Signal`` has no public way to call receivers one at a time (a savepoint each),
+    so this reads ``_live_receivers``: a (sync, async) pair since Django 5.0. Async receivers
+    are called through ``async_to_sync``.
+    """
+    live = signal._live_receivers(sender)
+    sync_receivers, async_receivers = live if isinstance(live, tuple) else (live, [])
+    return [*sync_receivers, *(async_to_sync(receiver) for receiver in async_receivers)]
+
+
+def _name_of(receiver: Any) -> str:
+    module = getattr(receiver, "__module__", "")
+    name = getattr(receiver, "__qualname__", None) or repr(receiver)
+    return f"{module}.{name}" if module else name
 
 
 # -- claiming due payments -----------------------------------------------------------------

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db import DatabaseError
 from django.utils import timezone
 
 from athm_sync import inbox, reconcile
@@ -209,10 +210,7 @@ class Runner:
         failure: CannotRun | None = None
         try:
             if not self.options.dry_run:
-                sent, receiver_errors = reconcile.dispatch_pending()
-                self.report.redispatched = sent
-                self.report.signals_sent += sent
-                self.report.receiver_errors += receiver_errors
+                self._dispatch_leftovers()
                 sync_run = SyncRun.objects.create(
                     host=socket.gethostname(), pid=os.getpid(), options=self.options.as_dict()
                 )
@@ -254,6 +252,24 @@ class Runner:
         if failure is not None:
             raise failure
         return report
+
+    def _dispatch_leftovers(self) -> None:
+        """Send the signals an earlier run left unsent; a database that refuses is an error
+        of this run (exit 1), not the end of it."""
+        try:
+            dispatched = reconcile.dispatch_pending()
+        except DatabaseError as error:
+            self._record_error("", f"signals left by an earlier run could not be read: {error}")
+            return
+        report = self.report
+        report.redispatched = dispatched.sent
+        report.signals_sent += dispatched.sent
+        report.receiver_errors += dispatched.receiver_errors
+        if dispatched.failures:
+            reasons = "; ".join(reason for _, reason in dispatched.failures)
+            self._record_error(
+                "", f"{len(dispatched.failures)} signal(s) left pending, not sent: {reasons}"
+            )
 
     def _abort(self, sync_run: SyncRun, error: BaseException, started: float) -> None:
         report = self.report
@@ -421,6 +437,8 @@ class Runner:
         report = self.report
         report.signals_sent += outcome.signals_sent
         report.receiver_errors += outcome.receiver_errors
+        if outcome.unsent:
+            self._record_error(outcome.payment.pk, outcome.unsent)
         payment = outcome.payment
         for event in outcome.events:
             kind = str(event.kind)

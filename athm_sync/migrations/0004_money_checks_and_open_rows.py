@@ -95,6 +95,13 @@ class Migration(migrations.Migration):
             ),
         ),
         migrations.AddField(
+            model_name="paymentevent",
+            name="errors",
+            field=models.JSONField(
+                blank=True, default=list, verbose_name="receiver errors, in full"
+            ),
+        ),
+        migrations.AddField(
             model_name="webhookevent",
             name="next_attempt_at",
             field=models.DateTimeField(blank=True, null=True, verbose_name="next attempt at"),
