@@ -26,6 +26,8 @@ DEFAULTS: dict[str, Any] = {
     "API_BASE_URL": "https://payments.athmovil.com",
     "REPORT_BASE_URL": "https://www.athmovil.com",
     "WEBHOOK_SECRET": "",
+    # The secret being replaced, still accepted while ATH Móvil switches to the new URL.
+    "WEBHOOK_PREVIOUS_SECRET": "",
     # HTTP: seconds to connect and to wait for an answer, per attempt.
     "CONNECT_TIMEOUT": 3.05,
     "READ_TIMEOUT": 15.0,
@@ -86,6 +88,7 @@ class AthmSyncSettings:
     api_base_url: str
     report_base_url: str
     webhook_secret: str
+    webhook_previous_secret: str
     connect_timeout: float
     read_timeout: float
     max_attempts: int
@@ -131,23 +134,15 @@ def find_problems(raw: Any) -> list[Problem]:
             )
     for name in _URLS:
         problems.extend(_url_problems(name, values[name]))
-    secret = values["WEBHOOK_SECRET"]
-    if not isinstance(secret, str) or (secret and len(secret) < MIN_WEBHOOK_SECRET_LENGTH):
+    for name in ("WEBHOOK_SECRET", "WEBHOOK_PREVIOUS_SECRET"):
+        problems.extend(_secret_problems(name, values[name]))
+    if values["WEBHOOK_PREVIOUS_SECRET"] and not values["WEBHOOK_SECRET"]:
         problems.append(
             Problem(
                 "athm_sync.E005",
-                f"{SETTING_NAME}['WEBHOOK_SECRET'] must be empty (webhooks off) or a string of "
-                f"at least {MIN_WEBHOOK_SECRET_LENGTH} characters.",
-                _GENERATE_HINT,
-            )
-        )
-    elif not _URL_SAFE.fullmatch(secret):
-        problems.append(
-            Problem(
-                "athm_sync.E005",
-                f"{SETTING_NAME}['WEBHOOK_SECRET'] may hold only letters, digits, '-', '_', '.' "
-                "and '~': it is part of the webhook's URL.",
-                _GENERATE_HINT,
+                f"{SETTING_NAME}['WEBHOOK_PREVIOUS_SECRET'] is set but WEBHOOK_SECRET is not.",
+                "While rotating, WEBHOOK_SECRET is the new secret and WEBHOOK_PREVIOUS_SECRET "
+                "the old one; to turn webhooks off, leave both empty.",
             )
         )
     for name, smallest, whole in _NUMBERS:
@@ -210,6 +205,7 @@ def get_settings() -> AthmSyncSettings:
         api_base_url=values["API_BASE_URL"].strip().rstrip("/"),
         report_base_url=values["REPORT_BASE_URL"].strip().rstrip("/"),
         webhook_secret=values["WEBHOOK_SECRET"],
+        webhook_previous_secret=values["WEBHOOK_PREVIOUS_SECRET"],
         connect_timeout=float(values["CONNECT_TIMEOUT"]),
         read_timeout=float(values["READ_TIMEOUT"]),
         max_attempts=values["MAX_ATTEMPTS"],
@@ -246,6 +242,28 @@ def _url_problems(name: str, value: Any) -> list[Problem]:
                 f"{SETTING_NAME}['{name}'] is plain http on a host that is not loopback: "
                 "tokens would cross the network unencrypted.",
                 "Use https, or http only for the sandbox on 127.0.0.1.",
+            )
+        ]
+    return []
+
+
+def _secret_problems(name: str, secret: Any) -> list[Problem]:
+    if not isinstance(secret, str) or (secret and len(secret) < MIN_WEBHOOK_SECRET_LENGTH):
+        return [
+            Problem(
+                "athm_sync.E005",
+                f"{SETTING_NAME}['{name}'] must be empty (webhooks off) or a string of "
+                f"at least {MIN_WEBHOOK_SECRET_LENGTH} characters.",
+                _GENERATE_HINT,
+            )
+        ]
+    if not _URL_SAFE.fullmatch(secret):
+        return [
+            Problem(
+                "athm_sync.E005",
+                f"{SETTING_NAME}['{name}'] may hold only letters, digits, '-', '_', '.' "
+                "and '~': it is part of the webhook's URL.",
+                _GENERATE_HINT,
             )
         ]
     return []

@@ -152,6 +152,25 @@ def test_a_webhook_secret_that_cannot_be_in_a_url_is_e005(athm, secret):
     assert "part of the webhook's URL" in messages[0].msg
 
 
+@pytest.mark.parametrize(
+    ("previous", "message"),
+    [
+        ("short", "WEBHOOK_PREVIOUS_SECRET'] must be empty (webhooks off) or a string of at least"),
+        ("p" * 31 + "/", "WEBHOOK_PREVIOUS_SECRET'] may hold only"),
+    ],
+)
+def test_a_bad_previous_webhook_secret_is_e005(athm, previous, message):
+    messages = athm(WEBHOOK_SECRET="s" * 32, WEBHOOK_PREVIOUS_SECRET=previous)
+    assert ids(messages) == ["athm_sync.E005"] and message in messages[0].msg
+
+
+def test_a_previous_webhook_secret_needs_a_current_one(athm):
+    messages = athm(WEBHOOK_SECRET="", WEBHOOK_PREVIOUS_SECRET="p" * 32)
+    assert ids(messages) == ["athm_sync.E005"]
+    assert "WEBHOOK_SECRET is not" in messages[0].msg
+    assert athm(WEBHOOK_SECRET="s" * 32, WEBHOOK_PREVIOUS_SECRET="p" * 32) == []
+
+
 def test_a_webhook_secret_without_the_webhook_url_is_w004(athm, settings):
     settings.ROOT_URLCONF = "tests.urls_without_athm"
     messages = athm()
