@@ -28,6 +28,7 @@ import base64
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -79,6 +80,9 @@ FIRST_INTERVAL_AFTER_DEADLINE = timedelta(seconds=30)
 MAX_INTERVAL = timedelta(hours=1)
 # A check that failed (API or database) waits 10 s, 20 s, 40 s... up to MAX_INTERVAL.
 FIRST_RETRY = timedelta(seconds=10)
+# How long a run's claim on a payment lasts; a live run renews it (LeaseKeeper), so this is
+# how soon the payments of a run that died are free for the next run.
+CLAIM_LEASE = timedelta(seconds=45)
 # A capture needs an auth token with at least this much life left.
 TOKEN_MARGIN = timedelta(seconds=10)
 # A webhook's "expired" is believed from this long before the deadline, its "cancelled" until
@@ -783,6 +787,56 @@ def claim_due(
             return [Claimed(*row) for row in rows]
 
     return run_locked(claim)
+
+
+def renew_claims(run_id: str, lease: timedelta, now: datetime | None = None) -> int:
+    """Extend every claim ``run_id`` holds to ``now + lease``; returns how many."""
+    until = (now or timezone.now()) + lease
+    return run_locked(
+        lambda: Payment.objects.filter(claimed_by=run_id, claimed_until__isnull=False).update(
+            claimed_until=until
+        )
+    )
+
+
+class LeaseKeeper:
+    """Renews a live run's claims from a thread of its own, every ``lease / 3``.
+
+    Claims are short (``CLAIM_LEASE``, 45 s) so that the payments of a run that died (killed,
+    out of memory, its host gone) are free again within a minute; while the run lives, this
+    keeps them, however slow ATH Móvil or its receivers are. The thread uses its own database
+    connection and closes it when stopped. ``renewed`` is set after each renewal.
+    """
+
+    def __init__(self, run_id: str, lease: timedelta = CLAIM_LEASE) -> None:
+        self.run_id = run_id
+        self.lease = lease
+        self.every = lease.total_seconds() / 3
+        self.renewed = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._keep, name=f"athm-sync-lease-{run_id}", daemon=True
+        )
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.every)
+
+    def _keep(self) -> None:
+        try:
+            while not self._stop.wait(self.every):
+                try:
+                    renew_claims(self.run_id, self.lease)
+                except DatabaseError as error:  # the next tick tries again
+                    logger.warning("Could not renew the claims of run %s: %s", self.run_id, error)
+                else:
+                    self.renewed.set()
+        finally:
+            connection.close()
 
 
 def release_claims(run_id: str) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import socket
 import time
@@ -20,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError
@@ -42,8 +41,6 @@ SIGNAL_FOR_KIND = {
     "refund_sent": "refund_sent",
     "mismatched": "payment_mismatched",
 }
-# A claim outlives the worst case of one batch; a run that died frees its payments after it.
-MIN_LEASE = timedelta(minutes=5)
 BATCH_PER_WORKER = 4
 EXIT_OK, EXIT_ERRORS, EXIT_CANNOT_RUN = 0, 1, 2
 # What became of the pending webhook events a run verified; "pending": how many are still
@@ -161,17 +158,6 @@ def new_run_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def batch_lease(conf: AthmSyncSettings, batch_size: int, workers: int) -> timedelta:
-    """How long a batch's claims last: longer than the worst case of one batch.
-
-    A payment costs at most a findPayment and an authorization, each bounded by the retry
-    deadline plus one last read; the batch runs in ``ceil(batch / workers)`` rounds.
-    """
-    per_payment = 2 * (conf.retry_deadline + conf.connect_timeout + conf.read_timeout)
-    rounds = math.ceil(batch_size / workers)
-    return max(MIN_LEASE, timedelta(seconds=rounds * per_payment + 60))
-
-
 class Runner:
     """One run. ``progress(done, total)`` and ``on_change(change)`` are optional callbacks."""
 
@@ -226,7 +212,8 @@ class Runner:
                         if self.options.ecommerce_ids:
                             self._check_given(pool, client)
                         else:
-                            self._check_due(pool, client)
+                            with reconcile.LeaseKeeper(self.run_id):
+                                self._check_due(pool, client)
                 except AuthenticationError as error:
                     failure = CannotRun(f"ATH Móvil rejected the credentials: {error}")
         except BaseException as error:
@@ -338,7 +325,6 @@ class Runner:
             due = Payment.objects.due(now).count()
             self._total = min(due, self.options.limit) if self.options.limit else due
             self._progress(0, self._total)
-        lease = batch_lease(self.conf, self.batch_size, self.workers)
         claimed_total = 0
         while True:
             size = self.batch_size
@@ -348,7 +334,7 @@ class Runner:
                 break
             # The lease counts from the claim, not from the start of the run.
             claimed = reconcile.claim_due(
-                self.run_id, size, lease + (timezone.now() - now), now=now
+                self.run_id, size, reconcile.CLAIM_LEASE + (timezone.now() - now), now=now
             )
             if not claimed:
                 break
