@@ -16,6 +16,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "athm_sync",
+    "tests.shop",  # a shop's own model, which the crash tests' receivers write
 ]
 # Child processes started by tests/test_overlap.py log every signal they send to this file.
 if os.environ.get("ATHM_TEST_SIGNAL_LOG"):

@@ -99,7 +99,9 @@ def child_env(sandbox: SandboxServer, signal_log: Path) -> dict[str, str]:
         env["ATHM_TEST_SQLITE"] = str(db["NAME"])
     python_path = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     env.update(
-        DJANGO_SETTINGS_MODULE=settings.SETTINGS_MODULE,
+        # Under the ``settings`` fixture SETTINGS_MODULE is not there; the environment's is.
+        DJANGO_SETTINGS_MODULE=settings.SETTINGS_MODULE
+        or os.environ.get("DJANGO_SETTINGS_MODULE", "tests.settings"),
         PYTHONPATH=os.pathsep.join(python_path),
         ATHM_TEST_SIGNAL_LOG=str(signal_log),
         ATHM_TEST_API_BASE_URL=sandbox.url,
