@@ -14,7 +14,11 @@ And one of this app's own:
   differs). ATH Móvil completed the payment, but not for the total or metadata the shop stored;
   it is held as ``MISMATCHED`` and never becomes COMPLETED by itself. Alert someone; refund it.
 
-Each is sent exactly once per transition, after the transaction that recorded it commits.
+Each is sent exactly once per transition, after the transaction that recorded it commits, in
+a transaction of its own that also marks it sent: what a receiver writes to the database
+commits with that mark, exactly once, whatever moment the process dies. Each receiver runs in
+a savepoint; one that raises is rolled back alone. Put effects outside the database (e-mail,
+HTTP calls) in ``transaction.on_commit`` inside the receiver.
 """
 
 from django.dispatch import Signal
