@@ -481,3 +481,16 @@ def test_a_real_process_with_bad_settings_exits_2_with_one_line(
     assert result.stdout == ""
     assert_one_error_line(result.stderr, *fragments)
     assert subscribe_calls(sandbox) == 0
+
+
+def test_while_rotating_the_new_secret_is_registered_and_neither_is_printed(
+    athm_settings, settings
+):
+    old = "o" * 40
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "WEBHOOK_PREVIOUS_SECRET": old}
+    code, out, err = run(f"https://shop.example.com/athm/webhook/{old}/", "--sandbox")
+    assert code == 2 and old not in out + err  # the old URL is not registered again
+    code, out, err = run("https://shop.example.com")
+    assert code == 0, err
+    assert athm_settings.state.subscription["listenerURL"].endswith(f"/athm/webhook/{SECRET}/")
+    assert SECRET not in out + err and old not in out + err

@@ -250,7 +250,7 @@ class Command(OneLineErrorCommand):
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'): the webhook "
                 "view is off without it, so there is nothing to register"
             )
-        self._secrets.add(conf.webhook_secret)
+        self._secrets.update(filter(None, (conf.webhook_secret, conf.webhook_previous_secret)))
         return conf
 
     def _subscribe(
