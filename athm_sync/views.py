@@ -21,7 +21,6 @@ told each answer was logged already, and the view logs its own line with the tok
 
 from __future__ import annotations
 
-import json
 import logging
 
 from django.core.exceptions import ImproperlyConfigured
@@ -44,31 +43,29 @@ def webhook(request: HttpRequest, token: str) -> HttpResponse:
         conf = get_settings()
     except ImproperlyConfigured as error:
         logger.error("Webhook refused: bad ATHM_SYNC setting: %s", error)
-        return _answer(request, token, _error(404, "not found"), "bad ATHM_SYNC setting")
+        return _refuse(request, token, 404, "not found", why="bad ATHM_SYNC setting")
     which = _matching_secret(token, conf)
     if which is None:
-        return _answer(request, token, _error(404, "not found"), "not the webhook secret")
+        return _refuse(request, token, 404, "not found", why="not the webhook secret")
     if which == "previous":
         logger.info("Webhook on WEBHOOK_PREVIOUS_SECRET: ATH Móvil still posts to the old URL")
     if request.method != "POST":
-        return _answer(request, token, HttpResponseNotAllowed(["POST"]), "POST only")
+        return _refuse(request, token, 405, "POST only", response=HttpResponseNotAllowed(["POST"]))
     try:
         body = _read_limited(request)
     except OSError:  # the sender hung up mid-body (Django's UnreadablePostError)
-        return _answer(request, token, _error(400, "the body could not be read"))
+        return _refuse(request, token, 400, "the body could not be read")
     if body is None:
-        too_large = f"the body is over {inbox.MAX_BODY_BYTES // 1024} KiB"
-        return _answer(request, token, _error(413, too_large))
+        return _refuse(request, token, 413, f"the body is over {inbox.MAX_BODY_BYTES // 1024} KiB")
     try:
         notice = inbox.parse(inbox.read_body(body))
     except inbox.InvalidWebhook as error:
-        return _answer(request, token, _error(400, str(error)))
+        return _refuse(request, token, 400, str(error))
     try:
         event, duplicate = inbox.receive(notice, request.META.get("REMOTE_ADDR"), conf=conf)
     except Exception:  # not stored (the database is down): ATH Móvil may send it again
         logger.exception("Webhook %s could not be stored", notice.idempotency_key)
-        unstored = "the event could not be stored; send it again later"
-        return _answer(request, token, _error(503, unstored))
+        return _refuse(request, token, 503, "the event could not be stored; send it again later")
     return JsonResponse({"outcome": event.outcome, "event": event.pk, "duplicate": duplicate})
 
 
@@ -87,17 +84,25 @@ def masked_path(path: str, token: str) -> str:
     return path.replace(token, "****") if token else path
 
 
-def _answer(
-    request: HttpRequest, token: str, response: HttpResponse, reason: str = ""
+def _refuse(
+    request: HttpRequest,
+    token: str,
+    status: int,
+    reason: str,
+    *,
+    why: str = "",
+    response: HttpResponse | None = None,
 ) -> HttpResponse:
-    """Log a refusal with the token masked, and keep Django from logging it with the path."""
-    reason = reason or json.loads(response.content).get("error", "")
+    """Answer ``status`` with ``{"error": reason}`` (or ``response``), logged with the token
+    masked (and ``why``, which the sender is not told), never by Django with the path."""
+    if response is None:
+        response = JsonResponse({"error": reason}, status=status)
     logger.info(
         "Webhook %s %s %s: %s",
         request.method,
         masked_path(request.path, token),
-        response.status_code,
-        reason,
+        status,
+        why or reason,
     )
     response._has_been_logged = True  # django.utils.log.log_response: do not log it again
     return response
@@ -113,7 +118,3 @@ def _read_limited(request: HttpRequest) -> bytes | None:
         return None
     body = request.read(inbox.MAX_BODY_BYTES + 1)
     return None if len(body) > inbox.MAX_BODY_BYTES else body
-
-
-def _error(status: int, reason: str) -> JsonResponse:
-    return JsonResponse({"error": reason}, status=status)
