@@ -37,7 +37,7 @@ from athm_sync.sandbox import SandboxServer
 from tests.commands import call
 from tests.shop import apps as shop
 from tests.shop.models import Fulfilment
-from tests.test_overlap import COMMAND, REPO_ROOT, child_env
+from tests.test_overlap import child_env, start_child
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -72,19 +72,6 @@ def claimable() -> int:
     now = timezone.now()
     free = Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
     return Payment.objects.due(now).filter(free).count()
-
-
-def start_child(env: dict[str, str]) -> subprocess.Popen:
-    """A real ``athm_sync --json`` run; its stdout (the summary) and stderr are piped."""
-    return subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-        COMMAND,
-        cwd=REPO_ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def recover(receiver: str, time_machine: Any) -> None:

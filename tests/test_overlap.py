@@ -109,20 +109,22 @@ def child_env(sandbox: SandboxServer, signal_log: Path) -> dict[str, str]:
     return env
 
 
+def start_child(env: dict[str, str]) -> subprocess.Popen:
+    """A real ``athm_sync --json`` run in the background; its stdout and stderr are piped."""
+    return subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+        COMMAND,
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_two_at_once(env: dict[str, str]) -> list[tuple[int, int, str, str]]:
     """Start two runs together, wait for both; returns (pid, exit code, stdout, stderr) of each."""
-    children = [
-        subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            COMMAND,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    children = [start_child(env) for _ in range(2)]
     results = []
     try:
         for child in children:
