@@ -533,9 +533,7 @@ def _hold(payment: Payment, snapshot: PaymentSnapshot, reason: str) -> None:
 def _record_dispatch(outcome: Outcome, dispatched: Dispatched) -> None:
     outcome.signals_sent = dispatched.sent
     outcome.receiver_errors = dispatched.receiver_errors
-    if dispatched.failures:
-        reasons = "; ".join(reason for _, reason in dispatched.failures)
-        outcome.unsent = f"{len(dispatched.failures)} signal(s) not sent, left pending: {reasons}"
+    outcome.unsent = dispatched.problem
 
 
 def _copy_remote_fields(payment: Payment, snapshot: PaymentSnapshot, refresh_all: bool) -> None:
@@ -595,6 +593,14 @@ class Dispatched:
     @property
     def sent(self) -> int:
         return len(self.sent_ids)
+
+    @property
+    def problem(self) -> str:
+        """One line on the events that could not be sent; ``""`` when all were."""
+        if not self.failures:
+            return ""
+        reasons = "; ".join(reason for _, reason in self.failures)
+        return f"{len(self.failures)} signal(s) not sent, left pending: {reasons}"
 
 
 def dispatch(event_ids: Iterable[int]) -> Dispatched:

@@ -252,11 +252,8 @@ class Runner:
         report.redispatched = dispatched.sent
         report.signals_sent += dispatched.sent
         report.receiver_errors += dispatched.receiver_errors
-        if dispatched.failures:
-            reasons = "; ".join(reason for _, reason in dispatched.failures)
-            self._record_error(
-                "", f"{len(dispatched.failures)} signal(s) left pending, not sent: {reasons}"
-            )
+        if dispatched.problem:
+            self._record_error("", dispatched.problem)
 
     def _abort(self, sync_run: SyncRun, error: BaseException, started: float) -> None:
         report = self.report
