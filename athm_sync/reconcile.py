@@ -636,7 +636,8 @@ def _dispatch_one(pk: int) -> int | None:
     it was already sent or another process is sending it."""
     with transaction.atomic():
         event = (
-            PaymentEvent.objects.select_for_update(skip_locked=_SKIP_LOCKED, of=("self",))
+            # Django ignores select_for_update() where there is no FOR UPDATE (SQLite).
+            PaymentEvent.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("payment", "refund")
             .filter(pk=pk, dispatched_at__isnull=True)
             .first()
@@ -656,9 +657,6 @@ def _dispatch_one(pk: int) -> int | None:
     return len(errors)
 
 
-# Whether the database can skip rows another transaction locked (PostgreSQL); decided per
-# query by Django, which ignores select_for_update() where the database has no FOR UPDATE.
-_SKIP_LOCKED = True
 # An unsent event younger than this may be one a live process is about to send right after
 # its commit: sending it is harmless (once is once), but it is no leftover of a crash.
 IN_FLIGHT = timedelta(seconds=10)
