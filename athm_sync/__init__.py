@@ -7,7 +7,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-__all__ = ["__version__", "sync_payment"]
+__all__ = ["__version__", "refund", "sync_payment"]
 
 
 def sync_payment(ecommerce_id):  # type: ignore[no-untyped-def]
@@ -23,3 +23,16 @@ def sync_payment(ecommerce_id):  # type: ignore[no-untyped-def]
     from athm_sync.reconcile import check_payment
 
     return check_payment(validate_ecommerce_id(ecommerce_id))
+
+
+def refund(payment, amount=None, message=""):  # type: ignore[no-untyped-def]
+    """Refund ``amount`` of a completed (or held) payment, all that is left when ``None``.
+
+    Validates before anything is sent, sends the refund at most once, records the ``Refund``
+    and fires ``refund_sent`` once; returns the ``Refund``. Raises
+    ``athm_sync.refunds.RefundError`` (a ``ValueError``) when it was not made. See
+    :func:`athm_sync.refunds.refund`.
+    """
+    from athm_sync.refunds import refund as make_refund
+
+    return make_refund(payment, amount, message)

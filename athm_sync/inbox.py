@@ -30,6 +30,7 @@ Decisions:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -486,8 +487,25 @@ def _process_refund(
             f"{snapshot.total_refunded_amount} refunded in all"
         )
         return _Verdict(Outcome.REJECTED, reason, payment)
+    observation = dataclasses.replace(observation, refund_detail=_refund_detail(event.payload))
     result = reconcile.apply(observation, source="webhook", conf=conf)
     return _verdict_of(result, "")
+
+
+def _refund_detail(payload: Mapping[str, Any]) -> reconcile.RefundDetail | None:
+    """The refund's own daily id, date and message, as the refund webhook carries them."""
+    try:
+        return reconcile.RefundDetail(
+            daily_transaction_id=normalize.daily_transaction_id(
+                normalize.pick(payload, "dailyTransactionID", "dailyTransactionId")
+            ),
+            transaction_date=normalize.local_datetime(
+                normalize.pick(payload, "date", "transactionDate")
+            ),
+            message=normalize.text(payload.get("message"), "message"),
+        )
+    except ValueError:  # details only: the refund itself is ATH Móvil's refunded amount
+        return None
 
 
 def _verdict_of(result: reconcile.Outcome, note: str) -> _Verdict:

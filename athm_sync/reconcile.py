@@ -233,6 +233,16 @@ def next_check(payment: Payment, now: datetime, conf: AthmSyncSettings) -> datet
 
 
 @dataclass(frozen=True)
+class RefundDetail:
+    """What a refund's own record says (the refund API's answer, a refund webhook, a report
+    row), copied onto the ``Refund`` that the growth of the refunded amount creates."""
+
+    daily_transaction_id: str = ""
+    transaction_date: datetime | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class Observation:
     """What ATH Móvil said about one payment: a snapshot, "not found", or an error."""
 
@@ -242,6 +252,7 @@ class Observation:
     error: ATHMovilError | None = None
     captured: bool = False
     drop_auth_token: bool = False
+    refund_detail: RefundDetail | None = None
 
 
 def check_answer(ecommerce_id: Any, snapshot: PaymentSnapshot, call: str = "findPayment") -> None:
@@ -441,10 +452,14 @@ def _apply_locked(
                 )
             )
         if decision.refund_amount > 0:
+            detail = observation.refund_detail or RefundDetail()
             refund = Refund.objects.create(
                 payment=payment,
                 amount=decision.refund_amount,
                 reference_number=payment.reference_number,
+                daily_transaction_id=detail.daily_transaction_id[:32],
+                transaction_date=detail.transaction_date,
+                message=detail.message[:255],
                 created_at=now,
             )
             outcome.events.append(

@@ -628,6 +628,23 @@ def test_drop_and_timeout_faults_close_without_answer(sandbox):
     assert sandbox.counts()["findPayment"] == 3
 
 
+def test_lost_fault_carries_out_the_call_and_drops_its_answer(sandbox):
+    ecommerce_id = create(sandbox)["ecommerceId"]
+    sandbox.complete(ecommerce_id)
+    reference = sandbox.payment(ecommerce_id)["referenceNumber"]
+    sandbox.inject_fault("lost", "refund")
+    body = {
+        "publicToken": PUBLIC,
+        "privateToken": "sandbox-private-token",
+        "referenceNumber": reference,
+        "amount": "1.00",
+    }
+    with pytest.raises(requests.ConnectionError):
+        requests.post(f"{sandbox.url}{ECOM}/refund", json=body, timeout=5)
+    assert sandbox.payment(ecommerce_id)["totalRefundedAmount"] == "1.00"  # it went through
+    assert sandbox.counts()["refund"] == 1
+
+
 def test_latency_fault_then_normal_answer(sandbox):
     ecommerce_id = create(sandbox)["ecommerceId"]
     sandbox.inject_fault("latency", "findPayment", delay=0.05)
@@ -654,7 +671,7 @@ def test_faults_target_endpoints_and_times(sandbox):
 
 def test_every_fault_kind_is_covered():
     covered = {"http500", "http503", "http429", "btra9998", "btra9999", "auth"}
-    covered |= {"html", "garbage", "drop", "timeout", "latency"}
+    covered |= {"html", "garbage", "drop", "timeout", "latency", "lost"}
     assert covered == set(FAULT_KINDS)
 
 

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from athm_sync import inbox, reconcile, views
 from athm_sync.models import Payment, PaymentEvent, Refund, WebhookEvent
+from athm_sync.normalize import local_datetime
 from tests.commands import call
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -246,6 +247,11 @@ def test_a_refund_webhook_is_matched_by_reference_number_and_verified(
     assert response.json()["outcome"] == "applied"
     refund = Refund.objects.get()
     assert refund.payment_id == completed.pk and refund.amount == Decimal("4.00")
+    # The webhook's own record of the refund is copied onto the Refund.
+    remote = sandbox.payment(str(completed.pk))["refunds"][0]
+    assert refund.message == "damaged"
+    assert refund.daily_transaction_id == remote["dailyTransactionId"]
+    assert refund.transaction_date == local_datetime(remote["date"])
     assert reload(completed).total_refunded_amount == Decimal("4.00")
     assert names(received) == ["refund_sent"]
     again = post(web, body).json()

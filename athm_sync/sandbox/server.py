@@ -231,6 +231,11 @@ class _Handler(BaseHTTPRequestHandler):
         except SandboxError as exc:
             self._send_json(exc.http_status, envelope(exc.errorcode, exc.message))
         else:
+            if fault is not None and fault.kind == "lost":
+                # Done, but the answer never arrives: as a refund has been seen to go through.
+                self._hang_up()
+                self.state.deliver_webhooks(background=True)
+                return
             # The report is a bare list; every other answer uses the success envelope.
             if name == "transactionReport":
                 self._send_json(200, data)
@@ -243,7 +248,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Serve ``fault``; True when it answered (or hung up) instead of the endpoint."""
         kind = fault.kind
         logger.debug("sandbox fault %s on %s", kind, self.path)
-        if kind == "latency":
+        if kind in ("latency", "lost"):  # "lost": served, then the answer is dropped
             self.server.stopping.wait(fault.delay)
             return False
         if kind == "timeout":

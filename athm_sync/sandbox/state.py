@@ -70,6 +70,7 @@ FAULT_KINDS = (
     "auth",
     "html",
     "garbage",
+    "lost",
 )
 # Which subscription flag allows which webhook status.
 _EVENT_FLAGS = {
