@@ -1,13 +1,21 @@
 """Read-only admin pages: payments, refunds and webhooks come from ATH Móvil, never from a form.
 
-The auth token is never shown.
+The auth token is never shown. The one thing the admin does is the "Refund" action: for one
+selected payment it asks for the amount on a confirmation page, then refunds it through
+:func:`athm_sync.refunds.refund`. It needs the ``athm_sync.refund_payment`` permission.
 """
 
 from __future__ import annotations
 
-from django.contrib import admin
+from decimal import Decimal
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.template.response import TemplateResponse
 
 from athm_sync.models import Payment, Refund, WebhookEvent
+from athm_sync.refunds import MAX_MESSAGE_LENGTH, RefundError, refund, refundable_amount
 
 
 class _ReadOnlyMixin:
@@ -48,6 +56,21 @@ class GivenUpFilter(admin.SimpleListFilter):
         if self.value() == "no":
             return queryset.filter(given_up_at__isnull=True)
         return queryset
+
+
+class RefundForm(forms.Form):
+    """The confirmation page's fields; the refund itself validates everything again."""
+
+    amount = forms.DecimalField(
+        max_digits=10,
+        decimal_places=2,
+        min_value=Decimal("0.01"),
+        required=False,
+        help_text="Empty: all that is left to refund.",
+    )
+    message = forms.CharField(
+        max_length=MAX_MESSAGE_LENGTH, required=False, help_text="Shown to the customer."
+    )
 
 
 @admin.register(Payment)
@@ -116,6 +139,40 @@ class PaymentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         ),
     )
     readonly_fields = tuple(field for _, options in fieldsets for field in options["fields"])
+
+    actions = ("refund_action",)
+
+    def has_refund_permission(self, request) -> bool:
+        return request.user.has_perm("athm_sync.refund_payment")
+
+    @admin.action(description="Refund the selected payment…", permissions=["refund"])
+    def refund_action(self, request, queryset):
+        """Ask for the amount, then refund one payment (the confirmation page posts back)."""
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one payment to refund.", messages.ERROR)
+            return None
+        payment = queryset.get()
+        form = RefundForm(request.POST if "confirm" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            try:
+                made = refund(payment, form.cleaned_data["amount"], form.cleaned_data["message"])
+            except RefundError as error:
+                self.message_user(request, f"Not refunded: {error}", messages.ERROR)
+            else:
+                self.message_user(
+                    request, f"Refunded ${made.amount} of payment {payment.pk}.", messages.SUCCESS
+                )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Refund an ATH Móvil payment",
+            "opts": self.model._meta,
+            "payment": payment,
+            "refundable": refundable_amount(payment),
+            "form": form if form.is_bound else RefundForm(),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/athm_sync/payment/refund.html", context)
 
     def get_fieldsets(self, request, obj=None):
         """The "Held" section only for a payment that is held."""

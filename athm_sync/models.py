@@ -159,6 +159,7 @@ class Payment(models.Model):
         verbose_name = _("ATH Móvil payment")
         verbose_name_plural = _("ATH Móvil payments")
         get_latest_by = "created_at"
+        permissions = [("refund_payment", _("Can refund ATH Móvil payments"))]
         indexes = [
             # "Which payments are due for a check" reads only active rows through this index.
             models.Index(

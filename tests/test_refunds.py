@@ -221,3 +221,64 @@ def test_two_refunds_at_once_for_the_last_dollars_make_one(athm_settings, receiv
     assert refund_calls(sandbox) == 1
     assert Payment.objects.get().total_refunded_amount == Decimal("10.00")
     assert names(received) == ["refund_sent"]
+
+
+# -- the admin's "Refund" action ---------------------------------------------------------------
+
+
+@pytest.fixture
+def admin_web(client):
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_superuser("admin", "admin@example.com", "pw")
+    client.force_login(user)
+    return client
+
+
+CHANGELIST = "/admin/athm_sync/payment/"
+
+
+def test_the_admin_refund_action_asks_then_refunds(athm_settings, admin_web, received):
+    sandbox = athm_settings
+    payment = completed(sandbox, "10.00")
+    received.clear()
+    selected = {"action": "refund_action", "_selected_action": [str(payment.pk)]}
+
+    page = admin_web.post(CHANGELIST, selected)
+
+    html = page.content.decode()
+    assert page.status_code == 200 and "Left to refund" in html and "$10.00" in html
+    assert refund_calls(sandbox) == 0  # asking sends nothing
+    done = admin_web.post(
+        CHANGELIST, {**selected, "confirm": "yes", "amount": "2.50", "message": "late"}, follow=True
+    )
+    assert "Refunded $2.50 of payment" in done.content.decode()
+    assert Refund.objects.get().amount == Decimal("2.50") and refund_calls(sandbox) == 1
+    too_much = admin_web.post(
+        CHANGELIST, {**selected, "confirm": "yes", "amount": "9.00"}, follow=True
+    )
+    assert "Not refunded: payment" in too_much.content.decode()
+    assert "has 7.50 left to refund" in too_much.content.decode()
+    assert refund_calls(sandbox) == 1 and names(received) == ["refund_sent"]
+
+
+def test_the_admin_refund_action_needs_its_permission(athm_settings, client):
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    sandbox = athm_settings
+    payment = completed(sandbox, "10.00")
+    staff = get_user_model().objects.create_user("clerk", "clerk@example.com", "pw")
+    staff.is_staff = True
+    staff.save()
+    staff.user_permissions.add(Permission.objects.get(codename="view_payment"))
+    client.force_login(staff)
+    selected = {"action": "refund_action", "_selected_action": [str(payment.pk)]}
+
+    listing = client.get(CHANGELIST).content.decode()
+    client.post(CHANGELIST, {**selected, "confirm": "yes", "amount": "1.00"})
+
+    assert "refund_action" not in listing
+    assert refund_calls(sandbox) == 0 and not Refund.objects.exists()
+    staff.user_permissions.add(Permission.objects.get(codename="refund_payment"))
+    assert "refund_action" in client.get(CHANGELIST).content.decode()

@@ -29,6 +29,15 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.AlterModelOptions(
+            name="payment",
+            options={
+                "get_latest_by": "created_at",
+                "permissions": [("refund_payment", "Can refund ATH Móvil payments")],
+                "verbose_name": "ATH Móvil payment",
+                "verbose_name_plural": "ATH Móvil payments",
+            },
+        ),
         migrations.RemoveConstraint(
             model_name="payment",
             name="athm_payment_status_valid",
