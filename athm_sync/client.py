@@ -74,6 +74,7 @@ __all__ = [
     "NotFoundError",
     "PaymentSnapshot",
     "RefundResult",
+    "Report",
     "ReportTransaction",
     "TransientError",
 ]
@@ -211,6 +212,15 @@ class ReportTransaction(_Transaction):
             message=normalize.text(row.get("message"), "message"),
             **_transaction_fields(row),
         )
+
+
+@dataclass
+class Report:
+    """The transaction report, parsed row by row: the rows that parsed, and each row that did
+    not as ``(index, reason)``."""
+
+    transactions: list[ReportTransaction] = field(default_factory=list)
+    unparsable: list[tuple[int, str]] = field(default_factory=list)
 
 
 def _transaction_fields(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -492,7 +502,22 @@ class ATHMovilClient:
         return _parse(REFUND, lambda: _refund_result(data))
 
     def transaction_report(self, from_date: datetime, to_date: datetime) -> list[ReportTransaction]:
-        """Every transaction between two aware datetimes; an empty range gives ``[]``."""
+        """Every transaction between two aware datetimes; an empty range gives ``[]``.
+
+        Raises ``InvalidResponseError`` if any row cannot be parsed; :meth:`report_rows` keeps
+        the others.
+        """
+        report = self.report_rows(from_date, to_date)
+        if report.unparsable:
+            index, reason = report.unparsable[0]
+            raise InvalidResponseError(
+                f"the answer is malformed: row {index}: {reason}", call=REPORT.name, http_status=200
+            )
+        return report.transactions
+
+    def report_rows(self, from_date: datetime, to_date: datetime) -> Report:
+        """The transaction report between two aware datetimes, row by row: a row that cannot
+        be parsed is listed in ``unparsable`` (its index and why) and the others are kept."""
         body = {
             "publicToken": self._public_token,
             "privateToken": self._require_private_token(REPORT),
@@ -503,12 +528,20 @@ class ATHMovilClient:
             answer = self._request(REPORT, body)
         except ATHMovilError as error:
             if (error.errorcode or "").upper() in EMPTY_REPORT_CODES:
-                return []
+                return Report()
             raise
         rows = answer.get("data") if isinstance(answer, dict) else answer
-        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        if not isinstance(rows, list):
             raise InvalidResponseError("the answer is not a list of transactions", call=REPORT.name)
-        return _parse(REPORT, lambda: [ReportTransaction.from_api(row) for row in rows])
+        report = Report()
+        for index, row in enumerate(rows):
+            try:
+                if not isinstance(row, dict):
+                    raise ValueError(f"a row must be an object, not {type(row).__name__}")
+                report.transactions.append(ReportTransaction.from_api(row))
+            except (ValueError, TypeError, AttributeError) as error:
+                report.unparsable.append((index, str(error)[:200]))
+        return report
 
     def subscribe_webhooks(
         self,

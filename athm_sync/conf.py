@@ -42,6 +42,10 @@ DEFAULTS: dict[str, Any] = {
     "MAX_AGE": timedelta(hours=48),
     # A payment ATH Móvil does not know is expired this long after its deadline.
     "EXPIRY_GRACE": timedelta(minutes=10),
+    # Refunds made elsewhere (the ATH Business app) are found in the transaction report: a run
+    # reads the last REFUND_SCAN_WINDOW of it, at most once every REFUND_SCAN_INTERVAL.
+    "REFUND_SCAN_WINDOW": timedelta(days=2),
+    "REFUND_SCAN_INTERVAL": timedelta(minutes=15),
     "AUTO_CAPTURE": True,
     # Seconds the webhook view may spend verifying an event with ATH Móvil before it answers
     # 200 and leaves the event pending for the next run (retries included).
@@ -59,7 +63,7 @@ _NUMBERS: tuple[tuple[str, float, bool], ...] = (
     ("PAYMENT_TIMEOUT", MIN_PAYMENT_TIMEOUT, True),
     ("WEBHOOK_VERIFY_TIMEOUT", 0.001, False),
 )
-_DURATIONS = ("MAX_AGE", "EXPIRY_GRACE")
+_DURATIONS = ("MAX_AGE", "EXPIRY_GRACE", "REFUND_SCAN_WINDOW", "REFUND_SCAN_INTERVAL")
 _URLS = ("API_BASE_URL", "REPORT_BASE_URL")
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]*")
@@ -98,6 +102,8 @@ class AthmSyncSettings:
     payment_timeout: int
     max_age: timedelta
     expiry_grace: timedelta
+    refund_scan_window: timedelta
+    refund_scan_interval: timedelta
     auto_capture: bool
     webhook_verify_timeout: float
 
@@ -215,6 +221,8 @@ def get_settings() -> AthmSyncSettings:
         payment_timeout=values["PAYMENT_TIMEOUT"],
         max_age=_as_timedelta(values["MAX_AGE"]),
         expiry_grace=_as_timedelta(values["EXPIRY_GRACE"]),
+        refund_scan_window=_as_timedelta(values["REFUND_SCAN_WINDOW"]),
+        refund_scan_interval=_as_timedelta(values["REFUND_SCAN_INTERVAL"]),
         auto_capture=values["AUTO_CAPTURE"],
         webhook_verify_timeout=float(values["WEBHOOK_VERIFY_TIMEOUT"]),
     )

@@ -398,3 +398,23 @@ class WebhookEvent(models.Model):
     def __str__(self) -> str:
         subject = self.ecommerce_id or self.reference_number or "-"
         return f"{self.transaction_type} {self.status} webhook ({subject}): {self.outcome}"
+
+
+class ReportScan(models.Model):
+    """Where a scan of the transaction report stands: when a run may scan next, and what the
+    last scan read. One row per kind of scan (``refunds``)."""
+
+    name = models.CharField(_("name"), max_length=32, unique=True)
+    next_scan_at = models.DateTimeField(_("next scan at"), default=timezone.now)
+    scanned_from = models.DateTimeField(_("last scanned from"), null=True, blank=True)
+    scanned_to = models.DateTimeField(_("last scanned to"), null=True, blank=True)
+    rows = models.PositiveIntegerField(_("rows read"), default=0)
+    refunds = models.PositiveIntegerField(_("refunds found"), default=0)
+    last_error = models.TextField(_("last error"), blank=True)
+
+    class Meta:
+        verbose_name = _("ATH Móvil report scan")
+        verbose_name_plural = _("ATH Móvil report scans")
+
+    def __str__(self) -> str:
+        return f"{self.name} scan (next at {self.next_scan_at:%Y-%m-%d %H:%M:%S})"

@@ -380,6 +380,7 @@ def apply(
     source: str = "poll",
     now: datetime | None = None,
     conf: AthmSyncSettings | None = None,
+    quiet: bool = False,
 ) -> Outcome:
     """Record one observation: the only function that changes a payment's status.
 
@@ -387,12 +388,13 @@ def apply(
     transaction, and sends the events' signals after it commits. A database error while doing
     so (an answer no column can hold, a constraint) rolls all of it back and is recorded on
     the payment in a transaction of its own, with backoff (``outcome.error``). Raises
-    ``Payment.DoesNotExist`` for a payment that is not stored.
+    ``Payment.DoesNotExist`` for a payment that is not stored. ``quiet`` records the
+    transitions as sent without sending their signals (importing history).
     """
     conf = conf or get_settings()
     now = now or timezone.now()
     try:
-        outcome = run_locked(lambda: _apply_locked(observation, hint, source, now, conf))
+        outcome = run_locked(lambda: _apply_locked(observation, hint, source, now, conf, quiet))
     except Payment.DoesNotExist:
         raise
     except DatabaseError as error:
@@ -415,7 +417,9 @@ def _apply_locked(
     source: str,
     now: datetime,
     conf: AthmSyncSettings,
+    quiet: bool = False,
 ) -> Outcome:
+    sent_at = now if quiet else None  # quiet: recorded as sent, never sent
     with transaction.atomic():
         payment = Payment.objects.select_for_update().get(pk=observation.ecommerce_id)
         before = payment.status
@@ -449,6 +453,7 @@ def _apply_locked(
                     to_status=decision.status,
                     source=source,
                     created_at=now,
+                    dispatched_at=sent_at,
                 )
             )
         if decision.refund_amount > 0:
@@ -471,9 +476,10 @@ def _apply_locked(
                     to_status=decision.status,
                     source=source,
                     created_at=now,
+                    dispatched_at=sent_at,
                 )
             )
-        if outcome.events:
+        if outcome.events and not quiet:
             event_ids = [event.pk for event in outcome.events]
             # robust: an unexpected failure while sending is logged; the events stay pending
             # for the next run's sweep. A database error is reported in ``outcome.unsent``.

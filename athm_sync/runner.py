@@ -26,7 +26,8 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from athm_sync import inbox, reconcile
-from athm_sync.client import ATHMovilClient, AuthenticationError
+from athm_sync import report as transaction_report
+from athm_sync.client import ATHMovilClient, ATHMovilError, AuthenticationError
 from athm_sync.conf import AthmSyncSettings, get_settings
 from athm_sync.models import Payment, PaymentEvent, SyncRun
 
@@ -99,6 +100,7 @@ class RunReport:
     receiver_errors: int = 0
     redispatched: int = 0
     webhooks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WEBHOOK_OUTCOMES, 0))
+    refund_scan: dict[str, Any] | None = None
     errors: list[dict[str, str]] = field(default_factory=list)
     duration_seconds: float = 0.0
     exit_code: int = EXIT_OK
@@ -118,6 +120,7 @@ class RunReport:
             "receiver_errors": self.receiver_errors,
             "redispatched": self.redispatched,
             "webhooks": dict(self.webhooks),
+            "refund_scan": self.refund_scan,
             "errors": list(self.errors),
             "duration_seconds": round(self.duration_seconds, 3),
             "dry_run": self.dry_run,
@@ -214,6 +217,7 @@ class Runner:
                         else:
                             with reconcile.LeaseKeeper(self.run_id):
                                 self._check_due(pool, client)
+                            self._scan_refunds(client)
                 except AuthenticationError as error:
                     failure = CannotRun(f"ATH Móvil rejected the credentials: {error}")
         except BaseException as error:
@@ -308,6 +312,30 @@ class Runner:
                 raise processed.credentials_error
         if any(processed.event.outcome == "pending" for processed in processed_events):
             self.report.webhooks["pending"] = inbox.count_pending()
+
+    # -- refunds made elsewhere ---------------------------------------------------------
+
+    def _scan_refunds(self, client: ATHMovilClient) -> None:
+        """Read the transaction report for refunds made elsewhere, when the scan is due (at
+        most once every ``REFUND_SCAN_INTERVAL`` across runs). Raises
+        :class:`AuthenticationError` as polling would."""
+        if is_unreachable(self.report.errors):  # it would only wait out the same failure
+            return
+        now = timezone.now()
+        if not transaction_report.claim_scan(now, self.conf):
+            return
+        try:
+            scan = transaction_report.scan_refunds(client, self.conf, now)
+        except AuthenticationError:
+            raise
+        except ATHMovilError as error:
+            self._record_error("", f"refund scan: the transaction report failed: {error}")
+            return
+        self.report.refund_scan = scan.as_json()
+        for outcome in scan.outcomes:
+            if outcome.error:
+                self._record_error(outcome.payment.pk, outcome.error)
+            self._record_events(outcome)
 
     # -- the three ways to pick payments -------------------------------------------------
 

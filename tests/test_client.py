@@ -576,6 +576,20 @@ def test_transaction_report_sends_puerto_rico_times_and_parses_rows(client):
     assert refund.status == "COMPLETED" and refund.total == Decimal("1.00")
 
 
+def test_report_rows_keeps_the_rows_that_parse_and_names_the_others(client):
+    good = {"transactionType": "REFUND", "total": "2.00", "referenceNumber": "ref-2 "}
+    rows = [good, {"transactionType": "REFUND", "total": "two dollars"}, "not a row", good]
+    with responses.RequestsMock() as mock:
+        mock.get(REPORT_URL, json=rows)
+        report = client.report_rows(datetime.now(UTC), datetime.now(UTC))
+        with pytest.raises(InvalidResponseError, match="row 1: total must be an amount"):
+            client.transaction_report(datetime.now(UTC), datetime.now(UTC))
+    assert [row.reference_number for row in report.transactions] == ["ref-2", "ref-2"]
+    assert [index for index, _ in report.unparsable] == [1, 2]
+    assert "total must be an amount" in report.unparsable[0][1]
+    assert "must be an object" in report.unparsable[1][1]
+
+
 @pytest.mark.parametrize("code", ["BTRA_0022", "BTRA_0046"])
 def test_an_empty_report_is_an_empty_list(client, code):
     with responses.RequestsMock() as mock:

@@ -32,6 +32,7 @@ JSON_KEYS = {
     "receiver_errors",
     "redispatched",
     "webhooks",
+    "refund_scan",
     "errors",
     "duration_seconds",
     "dry_run",
@@ -174,6 +175,8 @@ def test_json_summary_is_the_only_thing_on_stdout(story, received):
     assert code == 0
     assert document["duration_seconds"] >= 0
     document.pop("duration_seconds")
+    scan = document.pop("refund_scan")  # the first run reads the report for refunds
+    assert (scan["rows"], scan["refunds"], scan["checked"]) == (2, 0, 0)
     assert document == {
         "checked": 5,
         "unchanged": 1,

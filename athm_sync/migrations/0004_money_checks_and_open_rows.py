@@ -29,6 +29,39 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
+        migrations.CreateModel(
+            name="ReportScan",
+            fields=[
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=32, unique=True, verbose_name="name")),
+                (
+                    "next_scan_at",
+                    models.DateTimeField(
+                        default=django.utils.timezone.now, verbose_name="next scan at"
+                    ),
+                ),
+                (
+                    "scanned_from",
+                    models.DateTimeField(blank=True, null=True, verbose_name="last scanned from"),
+                ),
+                (
+                    "scanned_to",
+                    models.DateTimeField(blank=True, null=True, verbose_name="last scanned to"),
+                ),
+                ("rows", models.PositiveIntegerField(default=0, verbose_name="rows read")),
+                ("refunds", models.PositiveIntegerField(default=0, verbose_name="refunds found")),
+                ("last_error", models.TextField(blank=True, verbose_name="last error")),
+            ],
+            options={
+                "verbose_name": "ATH Móvil report scan",
+                "verbose_name_plural": "ATH Móvil report scans",
+            },
+        ),
         migrations.AlterModelOptions(
             name="payment",
             options={
