@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -198,6 +198,17 @@ class ReportTransaction(_Transaction):
     ecommerce_id: uuid.UUID | None
     date: datetime | None
     message: str
+
+    def as_snapshot(self, ecommerce_id: uuid.UUID) -> PaymentSnapshot:
+        """This completed eCommerce row as the findPayment answer it stands for."""
+        common = {f.name: getattr(self, f.name) for f in fields(_Transaction)}
+        return PaymentSnapshot(
+            **common,
+            ecommerce_id=ecommerce_id,
+            status=self.status or "COMPLETED",
+            transaction_date=self.date,
+            business_name="",
+        )
 
     @classmethod
     def from_api(cls, row: Mapping[str, Any]) -> ReportTransaction:

@@ -487,15 +487,17 @@ def _process_refund(
             f"{snapshot.total_refunded_amount} refunded in all"
         )
         return _Verdict(Outcome.REJECTED, reason, payment)
-    observation = dataclasses.replace(observation, refund_detail=_refund_detail(event.payload))
+    observation = dataclasses.replace(observation, refunds=_refund_details(event))
     result = reconcile.apply(observation, source="webhook", conf=conf)
     return _verdict_of(result, "")
 
 
-def _refund_detail(payload: Mapping[str, Any]) -> reconcile.RefundDetail | None:
-    """The refund's own daily id, date and message, as the refund webhook carries them."""
+def _refund_details(event: WebhookEvent) -> tuple[reconcile.RefundDetail, ...]:
+    """The refund's own amount, daily id, date and message, as the refund webhook carries them."""
+    payload = event.payload
     try:
-        return reconcile.RefundDetail(
+        detail = reconcile.RefundDetail(
+            amount=event.amount,
             daily_transaction_id=normalize.daily_transaction_id(
                 normalize.pick(payload, "dailyTransactionID", "dailyTransactionId")
             ),
@@ -505,7 +507,8 @@ def _refund_detail(payload: Mapping[str, Any]) -> reconcile.RefundDetail | None:
             message=normalize.text(payload.get("message"), "message"),
         )
     except ValueError:  # details only: the refund itself is ATH Móvil's refunded amount
-        return None
+        return ()
+    return (detail,)
 
 
 def _verdict_of(result: reconcile.Outcome, note: str) -> _Verdict:

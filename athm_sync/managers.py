@@ -345,18 +345,21 @@ class PaymentManager(models.Manager.from_queryset(PaymentQuerySet)):  # type: ig
             auth_token=created.auth_token or "",
         )
 
-    def adopt(self, snapshot: Any) -> tuple[Payment, bool]:
+    def adopt(self, snapshot: Any, *, by_reference: bool = False) -> tuple[Payment, bool]:
         """Track a payment ATH Móvil knows but the shop never registered; ``(payment, created)``.
 
         For the button flow where the browser went away before it told the server: a verified
         webhook brings the payment in from ATH Móvil's answer (a
         :class:`~athm_sync.client.PaymentSnapshot`). The new row is OPEN, as a freshly tracked
         payment is; the caller applies the snapshot through the reconciler, which fires the
-        signal. An already stored payment is returned unchanged. Raises ``ValueError`` when the
-        snapshot's amounts are outside what a payment can hold.
+        signal. An already stored payment is returned unchanged; ``by_reference`` also finds
+        one by the snapshot's reference number (a report row, which may name no ecommerceId).
+        Raises ``ValueError`` when the snapshot's amounts are outside what a payment can hold.
         """
         payment_id = validate_ecommerce_id(snapshot.ecommerce_id)
         existing = self.filter(pk=payment_id).first()
+        if existing is None and by_reference and snapshot.reference_number:
+            existing = self.filter(reference_number=snapshot.reference_number).first()
         if existing is not None:
             return existing, False
         cleaned = validate_new_payment(

@@ -25,6 +25,7 @@ Otherwise it is held as ``MISMATCHED`` and ``payment_mismatched`` fires instead.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import random
@@ -237,9 +238,25 @@ class RefundDetail:
     """What a refund's own record says (the refund API's answer, a refund webhook, a report
     row), copied onto the ``Refund`` that the growth of the refunded amount creates."""
 
+    amount: Decimal | None = None
     daily_transaction_id: str = ""
     transaction_date: datetime | None = None
     message: str = ""
+
+
+def refund_parts(growth: Decimal, details: tuple[RefundDetail, ...]) -> list[RefundDetail]:
+    """The ``Refund`` rows one growth of the refunded amount becomes.
+
+    One per detail when the details' amounts add up to the growth exactly (two refunds made
+    between two checks, each with its own record); otherwise one of the whole growth, with
+    the one detail that fits it (its amount unknown or equal), or none.
+    """
+    amounts = [d.amount for d in details]
+    if amounts and None not in amounts and sum(amounts, Decimal("0.00")) == growth:
+        return list(details)
+    fitting = [d for d in details if d.amount in (None, growth)]
+    detail = fitting[0] if len(fitting) == 1 else RefundDetail()
+    return [dataclasses.replace(detail, amount=growth)]
 
 
 @dataclass(frozen=True)
@@ -252,7 +269,8 @@ class Observation:
     error: ATHMovilError | None = None
     captured: bool = False
     drop_auth_token: bool = False
-    refund_detail: RefundDetail | None = None
+    # The records of the refunds behind a growth of the refunded amount, when known.
+    refunds: tuple[RefundDetail, ...] = ()
 
 
 def check_answer(ecommerce_id: Any, snapshot: PaymentSnapshot, call: str = "findPayment") -> None:
@@ -457,28 +475,28 @@ def _apply_locked(
                 )
             )
         if decision.refund_amount > 0:
-            detail = observation.refund_detail or RefundDetail()
-            refund = Refund.objects.create(
-                payment=payment,
-                amount=decision.refund_amount,
-                reference_number=payment.reference_number,
-                daily_transaction_id=detail.daily_transaction_id[:32],
-                transaction_date=detail.transaction_date,
-                message=detail.message[:255],
-                created_at=now,
-            )
-            outcome.events.append(
-                PaymentEvent.objects.create(
+            for part in refund_parts(decision.refund_amount, observation.refunds):
+                refund = Refund.objects.create(
                     payment=payment,
-                    refund=refund,
-                    kind=PaymentEvent.Kind.REFUND_SENT,
-                    from_status=decision.status,
-                    to_status=decision.status,
-                    source=source,
+                    amount=part.amount,
+                    reference_number=payment.reference_number,
+                    daily_transaction_id=part.daily_transaction_id[:32],
+                    transaction_date=part.transaction_date,
+                    message=part.message[:255],
                     created_at=now,
-                    dispatched_at=sent_at,
                 )
-            )
+                outcome.events.append(
+                    PaymentEvent.objects.create(
+                        payment=payment,
+                        refund=refund,
+                        kind=PaymentEvent.Kind.REFUND_SENT,
+                        from_status=decision.status,
+                        to_status=decision.status,
+                        source=source,
+                        created_at=now,
+                        dispatched_at=sent_at,
+                    )
+                )
         if outcome.events and not quiet:
             event_ids = [event.pk for event in outcome.events]
             # robust: an unexpected failure while sending is logged; the events stay pending

@@ -141,7 +141,7 @@ def _send(
         logger.warning("Refund of payment %s: %s; asking ATH Móvil", payment.pk, error)
         return reconcile.observe(client, payment.pk, capture=False)
     detail = reconcile.RefundDetail(
-        result.daily_transaction_id, result.transaction_date, result.message or message
+        amount, result.daily_transaction_id, result.transaction_date, result.message or message
     )
     snapshot = result.payment
     if snapshot is not None:
@@ -153,9 +153,9 @@ def _send(
     if snapshot is None:
         found = reconcile.observe(client, payment.pk, capture=False)
         return reconcile.Observation(
-            payment.pk, found.snapshot, found.not_found, found.error, refund_detail=detail
+            payment.pk, found.snapshot, found.not_found, found.error, refunds=(detail,)
         )
-    return reconcile.Observation(payment.pk, snapshot=snapshot, refund_detail=detail)
+    return reconcile.Observation(payment.pk, snapshot=snapshot, refunds=(detail,))
 
 
 def _refund_of(outcome: reconcile.Outcome) -> Refund | None:

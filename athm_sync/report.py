@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,7 +30,13 @@ from typing import Any
 from django.db import transaction
 
 from athm_sync import reconcile
-from athm_sync.client import ATHMovilClient, ATHMovilError, AuthenticationError, ReportTransaction
+from athm_sync.client import (
+    ATHMovilClient,
+    ATHMovilError,
+    AuthenticationError,
+    InvalidResponseError,
+    ReportTransaction,
+)
 from athm_sync.conf import AthmSyncSettings
 from athm_sync.models import Payment, Refund, ReportScan
 
@@ -72,11 +79,14 @@ class ScanResult:
 
 
 def chunks(start: datetime, end: datetime, size: timedelta = CHUNK) -> Iterator[tuple]:
-    """``(from, to)`` ranges of at most ``size`` covering ``start`` to ``end``, in order."""
-    while start < end:
-        stop = min(start + size, end)
+    """``(from, to)`` ranges of at most ``size`` that cover ``start`` to ``end`` once, in
+    order. Both ends of a range are included (the report's way), so each range ends a second
+    before the next begins: a row on the boundary is read once."""
+    second = timedelta(seconds=1)
+    while start <= end:
+        stop = min(start + size - second, end)
         yield start, stop
-        start = stop
+        start = stop + second
 
 
 def claim_scan(now: datetime, conf: AthmSyncSettings) -> bool:
@@ -122,30 +132,39 @@ def record_refunds(
     source: str,
     quiet: bool = False,
 ) -> None:
-    """Record the refunds among ``rows`` that no ``Refund`` knows yet (see the module)."""
+    """Record the refunds among ``rows`` that no ``Refund`` knows yet (see the module): one
+    findPayment per payment with unknown refunds; its growth becomes one ``Refund`` per row
+    when the rows add up to it."""
     references = {row.reference_number for row in rows if row.reference_number}
     payments: dict[str, list[Payment]] = {}
     for payment in Payment.objects.filter(reference_number__in=references, status__in=_PAID):
         payments.setdefault(payment.reference_number, []).append(payment)
-    asked: set[Any] = set()
+    unknown: dict[Any, tuple[Payment, list[ReportTransaction]]] = {}
     for row in sorted(rows, key=lambda row: (row.date is None, row.date)):
         matches = payments.get(row.reference_number, [])
         if len(matches) != 1:
             result.untracked += 1
             continue
         payment = matches[0]
-        if _known(payment, row) or _lend_details(payment, row) or payment.pk in asked:
-            continue
-        asked.add(payment.pk)
+        if not (_known(payment, row) or _lend_details(payment, row)):
+            unknown.setdefault(payment.pk, (payment, []))[1].append(row)
+    for payment, its_rows in unknown.values():
         observation = reconcile.observe(client, payment.pk, capture=False)
-        if observation.error is not None and isinstance(observation.error, AuthenticationError):
+        if isinstance(observation.error, AuthenticationError):
             raise observation.error
-        detail = reconcile.RefundDetail(row.daily_transaction_id, row.date, row.message)
-        observation = dataclasses.replace(observation, refund_detail=detail)
+        observation = dataclasses.replace(observation, refunds=details_of(its_rows))
         outcome = reconcile.apply(observation, source=source, conf=conf, quiet=quiet)
         result.checked += 1
         result.refunds += sum(1 for event in outcome.events if event.refund_id)
         result.outcomes.append(outcome)
+
+
+def details_of(rows: list[ReportTransaction]) -> tuple[reconcile.RefundDetail, ...]:
+    """Refund rows of the report as the records of the refunds they are."""
+    return tuple(
+        reconcile.RefundDetail(row.total, row.daily_transaction_id, row.date, row.message)
+        for row in rows
+    )
 
 
 def _known(payment: Payment, row: ReportTransaction) -> bool:
@@ -191,3 +210,128 @@ def _finish(result: ScanResult, retry_at: datetime | None, error: str) -> None:
             ReportScan.objects.filter(name=REFUNDS).update(**updates)
 
     reconcile.run_locked(save)
+
+
+# -- backfill: importing history -------------------------------------------------------------
+
+# A payment the report names without an ecommerceId gets this id from its reference number,
+# so a second backfill finds the same payment again.
+BACKFILL_NAMESPACE = uuid.UUID("6b1d7f3e-5a0c-4d41-9a3e-7f2c9d1e4b60")
+
+
+def backfill_id(row: ReportTransaction) -> uuid.UUID:
+    """The payment id of an eCommerce report row: its ``ecommerceId``, or one derived from
+    its reference number (uuid5) when the report gives none."""
+    if row.ecommerce_id is not None:
+        return row.ecommerce_id
+    return uuid.uuid5(BACKFILL_NAMESPACE, row.reference_number)
+
+
+@dataclass
+class BackfillResult:
+    """What a backfill did, chunk after chunk (the ``backfill`` key of ``--json``)."""
+
+    chunks: int = 0
+    rows: int = 0
+    payments_created: int = 0
+    payments_updated: int = 0
+    refunds: int = 0
+    skipped_types: dict[str, int] = field(default_factory=dict)
+    unparsable: list[str] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "chunks": self.chunks,
+            "rows": self.rows,
+            "payments_created": self.payments_created,
+            "payments_updated": self.payments_updated,
+            "refunds": self.refunds,
+            "skipped": dict(self.skipped_types),
+            "unparsable": list(self.unparsable),
+        }
+
+
+def backfill(
+    client: ATHMovilClient,
+    conf: AthmSyncSettings,
+    start: datetime,
+    end: datetime,
+    *,
+    quiet: bool = False,
+    on_outcome: Any = None,
+    progress: Any = None,
+) -> BackfillResult:
+    """Import the report between ``start`` and ``end``, a week at a time (memory stays flat).
+
+    Completed eCommerce payments missing locally are created and completed, those that differ
+    are updated, and refunds recorded, all through :func:`athm_sync.reconcile.apply`, so
+    their signals fire once (``quiet``: none, for history). Other types are counted and
+    skipped; a row that cannot be read is named in ``unparsable`` and the others imported.
+    ``on_outcome(outcome)`` sees each applied change, ``progress(done, total)`` each chunk.
+    """
+    result = BackfillResult()
+    ranges = list(chunks(start, end))
+    for done, (chunk_start, chunk_end) in enumerate(ranges, start=1):
+        report = client.report_rows(chunk_start, chunk_end)
+        result.chunks += 1
+        result.rows += len(report.transactions) + len(report.unparsable)
+        result.unparsable += [
+            f"{chunk_start:%Y-%m-%d} row {index}: {why}" for index, why in report.unparsable
+        ]
+        refunds: dict[str, list[ReportTransaction]] = {}
+        for row in report.transactions:
+            if row.transaction_type == REFUND:
+                refunds.setdefault(row.reference_number, []).append(row)
+        for row in report.transactions:
+            if row.transaction_type == ECOMMERCE and row.status == Payment.Status.COMPLETED:
+                its_refunds = refunds.pop(row.reference_number, [])
+                outcome = _import_payment(row, its_refunds, conf, quiet, result)
+                if outcome is not None and on_outcome is not None:
+                    on_outcome(outcome)
+            elif row.transaction_type != REFUND:
+                kind = row.transaction_type or "unknown"
+                result.skipped_types[kind] = result.skipped_types.get(kind, 0) + 1
+        # Refunds of payments not in this range: their payments are found by reference.
+        scan = ScanResult(chunk_start, chunk_end)
+        later = [row for rows in refunds.values() for row in rows]
+        record_refunds(client, conf, later, scan, source="backfill", quiet=quiet)
+        result.refunds += scan.refunds
+        for outcome in scan.outcomes:
+            if on_outcome is not None:
+                on_outcome(outcome)
+        if progress is not None:
+            progress(done, len(ranges))
+    return result
+
+
+def _import_payment(
+    row: ReportTransaction,
+    refunds: list[ReportTransaction],
+    conf: AthmSyncSettings,
+    quiet: bool,
+    result: BackfillResult,
+) -> reconcile.Outcome | None:
+    """Create or update the payment of one completed eCommerce row; ``refunds`` are the
+    report's refund rows for it (their records go onto the ``Refund`` rows)."""
+    snapshot = row.as_snapshot(backfill_id(row))
+    try:
+        reconcile.check_answer(snapshot.ecommerce_id, snapshot, call="transaction report")
+        payment, created = Payment.objects.adopt(snapshot, by_reference=True)
+    except (ValueError, InvalidResponseError) as error:
+        reason = f"{row.reference_number or '-'}: {error}"
+        result.unparsable.append(reason[:300])
+        return None
+    unknown = [refund for refund in refunds if not _known(payment, refund)]
+    observation = reconcile.Observation(payment.pk, snapshot=snapshot, refunds=details_of(unknown))
+    outcome = reconcile.apply(observation, source="backfill", conf=conf, quiet=quiet)
+    for refund in refunds:  # already recorded by a poll: lend them their records
+        _known(payment, refund) or _lend_details(payment, refund)
+    if created:
+        result.payments_created += 1
+    elif outcome.changed:
+        result.payments_updated += 1
+    result.refunds += sum(1 for event in outcome.events if event.refund_id)
+    if outcome.error:
+        result.errors.append({"ecommerce_id": str(payment.pk), "reason": outcome.error})
+    return outcome

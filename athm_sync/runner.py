@@ -19,7 +19,8 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from typing import Any
 
 from django.db import DatabaseError
@@ -30,6 +31,7 @@ from athm_sync import report as transaction_report
 from athm_sync.client import ATHMovilClient, ATHMovilError, AuthenticationError
 from athm_sync.conf import AthmSyncSettings, get_settings
 from athm_sync.models import Payment, PaymentEvent, SyncRun
+from athm_sync.normalize import PUERTO_RICO
 
 logger = logging.getLogger("athm_sync.runner")
 
@@ -61,6 +63,10 @@ class RunOptions:
     ecommerce_ids: tuple[uuid.UUID, ...] = ()
     limit: int | None = None
     workers: int | None = None
+    # A backfill from the transaction report instead of a check (both dates, Puerto Rico's).
+    from_date: date | None = None
+    to_date: date | None = None
+    signals: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -68,7 +74,14 @@ class RunOptions:
             "ecommerce_ids": [str(pk) for pk in self.ecommerce_ids],
             "limit": self.limit,
             "workers": self.workers,
+            "from_date": self.from_date.isoformat() if self.from_date else None,
+            "to_date": self.to_date.isoformat() if self.to_date else None,
+            "signals": self.signals,
         }
+
+    @property
+    def backfill(self) -> bool:
+        return self.from_date is not None
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,7 @@ class RunReport:
     redispatched: int = 0
     webhooks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WEBHOOK_OUTCOMES, 0))
     refund_scan: dict[str, Any] | None = None
+    backfill: dict[str, Any] | None = None
     errors: list[dict[str, str]] = field(default_factory=list)
     duration_seconds: float = 0.0
     exit_code: int = EXIT_OK
@@ -121,6 +135,7 @@ class RunReport:
             "redispatched": self.redispatched,
             "webhooks": dict(self.webhooks),
             "refund_scan": self.refund_scan,
+            "backfill": self.backfill,
             "errors": list(self.errors),
             "duration_seconds": round(self.duration_seconds, 3),
             "dry_run": self.dry_run,
@@ -141,8 +156,22 @@ def parse_ecommerce_ids(values: Iterable[str]) -> tuple[uuid.UUID, ...]:
     return tuple(ids)
 
 
+def parse_date(option: str, value: str | None) -> date | None:
+    """``--from-date`` / ``--to-date`` as a date; raises :class:`CannotRun` naming the option."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        if len(text) != 10:
+            raise ValueError
+        return date.fromisoformat(text)
+    except ValueError:
+        raise CannotRun(f"{option} must be a date like 2026-01-31, not {value!r}") from None
+
+
 def validate_options(options: RunOptions) -> None:
     """Refuse options that cannot work before anything is written; raises :class:`CannotRun`."""
+    _validate_backfill(options)
     if options.workers is not None and options.workers < 1:
         raise CannotRun(f"--workers must be at least 1, not {options.workers}")
     if options.limit is not None and options.limit < 1:
@@ -154,6 +183,37 @@ def validate_options(options: RunOptions) -> None:
         missing = [str(pk) for pk in options.ecommerce_ids if pk not in stored]
         if missing:
             raise CannotRun(f"--ecommerce-id: no stored payment {', '.join(missing)}")
+
+
+def _validate_backfill(options: RunOptions) -> None:
+    if not options.signals and not options.backfill:
+        raise CannotRun("--no-signals only goes with --from-date and --to-date (a backfill)")
+    if (options.from_date is None) != (options.to_date is None):
+        raise CannotRun("a backfill needs both --from-date and --to-date")
+    if not options.backfill:
+        return
+    today = timezone.now().astimezone(PUERTO_RICO).date()
+    if options.from_date > options.to_date:
+        raise CannotRun(f"--from-date {options.from_date} is after --to-date {options.to_date}")
+    if options.to_date > today:
+        raise CannotRun(
+            f"--to-date {options.to_date} is in the future (today is {today} in Puerto Rico)"
+        )
+    for name, given in (
+        ("--dry-run", options.dry_run),
+        ("--ecommerce-id", options.ecommerce_ids),
+        ("--limit", options.limit is not None),
+    ):
+        if given:
+            raise CannotRun(f"{name} does not go with a backfill (--from-date, --to-date)")
+
+
+def backfill_range(options: RunOptions, now: datetime) -> tuple[datetime, datetime]:
+    """The backfill's dates as aware UTC datetimes: from the start of ``from_date`` to the
+    end of ``to_date`` in Puerto Rico (ATH Móvil's days), or to ``now`` if sooner."""
+    start = datetime.combine(options.from_date, dt_time.min, PUERTO_RICO)
+    end = datetime.combine(options.to_date + timedelta(days=1), dt_time.min, PUERTO_RICO)
+    return start.astimezone(UTC), min(end - timedelta(seconds=1), now)
 
 
 def new_run_id() -> str:
@@ -210,6 +270,8 @@ class Runner:
                 try:
                     if self.options.dry_run:
                         self._dry_run(pool, client)
+                    elif self.options.backfill:
+                        self._backfill(client)
                     else:
                         self._process_webhooks(client)
                         if self.options.ecommerce_ids:
@@ -336,6 +398,40 @@ class Runner:
             if outcome.error:
                 self._record_error(outcome.payment.pk, outcome.error)
             self._record_events(outcome)
+
+    # -- importing history ---------------------------------------------------------------
+
+    def _backfill(self, client: ATHMovilClient) -> None:
+        """``--from-date`` / ``--to-date``: import the transaction report over that range."""
+        start, end = backfill_range(self.options, timezone.now())
+        self._total = len(list(transaction_report.chunks(start, end)))
+        if self._progress is not None:
+            self._progress(0, self._total)
+
+        def counted(outcome: reconcile.Outcome) -> None:
+            self.report.checked += 1
+            if outcome.error:
+                self._record_error(outcome.payment.pk, outcome.error)
+            self._record_events(outcome)
+
+        try:
+            result = transaction_report.backfill(
+                client,
+                self.conf,
+                start,
+                end,
+                quiet=not self.options.signals,
+                on_outcome=counted,
+                progress=self._progress,
+            )
+        except AuthenticationError:
+            raise
+        except ATHMovilError as error:
+            self._record_error("", f"backfill: the transaction report failed: {error}")
+            return
+        self.report.backfill = result.as_json()
+        for problem in result.unparsable:
+            self._record_error("", f"backfill: a report row was not imported: {problem}")
 
     # -- the three ways to pick payments -------------------------------------------------
 

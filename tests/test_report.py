@@ -98,6 +98,27 @@ def test_partial_refunds_between_scans_are_one_refund_each(athm_settings, receiv
     assert Payment.objects.get().total_refunded_amount == Decimal("3.00")
 
 
+def test_two_refunds_made_before_one_scan_are_two_refunds_with_their_records(
+    athm_settings, received
+):
+    sandbox = athm_settings
+    payment = completed(sandbox)
+    received.clear()
+    sandbox.refund(str(payment.pk), "1.25", "first")
+    sandbox.refund(str(payment.pk), "2.00", "second")  # same reference number
+    sandbox.reset_counts()
+
+    summary = run()
+
+    assert summary["refund_scan"]["refunds"] == 2 and sandbox.counts()["findPayment"] == 1
+    refunds = Refund.objects.order_by("transaction_date", "amount")
+    assert [(r.amount, r.message) for r in refunds] == [
+        (Decimal("1.25"), "first"),
+        (Decimal("2.00"), "second"),
+    ]
+    assert names(received) == ["refund_sent", "refund_sent"]
+
+
 def test_one_refund_seen_by_the_api_call_a_webhook_and_the_report_is_one_refund(
     athm_settings, client, received
 ):
@@ -208,3 +229,193 @@ def test_the_window_is_a_setting(athm_settings, settings):
     start, end = (timezone.datetime.fromisoformat(scan[key]) for key in ("from", "to"))
     assert end - start == timedelta(hours=1)
     assert sandbox.counts()["transactionReport"] == 1
+
+
+# -- backfill: --from-date / --to-date ---------------------------------------------------------
+
+
+def today() -> str:
+    from athm_sync.normalize import PUERTO_RICO
+
+    return timezone.now().astimezone(PUERTO_RICO).date().isoformat()
+
+
+def backfill(*extra: str, start: str | None = None, end: str | None = None) -> tuple[int, dict]:
+    code, out, _ = call(
+        "athm_sync", "--json", "--from-date", start or today(), "--to-date", end or today(), *extra
+    )
+    return code, json.loads(out)
+
+
+def history(sandbox) -> dict[str, str]:
+    """At ATH Móvil only: two completed payments, one of them partly refunded twice, and one
+    still open (not in the report)."""
+    ids = {}
+    for name, total in (("plain", "7.00"), ("refunded", "20.00"), ("open", "3.00")):
+        ids[name], _ = sandbox.create_payment(total, metadata1=f"order-{name}")
+        if name != "open":
+            sandbox.complete(ids[name])
+    sandbox.refund(ids["refunded"], "5.00", "one item")
+    sandbox.refund(ids["refunded"], "2.50", "another")
+    return ids
+
+
+def test_a_backfill_imports_history_once_and_fires_its_signals_once(athm_settings, received):
+    sandbox = athm_settings
+    ids = history(sandbox)
+
+    code, summary = backfill()
+
+    assert code == 0, summary["errors"]
+    done = summary["backfill"]
+    assert (done["payments_created"], done["rows"], done["chunks"]) == (2, 4, 1)
+    assert Payment.objects.count() == 2 and not Payment.objects.filter(pk=ids["open"]).exists()
+    refunded = Payment.objects.get(pk=ids["refunded"])
+    assert refunded.status == "COMPLETED" and refunded.total_refunded_amount == Decimal("7.50")
+    assert refunded.metadata_1 == "order-refunded" and refunded.reference_number
+    assert sorted(names(received)) == ["payment_completed"] * 2 + ["refund_sent"] * 2
+    # The report's two refund rows add up to the 7.50 increase: one Refund each, with its record.
+    refunds = Refund.objects.order_by("amount")
+    assert [(r.amount, r.message) for r in refunds] == [
+        (Decimal("2.50"), "another"),
+        (Decimal("5.00"), "one item"),
+    ]
+    assert all(r.daily_transaction_id and r.transaction_date for r in refunds)
+    received.clear()
+
+    code, again = backfill()
+
+    assert code == 0 and again["backfill"]["payments_created"] == 0
+    assert again["backfill"]["payments_updated"] == 0 and again["backfill"]["refunds"] == 0
+    assert Payment.objects.count() == 2 and Refund.objects.count() == 2 and received == []
+
+
+def test_report_rows_without_an_ecommerce_id_get_a_stable_id(athm_settings, received, monkeypatch):
+    sandbox = athm_settings
+    history(sandbox)
+    real_report = sandbox.state.report
+
+    def anonymous_report(*args, **kwargs):
+        return [{**row, "ecommerceId": ""} for row in real_report(*args, **kwargs)]
+
+    monkeypatch.setattr(sandbox.state, "report", anonymous_report)
+
+    assert backfill()[0] == 0
+    first = set(Payment.objects.values_list("pk", flat=True))
+    assert backfill()[1]["backfill"]["payments_created"] == 0
+    assert set(Payment.objects.values_list("pk", flat=True)) == first and len(first) == 2
+
+
+def test_a_tracked_payment_the_report_shows_completed_is_completed_with_the_money_check(
+    athm_settings, received
+):
+    sandbox = athm_settings
+    ids = history(sandbox)
+    Payment.objects.track(ids["plain"], total="7.00")  # tracked, never polled
+    Payment.objects.track(ids["refunded"], total="200.00")  # the browser lied
+
+    code, summary = backfill()
+
+    assert code == 0 and summary["backfill"]["payments_created"] == 0
+    assert summary["backfill"]["payments_updated"] == 2
+    assert Payment.objects.get(pk=ids["plain"]).status == "COMPLETED"
+    assert Payment.objects.get(pk=ids["refunded"]).status == "MISMATCHED"
+    assert sorted(names(received)) == [
+        "payment_completed",
+        "payment_mismatched",
+        "refund_sent",
+        "refund_sent",
+    ]
+
+
+def test_a_silent_backfill_fires_nothing_now_or_later(athm_settings, received):
+    sandbox = athm_settings
+    history(sandbox)
+
+    code, summary = backfill("--no-signals")
+
+    assert code == 0 and summary["signals_sent"] == 0 and received == []
+    assert Payment.objects.count() == 2 and Refund.objects.count() == 2
+    assert run()["redispatched"] == 0 and received == []
+
+
+def test_other_transaction_types_are_counted_and_skipped(athm_settings, monkeypatch):
+    sandbox = athm_settings
+    history(sandbox)
+    real_report = sandbox.state.report
+
+    def mixed_report(*args, **kwargs):
+        rows = real_report(*args, **kwargs)
+        extra = [
+            {**rows[0], "transactionType": kind, "ecommerceId": ""}
+            for kind in ("payment", "DONATION")
+        ]
+        return rows + extra
+
+    monkeypatch.setattr(sandbox.state, "report", mixed_report)
+
+    code, summary = backfill()
+
+    assert code == 0 and summary["backfill"]["skipped"] == {"PAYMENT": 1, "DONATION": 1}
+    assert Payment.objects.count() == 2
+
+
+def test_a_long_range_is_read_a_week_at_a_time(athm_settings, time_machine):
+    sandbox = athm_settings
+    history(sandbox)
+    sandbox.reset_counts()
+    start = (timezone.now() - timedelta(days=20)).date().isoformat()
+
+    code, summary = backfill(start=start)
+
+    assert code == 0 and summary["backfill"]["chunks"] == 3
+    assert sandbox.counts()["transactionReport"] == 3  # each range under ATH Móvil's limit
+    assert summary["backfill"]["payments_created"] == 2
+
+
+def test_an_empty_report_is_an_empty_backfill(athm_settings):
+    code, summary = backfill(start="2026-01-01", end="2026-01-03")
+    assert code == 0 and summary["backfill"]["rows"] == 0 and summary["errors"] == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from-date", "2026-13-01", "--to-date", "2026-01-02"], "--from-date must be a date"),
+        (["--from-date", "01/02/2026", "--to-date", "2026-01-02"], "--from-date must be a date"),
+        (["--from-date", "2026-01-05", "--to-date", "2026-01-02"], "is after --to-date"),
+        (["--from-date", "2026-01-05"], "needs both --from-date and --to-date"),
+        (["--from-date", "2026-01-01", "--to-date", "2099-01-01"], "is in the future"),
+        (["--no-signals"], "--no-signals only goes with"),
+        (
+            ["--from-date", "2026-01-01", "--to-date", "2026-01-02", "--dry-run"],
+            "--dry-run does not go with a backfill",
+        ),
+    ],
+)
+def test_bad_backfill_options_are_one_line_and_send_nothing(athm_settings, args, message):
+    sandbox = athm_settings
+    sandbox.reset_counts()
+
+    code, out, err = call("athm_sync", *args)
+
+    assert code == 2 and out == ""
+    assert err.startswith("athm_sync: error: ") and message in err and err.count("\n") <= 1
+    assert sandbox.counts()["transactionReport"] == 0
+
+
+def test_a_backfill_shows_progress_on_a_terminal(athm_settings):
+    import io
+
+    class TTY(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    history(athm_settings)
+    start = (timezone.now() - timedelta(days=20)).date().isoformat()
+    stderr = TTY()
+
+    code, out, _ = call("athm_sync", "--from-date", start, "--to-date", today(), stderr=stderr)
+
+    assert code == 0 and "1/3" in stderr.getvalue() and "3/3" in stderr.getvalue()
+    assert "backfill: 4 report row(s) in 3 range(s); payments created 2" in out

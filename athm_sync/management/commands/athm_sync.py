@@ -25,6 +25,7 @@ from athm_sync.runner import (
     Runner,
     RunOptions,
     RunReport,
+    parse_date,
     parse_ecommerce_ids,
 )
 
@@ -74,6 +75,20 @@ class Command(OneLineErrorCommand):
             action="store_true",
             help="Print one JSON summary on stdout and nothing else there.",
         )
+        parser.add_argument(
+            "--from-date",
+            metavar="YYYY-MM-DD",
+            help="Backfill: import the transaction report from this day (Puerto Rico time).",
+        )
+        parser.add_argument(
+            "--to-date", metavar="YYYY-MM-DD", help="Backfill: up to this day, included."
+        )
+        parser.add_argument(
+            "--no-signals",
+            action="store_false",
+            dest="signals",
+            help="Backfill: record history without sending its signals.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._json = options["json"]
@@ -90,6 +105,9 @@ class Command(OneLineErrorCommand):
                 ecommerce_ids=parse_ecommerce_ids(options["ecommerce_id"] or ()),
                 limit=options["limit"],
                 workers=options["workers"],
+                from_date=parse_date("--from-date", options["from_date"]),
+                to_date=parse_date("--to-date", options["to_date"]),
+                signals=options["signals"],
             )
         except CannotRun as error:
             self._fail(str(error))
@@ -143,6 +161,19 @@ class Command(OneLineErrorCommand):
             f"run), receiver errors: {report.receiver_errors}",
             f"  errors: {len(report.errors)}",
         ]
+        if report.refund_scan is not None:
+            scan = report.refund_scan
+            lines.append(
+                f"  refund scan: {scan['rows']} report row(s), {scan['refunds']} new refund(s)"
+            )
+        if report.backfill is not None:
+            done = report.backfill
+            skipped = ", ".join(f"{n} {kind}" for kind, n in done["skipped"].items()) or "none"
+            lines.append(
+                f"  backfill: {done['rows']} report row(s) in {done['chunks']} range(s); "
+                f"payments created {done['payments_created']}, updated "
+                f"{done['payments_updated']}; refunds {done['refunds']}; skipped {skipped}"
+            )
         lines += [
             f"    {error['ecommerce_id'] or '-'}: {error['reason']}" for error in report.errors
         ]
