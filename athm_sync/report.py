@@ -238,7 +238,6 @@ class BackfillResult:
     refunds: int = 0
     skipped_types: dict[str, int] = field(default_factory=dict)
     unparsable: list[str] = field(default_factory=list)
-    errors: list[dict[str, str]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -332,6 +331,4 @@ def _import_payment(
     elif outcome.changed:
         result.payments_updated += 1
     result.refunds += sum(1 for event in outcome.events if event.refund_id)
-    if outcome.error:
-        result.errors.append({"ecommerce_id": str(payment.pk), "reason": outcome.error})
     return outcome

@@ -395,9 +395,7 @@ class Runner:
             return
         self.report.refund_scan = scan.as_json()
         for outcome in scan.outcomes:
-            if outcome.error:
-                self._record_error(outcome.payment.pk, outcome.error)
-            self._record_events(outcome)
+            self._record_outcome(outcome)
 
     # -- importing history ---------------------------------------------------------------
 
@@ -410,9 +408,7 @@ class Runner:
 
         def counted(outcome: reconcile.Outcome) -> None:
             self.report.checked += 1
-            if outcome.error:
-                self._record_error(outcome.payment.pk, outcome.error)
-            self._record_events(outcome)
+            self._record_outcome(outcome)
 
         try:
             result = transaction_report.backfill(
@@ -534,6 +530,12 @@ class Runner:
             report.captured += 1
         if not outcome.events:
             report.unchanged += 1
+        self._record_events(outcome)
+
+    def _record_outcome(self, outcome: reconcile.Outcome) -> None:
+        """Count what ``apply`` did for a payment the report (not the poll) led to."""
+        if outcome.error:
+            self._record_error(outcome.payment.pk, outcome.error)
         self._record_events(outcome)
 
     def _record_error(self, ecommerce_id: Any, reason: str) -> None:
