@@ -17,7 +17,8 @@ import logging
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import F
 
 from athm_sync import reconcile
 from athm_sync.client import (
@@ -86,6 +87,10 @@ def refund(
             locked = Payment.objects.select_for_update().filter(pk=ecommerce_id).first()
             if locked is None:
                 raise RefundError(f"no stored payment {ecommerce_id}")
+            if connection.vendor == "sqlite":
+                # SQLite has no row locks: a write (changing nothing) takes its write lock now,
+                # before the check, even in Django's default deferred transactions.
+                Payment.objects.filter(pk=ecommerce_id).update(last_error=F("last_error"))
             refund_amount = _check_refundable(locked, wanted)
             observation = _send(client, locked, refund_amount, text)
             outcome = reconcile.apply(observation, source="refund", conf=conf)
