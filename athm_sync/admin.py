@@ -1,21 +1,28 @@
 """Read-only admin pages: payments, refunds and webhooks come from ATH Móvil, never from a form.
 
-The auth token is never shown. The one thing the admin does is the "Refund" action: for one
-selected payment it asks for the amount on a confirmation page, then refunds it through
-:func:`athm_sync.refunds.refund`. It needs the ``athm_sync.refund_payment`` permission.
+The auth token is never shown. What the admin does goes through the app's own functions:
+"Check now" asks ATH Móvil about the selected payments (:func:`athm_sync.sync_payment`),
+"Reprocess" verifies webhook events again (:func:`athm_sync.inbox.process`), and "Refund"
+asks for the amount on a confirmation page, then refunds one payment through
+:func:`athm_sync.refunds.refund` (it needs the ``athm_sync.refund_payment`` permission).
 """
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
+from django.utils.html import format_html
 
-from athm_sync.models import Payment, Refund, WebhookEvent
+from athm_sync.models import Payment, PaymentEvent, Refund, SyncRun, WebhookEvent
 from athm_sync.refunds import MAX_MESSAGE_LENGTH, RefundError, refund, refundable_amount
+
+# "Check now" asks ATH Móvil about each selected payment while the page waits: a few at most.
+CHECK_NOW_LIMIT = 20
 
 
 class _ReadOnlyMixin:
@@ -85,7 +92,7 @@ class PaymentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         "metadata_1",
         "created_at",
     )
-    list_filter = ("status", GivenUpFilter)
+    list_filter = ("status", GivenUpFilter, "created_at")
     search_fields = (
         "reference_number",
         "metadata_1",
@@ -140,7 +147,40 @@ class PaymentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     )
     readonly_fields = tuple(field for _, options in fieldsets for field in options["fields"])
 
-    actions = ("refund_action",)
+    actions = ("check_now", "refund_action")
+
+    @admin.action(description="Check the selected payments with ATH Móvil now")
+    def check_now(self, request, queryset):
+        """Ask ATH Móvil about each selected payment, through the same path as the poll."""
+        from athm_sync.client import ATHMovilError
+        from athm_sync.reconcile import check_payment
+
+        ids = list(queryset.values_list("pk", flat=True)[: CHECK_NOW_LIMIT + 1])
+        if len(ids) > CHECK_NOW_LIMIT:
+            self.message_user(
+                request,
+                f"Select at most {CHECK_NOW_LIMIT} payments; the next athm_sync run checks "
+                "every payment that is due anyway.",
+                messages.ERROR,
+            )
+            return
+        changed, failed = 0, []
+        for pk in ids:
+            try:
+                outcome = check_payment(pk, source="admin")
+            except ATHMovilError as error:  # credentials rejected: nothing else will work
+                failed.append(f"{pk}: {error}")
+                break
+            if outcome.error:
+                failed.append(f"{pk}: {outcome.error}")
+            changed += bool(outcome.events)
+        self.message_user(
+            request,
+            f"Checked {len(ids)} payment(s); {changed} changed.",
+            messages.WARNING if failed else messages.SUCCESS,
+        )
+        for failure in failed:
+            self.message_user(request, f"Not checked: {failure}", messages.ERROR)
 
     def has_refund_permission(self, request) -> bool:
         return request.user.has_perm("athm_sync.refund_payment")
@@ -200,6 +240,98 @@ class RefundAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     fields = readonly_fields
 
 
+@admin.register(PaymentEvent)
+class PaymentEventAdmin(_ReadOnlyMixin, admin.ModelAdmin):
+    """The outbox: each transition, when its signal was sent, and the receivers that raised."""
+
+    list_display = (
+        "created_at",
+        "kind",
+        "payment",
+        "from_status",
+        "to_status",
+        "source",
+        "dispatched_at",
+        "receiver_errors",
+    )
+    list_filter = ("kind", "source", ("dispatched_at", admin.EmptyFieldListFilter))
+    search_fields = ("payment__ecommerce_id", "payment__reference_number", "payment__metadata_1")
+    date_hierarchy = "created_at"
+    list_select_related = ("payment",)
+    ordering = ("-created_at", "-id")
+    readonly_fields = (
+        "payment",
+        "refund",
+        "kind",
+        "from_status",
+        "to_status",
+        "source",
+        "created_at",
+        "dispatched_at",
+        "receiver_errors",
+        "errors_readable",
+    )
+    fields = readonly_fields
+
+    @admin.display(description="receiver errors, in full")
+    def errors_readable(self, event: PaymentEvent) -> str:
+        return _pretty(event.errors)
+
+
+@admin.register(SyncRun)
+class SyncRunAdmin(_ReadOnlyMixin, admin.ModelAdmin):
+    """The history of ``manage.py athm_sync`` runs, newest first."""
+
+    list_display = (
+        "started_at",
+        "duration",
+        "exit_code",
+        "checked",
+        "unchanged",
+        "signals_sent",
+        "receiver_errors",
+        "error_count",
+        "host",
+    )
+    list_filter = ("exit_code",)
+    date_hierarchy = "started_at"
+    ordering = ("-started_at", "-id")
+    readonly_fields = (
+        "started_at",
+        "finished_at",
+        "host",
+        "pid",
+        "options",
+        "checked",
+        "unchanged",
+        "transitions",
+        "signals_sent",
+        "receiver_errors",
+        "errors_readable",
+        "exit_code",
+    )
+    fields = readonly_fields
+
+    @admin.display(description="duration")
+    def duration(self, run: SyncRun) -> str:
+        if run.finished_at is None:
+            return "running, or died"
+        return f"{(run.finished_at - run.started_at).total_seconds():.2f} s"
+
+    @admin.display(description="errors")
+    def error_count(self, run: SyncRun) -> int:
+        return len(run.errors or [])
+
+    @admin.display(description="errors")
+    def errors_readable(self, run: SyncRun) -> str:
+        return _pretty(run.errors)
+
+
+def _pretty(value) -> str:
+    """A JSON value, indented, in a ``<pre>`` (escaped: it may hold what a sender wrote)."""
+    return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
 @admin.register(WebhookEvent)
 class WebhookEventAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     """The inbox: every webhook the view accepted, with what came of it and why."""
@@ -234,6 +366,29 @@ class WebhookEventAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         "attempts",
         "processed_at",
         "processing_until",
-        "payload",
+        "next_attempt_at",
+        "payload_readable",
     )
     fields = readonly_fields
+    actions = ("reprocess",)
+
+    @admin.display(description="payload, as received")
+    def payload_readable(self, event: WebhookEvent) -> str:
+        return _pretty(event.payload)
+
+    @admin.action(description="Reprocess: verify the selected pending or rejected events again")
+    def reprocess(self, request, queryset):
+        """Verify pending or rejected events with ATH Móvil again and apply what is true."""
+        from athm_sync.conf import get_settings
+        from athm_sync.inbox import process, verification_client
+
+        conf = get_settings()
+        client = verification_client(conf)
+        events = queryset.filter(outcome__in=[WebhookEvent.Outcome.PENDING, "rejected"])
+        outcomes: dict[str, int] = {}
+        for event in events[:CHECK_NOW_LIMIT]:
+            done = process(event, client, conf=conf, retry_rejected=True)
+            outcome = done.event.outcome if done is not None else "busy"
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items()))
+        self.message_user(request, f"Reprocessed: {summary or 'nothing pending or rejected'}.")
