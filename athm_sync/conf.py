@@ -46,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
     # reads the last REFUND_SCAN_WINDOW of it, at most once every REFUND_SCAN_INTERVAL.
     "REFUND_SCAN_WINDOW": timedelta(days=2),
     "REFUND_SCAN_INTERVAL": timedelta(minutes=15),
+    # Settled webhook events, sent payment events and sync runs older than this are deleted
+    # by the sync itself, a bounded batch per run. Payments and refunds are never deleted.
+    "HISTORY_RETENTION": timedelta(days=90),
     "AUTO_CAPTURE": True,
     # Seconds the webhook view may spend verifying an event with ATH Móvil before it answers
     # 200 and leaves the event pending for the next run (retries included).
@@ -63,7 +66,13 @@ _NUMBERS: tuple[tuple[str, float, bool], ...] = (
     ("PAYMENT_TIMEOUT", MIN_PAYMENT_TIMEOUT, True),
     ("WEBHOOK_VERIFY_TIMEOUT", 0.001, False),
 )
-_DURATIONS = ("MAX_AGE", "EXPIRY_GRACE", "REFUND_SCAN_WINDOW", "REFUND_SCAN_INTERVAL")
+_DURATIONS = (
+    "MAX_AGE",
+    "EXPIRY_GRACE",
+    "REFUND_SCAN_WINDOW",
+    "REFUND_SCAN_INTERVAL",
+    "HISTORY_RETENTION",
+)
 _URLS = ("API_BASE_URL", "REPORT_BASE_URL")
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]*")
@@ -104,6 +113,7 @@ class AthmSyncSettings:
     expiry_grace: timedelta
     refund_scan_window: timedelta
     refund_scan_interval: timedelta
+    history_retention: timedelta
     auto_capture: bool
     webhook_verify_timeout: float
 
@@ -223,6 +233,7 @@ def get_settings() -> AthmSyncSettings:
         expiry_grace=_as_timedelta(values["EXPIRY_GRACE"]),
         refund_scan_window=_as_timedelta(values["REFUND_SCAN_WINDOW"]),
         refund_scan_interval=_as_timedelta(values["REFUND_SCAN_INTERVAL"]),
+        history_retention=_as_timedelta(values["HISTORY_RETENTION"]),
         auto_capture=values["AUTO_CAPTURE"],
         webhook_verify_timeout=float(values["WEBHOOK_VERIFY_TIMEOUT"]),
     )

@@ -304,6 +304,8 @@ class PaymentEvent(models.Model):
                 condition=Q(dispatched_at__isnull=True),
                 name="athm_event_pending_idx",
             ),
+            # Pruning old history reads the oldest rows first, through these.
+            models.Index(fields=["created_at"], name="athm_event_created_idx"),
         ]
 
     def __str__(self) -> str:
@@ -331,6 +333,7 @@ class SyncRun(models.Model):
         verbose_name_plural = _("ATH Móvil sync runs")
         ordering = ("-started_at", "-id")
         get_latest_by = "started_at"
+        indexes = [models.Index(fields=["started_at"], name="athm_run_started_idx")]
 
     def __str__(self) -> str:
         return f"athm_sync run {self.started_at:%Y-%m-%d %H:%M:%S} (exit {self.exit_code})"
@@ -393,6 +396,7 @@ class WebhookEvent(models.Model):
                 name="athm_webhook_pending_idx",
             ),
             models.Index(fields=["ecommerce_id"], name="athm_webhook_ecommerce_idx"),
+            models.Index(fields=["received_at"], name="athm_webhook_received_idx"),
         ]
 
     def __str__(self) -> str:

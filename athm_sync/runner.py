@@ -26,7 +26,7 @@ from typing import Any
 from django.db import DatabaseError
 from django.utils import timezone
 
-from athm_sync import inbox, reconcile
+from athm_sync import inbox, reconcile, retention
 from athm_sync import report as transaction_report
 from athm_sync.client import ATHMovilClient, ATHMovilError, AuthenticationError
 from athm_sync.conf import AthmSyncSettings, get_settings
@@ -115,6 +115,7 @@ class RunReport:
     webhooks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WEBHOOK_OUTCOMES, 0))
     refund_scan: dict[str, Any] | None = None
     backfill: dict[str, Any] | None = None
+    pruned: dict[str, int] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)
     duration_seconds: float = 0.0
     exit_code: int = EXIT_OK
@@ -136,6 +137,7 @@ class RunReport:
             "webhooks": dict(self.webhooks),
             "refund_scan": self.refund_scan,
             "backfill": self.backfill,
+            "pruned": dict(self.pruned),
             "errors": list(self.errors),
             "duration_seconds": round(self.duration_seconds, 3),
             "dry_run": self.dry_run,
@@ -302,9 +304,18 @@ class Runner:
             report.exit_code = EXIT_ERRORS
         if sync_run is not None:
             self._finish(sync_run)
+            self._prune()
         if failure is not None:
             raise failure
         return report
+
+    def _prune(self) -> None:
+        """Delete a bounded batch of old history (``HISTORY_RETENTION``); a failure is logged,
+        never the end of a run that has done its work."""
+        try:
+            self.report.pruned = retention.prune(self.conf, timezone.now())
+        except DatabaseError as error:
+            logger.warning("Could not prune old history: %s", error)
 
     def _dispatch_leftovers(self) -> None:
         """Send the signals an earlier run left unsent; a database that refuses is an error

@@ -440,4 +440,16 @@ class Migration(migrations.Migration):
                 name="athm_payment_status_valid",
             ),
         ),
+        migrations.AddIndex(
+            model_name="paymentevent",
+            index=models.Index(fields=["created_at"], name="athm_event_created_idx"),
+        ),
+        migrations.AddIndex(
+            model_name="syncrun",
+            index=models.Index(fields=["started_at"], name="athm_run_started_idx"),
+        ),
+        migrations.AddIndex(
+            model_name="webhookevent",
+            index=models.Index(fields=["received_at"], name="athm_webhook_received_idx"),
+        ),
     ]
