@@ -168,6 +168,12 @@ class Payment(models.Model):
                 name="athm_payment_due_idx",
             ),
             models.Index(fields=["reference_number"], name="athm_payment_reference_idx"),
+            # --health counts the payments given up lately; they are few.
+            models.Index(
+                fields=["given_up_at"],
+                condition=Q(given_up_at__isnull=False),
+                name="athm_payment_given_up_idx",
+            ),
             models.Index(fields=["metadata_1"], name="athm_payment_metadata_1_idx"),
         ]
         constraints = [

@@ -11,6 +11,7 @@ import sys
 from typing import Any, NoReturn
 
 from django.core.management.base import BaseCommand, CommandParser
+from django.db import OperationalError, ProgrammingError
 
 from athm_sync.runner import EXIT_CANNOT_RUN
 
@@ -37,6 +38,18 @@ class OneLineErrorCommand(BaseCommand):
 
         parser.error = one_line_error  # type: ignore[method-assign]
         return parser
+
+    def execute(self, *args: Any, **options: Any) -> Any:
+        """The command, with a database it cannot use (not migrated, wrong, gone) reported
+        in one line and exit 2 instead of a traceback."""
+        try:
+            return super().execute(*args, **options)
+        except (OperationalError, ProgrammingError) as error:
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            self.fail(
+                f"the database cannot be used: {first_line[:200]} "
+                "(is it reachable, and migrated with manage.py migrate?)"
+            )
 
     def fail(self, message: str) -> NoReturn:
         """Print ``message`` as one line on stderr and exit 2."""

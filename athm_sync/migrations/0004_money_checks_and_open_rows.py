@@ -452,4 +452,12 @@ class Migration(migrations.Migration):
             model_name="webhookevent",
             index=models.Index(fields=["received_at"], name="athm_webhook_received_idx"),
         ),
+        migrations.AddIndex(
+            model_name="payment",
+            index=models.Index(
+                condition=models.Q(("given_up_at__isnull", False)),
+                fields=["given_up_at"],
+                name="athm_payment_given_up_idx",
+            ),
+        ),
     ]

@@ -17,6 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandParser
 
 from athm_sync.conf import get_settings
+from athm_sync.health import check_health, parse_duration
 from athm_sync.management.base import OneLineErrorCommand
 from athm_sync.runner import (
     EXIT_CANNOT_RUN,
@@ -89,6 +90,16 @@ class Command(OneLineErrorCommand):
             dest="signals",
             help="Backfill: record history without sending its signals.",
         )
+        parser.add_argument(
+            "--health",
+            action="store_true",
+            help="Check nothing: exit 0 if a run succeeded within --max-age, else 1.",
+        )
+        parser.add_argument(
+            "--max-age",
+            metavar="DURATION",
+            help="With --health: how recent the last successful run must be (default 10m).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._json = options["json"]
@@ -99,6 +110,8 @@ class Command(OneLineErrorCommand):
             conf = get_settings()
         except ImproperlyConfigured as error:
             self._fail(f"bad ATHM_SYNC setting: {error}")
+        if options["health"] or options["max_age"] is not None:
+            self._health(options)
         try:
             run_options = RunOptions(
                 dry_run=options["dry_run"],
@@ -134,6 +147,24 @@ class Command(OneLineErrorCommand):
             )
         if report.exit_code:
             sys.exit(report.exit_code)
+
+    def _health(self, options: dict[str, Any]) -> NoReturn:
+        """``--health``: one line (or the JSON document), exit 0 when healthy, 1 when not."""
+        if not options["health"]:
+            self._fail("--max-age only goes with --health")
+        try:
+            given = options["max_age"]
+            max_age = parse_duration("10m" if given is None else given)
+        except ValueError as error:
+            self._fail(f"--max-age {error}")
+        health = check_health(max_age)
+        if self._json:
+            self.stdout.write(json.dumps(health.as_json()))
+        else:
+            state = "healthy" if health.healthy else "unhealthy"
+            write = self.stdout.write if health.healthy else self.stderr.write
+            write(f"{PROGRAM}: {state}: {health.reason}")
+        sys.exit(0 if health.healthy else 1)
 
     # -- output ------------------------------------------------------------------------------
 
