@@ -234,8 +234,12 @@ class Runner:
         client: ATHMovilClient | None = None,
         progress: Callable[[int, int], None] | None = None,
         on_change: Callable[[Change], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.options = options
+        # Asked between payments: when it says so (SIGTERM in --watch), the run applies the
+        # answer in hand, claims nothing more, releases its claims and ends.
+        self._should_stop = should_stop or (lambda: False)
         self.conf = conf or get_settings()
         self.workers = options.workers or self.conf.workers
         self.batch_size = max(10, self.workers * BATCH_PER_WORKER)
@@ -281,7 +285,8 @@ class Runner:
                         else:
                             with reconcile.LeaseKeeper(self.run_id):
                                 self._check_due(pool, client)
-                            self._scan_refunds(client)
+                            if not self._should_stop():
+                                self._scan_refunds(client)
                 except AuthenticationError as error:
                     failure = CannotRun(f"ATH Móvil rejected the credentials: {error}")
         except BaseException as error:
@@ -454,7 +459,7 @@ class Runner:
             self._total = min(due, self.options.limit) if self.options.limit else due
             self._progress(0, self._total)
         claimed_total = 0
-        while True:
+        while not self._should_stop():
             size = self.batch_size
             if self.options.limit is not None:
                 size = min(size, self.options.limit - claimed_total)
@@ -524,6 +529,11 @@ class Runner:
                     else:
                         self._count(observation, outcome)
                     self._tick()
+                if pending and self._should_stop():
+                    # Answers not applied yet are dropped: their payments stay due.
+                    for future in pending:
+                        future.cancel()
+                    return
         except BaseException:
             for future in pending:
                 future.cancel()

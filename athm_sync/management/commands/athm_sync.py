@@ -10,7 +10,9 @@ The work is done by :class:`athm_sync.runner.Runner`; this module parses and pri
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from typing import Any, NoReturn
 
 from django.core.exceptions import ImproperlyConfigured
@@ -29,6 +31,7 @@ from athm_sync.runner import (
     parse_date,
     parse_ecommerce_ids,
 )
+from athm_sync.watch import DEFAULT_INTERVAL, watch
 
 PROGRAM = "athm_sync"
 BAR_WIDTH = 30
@@ -91,6 +94,23 @@ class Command(OneLineErrorCommand):
             help="Backfill: record history without sending its signals.",
         )
         parser.add_argument(
+            "--watch",
+            action="store_true",
+            help="Run pass after pass until SIGTERM or SIGINT (containers, supervisors).",
+        )
+        parser.add_argument(
+            "--interval",
+            type=float,
+            metavar="SECONDS",
+            help="With --watch: seconds between passes (default 5).",
+        )
+        parser.add_argument(
+            "--iterations",
+            type=int,
+            metavar="N",
+            help="With --watch: stop after N passes.",
+        )
+        parser.add_argument(
             "--health",
             action="store_true",
             help="Check nothing: exit 0 if a run succeeded within --max-age, else 1.",
@@ -124,6 +144,8 @@ class Command(OneLineErrorCommand):
             )
         except CannotRun as error:
             self._fail(str(error))
+        if options["watch"] or options["interval"] is not None or options["iterations"]:
+            self._watch(run_options, conf, options)
         runner = Runner(
             run_options,
             conf=conf,
@@ -147,6 +169,53 @@ class Command(OneLineErrorCommand):
             )
         if report.exit_code:
             sys.exit(report.exit_code)
+
+    def _watch(self, run_options: RunOptions, conf: Any, options: dict[str, Any]) -> NoReturn:
+        """``--watch``: passes until SIGTERM/SIGINT; exit 0 when stopped or done."""
+        interval = options["interval"]
+        problem = ""
+        if not options["watch"]:
+            problem = "--interval and --iterations only go with --watch"
+        elif interval is not None and not 0 <= interval <= 3600:
+            problem = f"--interval must be from 0 to 3600 seconds, not {interval:g}"
+        elif options["iterations"] is not None and options["iterations"] < 1:
+            problem = f"--iterations must be at least 1, not {options['iterations']}"
+        elif run_options.dry_run or run_options.backfill or run_options.ecommerce_ids:
+            problem = "--watch does not go with --dry-run, --ecommerce-id or a backfill"
+        if problem:
+            self._fail(problem)
+        stop = threading.Event()
+
+        def stop_soon(signum: int, frame: Any) -> None:
+            stop.set()
+
+        previous = {sig: signal.signal(sig, stop_soon) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            result = watch(
+                run_options,
+                conf,
+                stop,
+                interval=DEFAULT_INTERVAL if interval is None else interval,
+                iterations=options["iterations"],
+                on_report=self._print_pass,
+            )
+        except CannotRun as error:
+            self._fail(str(error))
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if not self._json and self._verbosity >= 1:
+            ended = "stopped" if stop.is_set() else "done"
+            self.stdout.write(f"{PROGRAM}: --watch {ended} after {result.passes} pass(es)")
+        sys.exit(0)
+
+    def _print_pass(self, report: RunReport) -> None:
+        """One pass of --watch: its JSON line, or its summary when it did or met something."""
+        if self._json:
+            self.stdout.write(json.dumps(report.as_json()))
+            self.stdout.flush()
+        elif report.checked or report.errors or report.signals_sent:
+            self._print_report(report)
 
     def _health(self, options: dict[str, Any]) -> NoReturn:
         """``--health``: one line (or the JSON document), exit 0 when healthy, 1 when not."""

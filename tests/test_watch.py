@@ -1,0 +1,116 @@
+"""``athm_sync --watch``: passes until a signal, as a container or supervisor runs it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from athm_sync.models import Payment, SyncRun
+from tests.commands import call
+from tests.test_overlap import REPO_ROOT, child_env
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_watch_runs_pass_after_pass_then_stops(athm_settings, received):
+    sandbox = athm_settings
+    ecommerce_id, _ = sandbox.create_payment("5.00")
+    Payment.objects.track(ecommerce_id, total=Decimal("5.00"))
+    sandbox.complete(ecommerce_id)
+
+    code, out, _ = call("athm_sync", "--watch", "--interval", "0", "--iterations", "3", "--json")
+
+    passes = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(passes) == 3 and SyncRun.objects.count() == 3
+    assert [p["transitions"]["completed"] for p in passes] == [1, 0, 0]
+    assert [name for name, _, _ in received] == ["payment_completed"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--interval", "5"], "only go with --watch"),
+        (["--watch", "--interval", "-1"], "--interval must be from 0 to 3600"),
+        (["--watch", "--iterations", "0"], "--iterations must be at least 1"),
+        (["--watch", "--dry-run"], "--watch does not go with"),
+    ],
+)
+def test_bad_watch_options_are_one_line(athm_settings, args, message):
+    code, out, err = call("athm_sync", *args)
+    assert code == 2 and out == "" and message in err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_a_real_watch_cleanly(sandbox, tmp_path, signum):
+    """A real --watch process with calls in flight: the signal ends it with exit 0, its
+    claims released and its runs recorded."""
+    for _ in range(30):
+        ecommerce_id, _ = sandbox.create_payment("5.00")
+        Payment.objects.track(ecommerce_id, total=Decimal("5.00"))
+    sandbox.set_latency(0.3)
+    asked = threading.Event()
+    real_count = sandbox.state.count
+
+    def count(endpoint: str) -> None:
+        real_count(endpoint)
+        asked.set()
+
+    sandbox.state.count = count  # type: ignore[method-assign]
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "django",
+            "athm_sync",
+            "--watch",
+            "--interval",
+            "1",
+            "--workers",
+            "2",
+        ],
+        cwd=REPO_ROOT,
+        env=child_env(sandbox, tmp_path / "signals.log"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert asked.wait(timeout=30), "the watch never asked ATH Móvil"
+        child.send_signal(signum)
+        out, err = child.communicate(timeout=30)
+    finally:
+        sandbox.state.count = real_count  # type: ignore[method-assign]
+        if child.poll() is None:
+            child.kill()
+
+    assert child.returncode == 0, err
+    assert "stopped after 1 pass(es)" in out
+    assert not Payment.objects.exclude(claimed_by="").exists()  # claims released
+    (run,) = SyncRun.objects.all()
+    assert run.finished_at is not None and run.exit_code == 0
+    assert Payment.objects.filter(check_count=0).exists()  # it stopped before the end
+    assert "Traceback" not in err
+
+
+def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(athm_settings, caplog: Any):
+    sandbox = athm_settings
+    ecommerce_id, _ = sandbox.create_payment("5.00")
+    Payment.objects.track(ecommerce_id, total=Decimal("5.00"))
+    sandbox.inject_fault("drop", "*", times=9)  # 3 passes' worth of failed attempts
+
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="athm_sync.watch"):
+        code, _, _ = call("athm_sync", "--watch", "--interval", "0", "--iterations", "4")
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "athm_sync.watch"]
+    assert code == 0
+    assert len(lines) == 2, lines
+    assert "no payment could be checked" in lines[0] and "working again" in lines[1]
