@@ -484,11 +484,96 @@ def print_table(document: dict[str, Any]) -> None:
 
 # -- the command line ------------------------------------------------------------------------
 
+
+def _proc_figures(pid: int) -> dict[str, int]:
+    """A live process's resident memory (KiB), open file descriptors and TCP sockets."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    sockets = sum(1 for fd in fds if os.readlink(fd).startswith("socket:"))
+    return {"rss_kib": rss, "open_files": len(fds), "sockets": sockets}
+
+
+def bench_watch(argv: Sequence[str]) -> int:
+    """A real ``athm_sync --watch --interval 0`` process over N passes: memory, open files and
+    sockets after the first passes and after the last, from /proc (Linux)."""
+    parser = _Parser(prog=f"{PROGRAM} watch", description=bench_watch.__doc__)
+    parser.add_argument("--passes", type=int, default=1000, help="passes to run (default 1000)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    args = parser.parse_args(argv)
+    if args.passes < 20:
+        raise UsageError("--passes must be at least 20")
+    import subprocess
+
+    with _shop.throwaway_shop("athm-bench-watch-") as (sandbox, folder):
+        from athm_sync.models import Payment
+
+        for _ in range(5):  # open payments: every pass asks ATH Móvil about them
+            ecommerce_id, _ = sandbox.create_payment("5.00")
+            Payment.objects.track(ecommerce_id, total="5.00")
+        Payment.objects.update(next_check_at=Payment.objects.first().created_at)
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": f"{_shop.PACKAGE}.settings"}
+        progress(f"running {args.passes} passes of athm_sync --watch --interval 0 ...")
+        child = subprocess.Popen(  # noqa: S603 - our own interpreter and the project's manage.py
+            [
+                sys.executable,
+                "manage.py",
+                "athm_sync",
+                "--watch",
+                "--interval",
+                "0",
+                "--json",
+                "--iterations",
+                str(args.passes),
+            ],
+            cwd=folder,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        samples: dict[int, dict[str, int]] = {}
+        assert child.stdout is not None
+        for number, line in enumerate(child.stdout, start=1):
+            json.loads(line)
+            if number in (10, args.passes - 1):
+                samples[number] = _proc_figures(child.pid)
+        code = child.wait(timeout=60)
+        if code != 0:
+            raise BenchFailure(f"athm_sync --watch exited {code}")
+        connections = sandbox.connections()
+    first, last = samples[10], samples[args.passes - 1]
+    document = {
+        "benchmark": "watch",
+        "passes": args.passes,
+        "after_10_passes": first,
+        f"after_{args.passes - 1}_passes": last,
+        "sandbox_tcp_connections_accepted": connections,
+        "environment": environment(),
+    }
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(f"athm_sync --watch over {args.passes} passes (5 open payments, sandbox at 0 ms)")
+        print(f"{'':<24}{'after 10':>12}{f'after {args.passes - 1}':>14}")
+        for key, label in (
+            ("rss_kib", "RSS (KiB)"),
+            ("open_files", "open files"),
+            ("sockets", "sockets"),
+        ):
+            print(f"{label:<24}{first[key]:>12}{last[key]:>14}")
+        print(f"TCP connections the sandbox accepted in all: {connections}")
+    return 0
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "webhook": (
         "latency of the webhook view over HTTP: genuine, duplicate and forged completions, "
         "the sandbox at 0 and 50 ms",
         bench_webhook,
+    ),
+    "watch": (
+        "a real athm_sync --watch process over 1,000 passes: memory, open files, sockets",
+        bench_watch,
     ),
 }
 
