@@ -5,8 +5,8 @@ between passes the loop waits ``--interval`` seconds (default 5), so payments ar
 soon as they are due: every 5 to 60 seconds before their deadline, as documented. After a pass
 in which no payment could be checked (ATH Móvil down) or the database could not be used, the
 wait doubles up to ``MAX_BACKOFF`` (5 minutes), and the outage is logged once when it starts
-and once when it ends. SIGTERM or SIGINT ends the loop cleanly: the pass in progress applies the answer in
-hand, releases its claims and ends, and the command exits 0.
+and once when it ends. SIGTERM or SIGINT ends the loop cleanly: the pass in progress applies
+the answer in hand, releases its claims and ends, and the command exits 0.
 
 Nothing grows from pass to pass: one ATH Móvil client (its connection pool) serves every
 pass, the database connection is closed after each, and each pass's report is dropped once
