@@ -182,7 +182,7 @@ def find_problems(raw: Any) -> list[Problem]:
                 "Leave it out to capture confirmed payments automatically (the default).",
             )
         )
-    unknown = sorted(set(raw) - set(DEFAULTS), key=str)
+    unknown = unknown_keys(raw)
     if unknown:
         problems.append(
             Problem(
@@ -205,6 +205,12 @@ def find_problems(raw: Any) -> list[Problem]:
             )
         )
     return problems
+
+
+def unknown_keys(raw: Any = None) -> list[str]:
+    """Keys of ``ATHM_SYNC`` (or ``raw``) the app does not know (W001): typos, ignored."""
+    raw = raw_settings() if raw is None else raw
+    return sorted(map(str, set(raw) - set(DEFAULTS))) if isinstance(raw, dict) else []
 
 
 def get_settings() -> AthmSyncSettings:

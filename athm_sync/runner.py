@@ -305,7 +305,8 @@ class Runner:
         if failure is not None:
             report.exit_code = EXIT_CANNOT_RUN
             report.errors.append({"ecommerce_id": "", "reason": str(failure)})
-        elif report.errors:
+        elif report.errors or report.receiver_errors:
+            # A receiver that raised left the shop's side of a transition undone: say so.
             report.exit_code = EXIT_ERRORS
         if sync_run is not None:
             self._finish(sync_run)

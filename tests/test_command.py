@@ -255,6 +255,33 @@ def test_progress_bar_only_on_a_terminal(story):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_progress_bar_is_not_drawn_in_the_error_colour(story):
+    """As on a colour terminal, where Django writes everything on stderr in red."""
+    from athm_sync.management.commands.athm_sync import Command
+
+    tty = TTY()
+    command = Command(stdout=io.StringIO(), stderr=tty, force_color=True)
+    command.stderr.write("an error")
+    assert "\x1b[" in tty.getvalue()  # the colour is on for errors...
+    tty.seek(0)
+    tty.truncate()
+    command._progress(3, 5)
+    bar = tty.getvalue()
+    assert "\r[" in bar and "3/5" in bar
+    assert "\x1b[" not in bar  # ...but the bar is not an error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unknown_setting_is_warned_about_in_one_line(athm_settings, settings):
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "WORKER": 8}
+    code, _, err = run()
+    assert code == 0
+    assert err.strip() == (
+        "athm_sync: warning: ATHM_SYNC has unknown keys, ignored: WORKER (a typo?)"
+    )
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_receiver_that_raises_is_counted(story):
     def broken(sender, payment, **kwargs):
         raise RuntimeError("shop bug")
@@ -264,7 +291,7 @@ def test_a_receiver_that_raises_is_counted(story):
         code, document, _ = run_json()
     finally:
         signals.payment_completed.disconnect(broken)
-    assert code == 0
+    assert code == 1  # the transitions stand, but the shop's receiver did not do its part
     assert document["signals_sent"] == 4
     assert document["receiver_errors"] == 2
     assert Payment.objects.get(pk=story["completed"].pk).status == S.COMPLETED
@@ -311,6 +338,7 @@ def test_dry_run_makes_no_capture_call_and_prints_would_send(athm_settings, stor
     assert athm_settings.counts()["findPayment"] == 5
     assert "(would send payment_completed)" in out
     assert "dry run, nothing written" in out
+    assert "would capture: 1" in out
     assert received == []
     assert not SyncRun.objects.exists()
 

@@ -225,7 +225,7 @@ def test_a_receiver_raising_integrity_error_is_rolled_back_alone(athm_settings, 
             signals.payment_completed.disconnect(receiver)
 
     summary = json.loads(out)
-    assert code == 0 and summary["receiver_errors"] == 1 and summary["signals_sent"] == 1
+    assert code == 1 and summary["receiver_errors"] == 1 and summary["signals_sent"] == 1
     assert sorted(Fulfilment.objects.values_list("kind", flat=True)) == ["first", "last"]
     event = PaymentEvent.objects.get()
     assert event.dispatched_at is not None and event.receiver_errors == 1

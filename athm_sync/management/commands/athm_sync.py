@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandParser
 
-from athm_sync.conf import get_settings
+from athm_sync.conf import get_settings, unknown_keys
 from athm_sync.health import check_health, parse_duration
 from athm_sync.management.base import OneLineErrorCommand
 from athm_sync.runner import (
@@ -42,6 +42,10 @@ _LABELS = {
     "refund_sent": "REFUNDED",
     "mismatched": "HELD",
 }
+
+
+def _plain(text: str) -> str:
+    return text
 
 
 class Command(OneLineErrorCommand):
@@ -132,6 +136,12 @@ class Command(OneLineErrorCommand):
             self._fail(f"bad ATHM_SYNC setting: {error}")
         if options["health"] or options["max_age"] is not None:
             self._health(options)
+        unknown = unknown_keys()
+        if unknown:
+            self.stderr.write(
+                f"{PROGRAM}: warning: ATHM_SYNC has unknown keys, ignored: {', '.join(unknown)} "
+                "(a typo?)"
+            )
         try:
             run_options = RunOptions(
                 dry_run=options["dry_run"],
@@ -256,7 +266,8 @@ class Command(OneLineErrorCommand):
             f"  {'would be ' if report.dry_run else ''}completed: {t['completed']}, "
             f"cancelled: {t['cancelled']}, expired: {t['expired']}, "
             f"refunds: {t['refund_sent']}, held (mismatched): {t['mismatched']}",
-            f"  captured: {report.captured}, given up: {report.given_up}",
+            f"  {'would capture' if report.dry_run else 'captured'}: {report.captured}, "
+            f"given up: {report.given_up}",
             f"  signals sent: {report.signals_sent} ({report.redispatched} left by an earlier "
             f"run), receiver errors: {report.receiver_errors}",
             f"  errors: {len(report.errors)}",
@@ -298,8 +309,10 @@ class Command(OneLineErrorCommand):
 
     def _progress(self, done: int, total: int) -> None:
         filled = BAR_WIDTH if not total else BAR_WIDTH * done // total
-        self.stderr.write(
-            f"\r[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {done}/{total}", ending=""
+        self.stderr.write(  # plain: Django would draw stderr in its error colour
+            f"\r[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {done}/{total}",
+            ending="",
+            style_func=_plain,
         )
         self.stderr.flush()
         self._bar_shown = True
