@@ -7,15 +7,32 @@ from django.urls import NoReverseMatch, reverse
 
 from athm_sync.conf import find_problems, raw_settings
 
+# Missing tokens are reported by `check --deploy` only: a project without its secrets (CI, a
+# new developer, `migrate` in a build step) must still run its other commands. The
+# `athm_sync` command and the webhook view refuse to work without them all the same.
+TOKEN_CHECKS = ("athm_sync.E002", "athm_sync.E003")
 
-@checks.register("athm_sync")
-def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """One message per problem found by :func:`athm_sync.conf.find_problems`."""
+
+def _messages(tokens: bool) -> list[checks.CheckMessage]:
     messages: list[checks.CheckMessage] = []
     for problem in find_problems(raw_settings()):
+        if (problem.check_id in TOKEN_CHECKS) != tokens:
+            continue
         level = checks.Error if problem.is_error else checks.Warning
         messages.append(level(problem.message, hint=problem.hint, id=problem.check_id))
     return messages
+
+
+@checks.register("athm_sync")
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """One message per problem found by :func:`athm_sync.conf.find_problems`, but tokens."""
+    return _messages(tokens=False)
+
+
+@checks.register("athm_sync", deploy=True)
+def check_tokens(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """E002/E003, missing tokens: with ``check --deploy`` only."""
+    return _messages(tokens=True)
 
 
 @checks.register("athm_sync", checks.Tags.urls)

@@ -5,6 +5,8 @@ It stores what it accepts and verifies it with ATH Móvil before anything change
 
 - 404 when ``WEBHOOK_SECRET`` is not set (webhooks are opt-in) or the token in the URL is
   neither it nor ``WEBHOOK_PREVIOUS_SECRET`` (accepted too while rotating);
+- 503 for the right token when the rest of ``ATHM_SYNC`` is unusable (a token missing):
+  nothing could be verified, so ATH Móvil is asked to send it again later;
 - 405 for any method but POST; 413 for a body over 64 KiB;
 - 400 with ``{"error": reason}`` for a body that is not a JSON object of a webhook's shape;
 - 200 with ``{"outcome": ..., "event": id, "duplicate": bool}`` for everything stored,
@@ -30,7 +32,7 @@ from django.utils.crypto import constant_time_compare
 from django.views.decorators.csrf import csrf_exempt
 
 from athm_sync import inbox
-from athm_sync.conf import AthmSyncSettings, get_settings
+from athm_sync.conf import AthmSyncSettings, get_settings, raw_settings
 
 logger = logging.getLogger("athm_sync.views")
 
@@ -43,7 +45,11 @@ def webhook(request: HttpRequest, token: str) -> HttpResponse:
         conf = get_settings()
     except ImproperlyConfigured as error:
         logger.error("Webhook refused: bad ATHM_SYNC setting: %s", error)
-        return _refuse(request, token, 404, "not found", why="bad ATHM_SYNC setting")
+        if not _is_configured_secret(token):
+            return _refuse(request, token, 404, "not found", why="bad ATHM_SYNC setting")
+        # The sender is ATH Móvil (it knows the secret): tell it to try again later.
+        unusable = "webhooks cannot be verified now; try again later"
+        return _refuse(request, token, 503, unusable, why="bad ATHM_SYNC setting")
     which = _matching_secret(token, conf)
     if which is None:
         return _refuse(request, token, 404, "not found", why="not the webhook secret")
@@ -77,6 +83,13 @@ def _matching_secret(token: str, conf: AthmSyncSettings) -> str | None:
         token, conf.webhook_previous_secret
     )
     return "current" if current else "previous" if previous else None
+
+
+def _is_configured_secret(token: str) -> bool:
+    """Whether ``token`` is the raw ``WEBHOOK_SECRET``, when the settings cannot be read whole."""
+    raw = raw_settings()
+    secret = raw.get("WEBHOOK_SECRET") if isinstance(raw, dict) else None
+    return isinstance(secret, str) and bool(secret) and constant_time_compare(token, secret)
 
 
 def masked_path(path: str, token: str) -> str:

@@ -18,9 +18,12 @@ GOOD = {
 }
 
 
-def athm_messages() -> list[checks.CheckMessage]:
-    """What ``manage.py check`` reports for this app, through Django's own runner."""
-    return [m for m in checks.run_checks(tags=["athm_sync"]) if m.id.startswith("athm_sync.")]
+def athm_messages(deploy: bool = True) -> list[checks.CheckMessage]:
+    """What ``manage.py check [--deploy]`` reports for this app, through Django's own runner,
+    in the order of :func:`athm_sync.conf.find_problems` (E002/E003 come from --deploy)."""
+    found = checks.run_checks(tags=["athm_sync"], include_deployment_checks=deploy)
+    ours = [m for m in found if m.id.startswith("athm_sync.")]
+    return sorted(ours, key=lambda m: (m.id[10:11] != "E", m.id))
 
 
 def ids(messages) -> list[str]:
@@ -394,3 +397,31 @@ def test_settings_repr_hides_the_tokens(settings):
     conf = get_settings()
     assert "secret" not in repr(conf)
     assert "private" not in repr(conf).lower()
+
+
+def test_missing_tokens_block_nothing_but_check_deploy(settings):
+    """CI, a new developer, a build step's migrate: no tokens, and no error, until --deploy."""
+    settings.ATHM_SYNC = {"WEBHOOK_SECRET": ""}
+    assert ids(athm_messages(deploy=False)) == []
+    assert ids(athm_messages(deploy=True)) == ["athm_sync.E002", "athm_sync.E003"]
+
+
+def test_without_tokens_migrate_and_check_run_and_athm_sync_refuses(tmp_path):
+    from tests.commands import run_process
+
+    (tmp_path / "no_tokens.py").write_text(
+        "from tests.settings import *  # noqa: F403\n"
+        f"DATABASES = {{'default': {{'ENGINE': 'django.db.backends.sqlite3', "
+        f"'NAME': {str(tmp_path / 'db.sqlite3')!r}}}}}\n"
+        "ATHM_SYNC = {}\n"
+    )
+    options = {"settings": "no_tokens", "extra_path": tmp_path}
+
+    assert run_process("migrate", "-v", "0", **options).returncode == 0
+    assert run_process("check", **options).returncode == 0
+    deploy = run_process("check", "--deploy", "--tag", "athm_sync", **options)
+    assert deploy.returncode == 1 and "athm_sync.E002" in deploy.stderr
+    refused = run_process("athm_sync", **options)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("athm_sync: error: bad ATHM_SYNC setting:")
+    assert "PUBLIC_TOKEN" in refused.stderr and refused.stderr.count("\n") == 1

@@ -135,3 +135,17 @@ def test_two_secrets_are_accepted_while_rotating(athm_settings, settings, logs):
 
     settings.ATHM_SYNC = {**settings.ATHM_SYNC, "WEBHOOK_PREVIOUS_SECRET": ""}  # rotation done
     assert post(client, f"{PREFIX}{OLD_SECRET}/").status_code == 404
+
+
+def test_without_tokens_the_view_asks_ath_movil_to_send_again_later(settings, logs):
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "PUBLIC_TOKEN": ""}
+    client = Client()
+
+    right = post(client, f"{PREFIX}{SECRET}/", b"{}")
+    wrong = post(client, f"{PREFIX}{'x' * 40}/", b"{}")
+
+    assert right.status_code == 503 and "try again later" in right.json()["error"]
+    assert "PUBLIC_TOKEN" not in right.content.decode()  # strangers learn nothing
+    assert wrong.status_code == 404
+    assert not WebhookEvent.objects.exists()
+    assert_no_secret(logs)
