@@ -705,7 +705,9 @@ class ATHMovilClient:
 
     def _log_retry(self, endpoint: _Endpoint, state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
-        logger.warning(
+        # DEBUG: an outage would write one line per attempt per payment. The runner says once
+        # that ATH Móvil is failing, and once that it answers again.
+        logger.debug(
             "ATH Móvil %s failed (attempt %d of %d): %s; retrying in %.2f s",
             endpoint.name,
             state.attempt_number,

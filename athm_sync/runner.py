@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from athm_sync import inbox, reconcile, retention
 from athm_sync import report as transaction_report
-from athm_sync.client import ATHMovilClient, ATHMovilError, AuthenticationError
+from athm_sync.client import ATHMovilClient, ATHMovilError, AuthenticationError, TransientError
 from athm_sync.conf import AthmSyncSettings, get_settings
 from athm_sync.models import Payment, PaymentEvent, SyncRun
 from athm_sync.normalize import PUERTO_RICO
@@ -45,6 +45,9 @@ SIGNAL_FOR_KIND = {
     "mismatched": "payment_mismatched",
 }
 BATCH_PER_WORKER = 4
+# After this many payments in a row that ATH Móvil failed to answer (connection failures,
+# timeouts, 5xx), the run stops early: the others would only wait out the same retries.
+STOP_AFTER_FAILURES = 5
 EXIT_OK, EXIT_ERRORS, EXIT_CANNOT_RUN = 0, 1, 2
 # What became of the pending webhook events a run verified; "pending": how many are still
 # waiting because ATH Móvil could not verify them.
@@ -239,7 +242,9 @@ class Runner:
         self.options = options
         # Asked between payments: when it says so (SIGTERM in --watch), the run applies the
         # answer in hand, claims nothing more, releases its claims and ends.
-        self._should_stop = should_stop or (lambda: False)
+        self._asked_to_stop = should_stop or (lambda: False)
+        self._failing = 0  # payments in a row ATH Móvil failed to answer
+        self._gave_up_on_ath = False
         self.conf = conf or get_settings()
         self.workers = options.workers or self.conf.workers
         self.batch_size = max(10, self.workers * BATCH_PER_WORKER)
@@ -252,6 +257,9 @@ class Runner:
         self.report = RunReport(dry_run=options.dry_run)
         self._done = 0
         self._total = 0
+
+    def _should_stop(self) -> bool:
+        return self._gave_up_on_ath or self._asked_to_stop()
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -398,8 +406,8 @@ class Runner:
         """Read the transaction report for refunds made elsewhere, when the scan is due (at
         most once every ``REFUND_SCAN_INTERVAL`` across runs). Raises
         :class:`AuthenticationError` as polling would."""
-        if is_unreachable(self.report.errors):  # it would only wait out the same failure
-            return
+        if self._gave_up_on_ath or is_unreachable(self.report.errors):
+            return  # it would only wait out the same failure
         now = timezone.now()
         if not transaction_report.claim_scan(now, self.conf):
             return
@@ -530,6 +538,8 @@ class Runner:
                     else:
                         self._count(observation, outcome)
                     self._tick()
+                    if self._should_stop():
+                        break
                 if pending and self._should_stop():
                     # Answers not applied yet are dropped: their payments stay due.
                     for future in pending:
@@ -546,13 +556,33 @@ class Runner:
             report.given_up += 1
         if outcome.error:
             self._record_error(observation.ecommerce_id, outcome.error)
+            if isinstance(observation.error, TransientError):
+                self._ath_failed(observation.error)
             return
         report.checked += 1
+        if self._failing:
+            logger.warning("ATH Móvil answers again, after %d failed payment(s)", self._failing)
+            self._failing = 0
         if observation.captured:
             report.captured += 1
         if not outcome.events:
             report.unchanged += 1
         self._record_events(outcome)
+
+    def _ath_failed(self, error: TransientError) -> None:
+        """One more payment ATH Móvil failed to answer: said once, and the run stops early
+        after ``STOP_AFTER_FAILURES`` in a row."""
+        self._failing += 1
+        if self._failing == 1:
+            logger.warning("ATH Móvil is failing: %s", error)
+        if self._failing == STOP_AFTER_FAILURES and not self._gave_up_on_ath:
+            self._gave_up_on_ath = True
+            message = (
+                f"ATH Móvil failed for {self._failing} payments in a row; the run stops early "
+                "and leaves the other due payments for the next run"
+            )
+            logger.error(message)
+            self._record_error("", message)
 
     def _record_outcome(self, outcome: reconcile.Outcome) -> None:
         """Count what ``apply`` did for a payment the report (not the poll) led to."""

@@ -415,7 +415,8 @@ def test_each_retry_is_logged_without_tokens(client, caplog):
     retries = [r for r in caplog.records if "retrying" in r.getMessage()]
     assert len(retries) == 1
     assert "attempt 1 of 3" in retries[0].getMessage()
-    assert retries[0].levelno == logging.WARNING
+    # DEBUG: an outage must not write a line per attempt per payment (the runner says it once).
+    assert retries[0].levelno == logging.DEBUG
     assert all(PUBLIC not in r.getMessage() for r in caplog.records)
 
 

@@ -675,3 +675,31 @@ def test_a_real_process_with_bad_settings_exits_2_with_one_line(tmp_path):
     line = assert_one_line(result.stderr)
     assert line.startswith("athm_sync: error: bad ATHM_SYNC setting: ")
     assert "WORKERS'] must be a whole number of at least 1, not 0" in line
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_outage_stops_the_run_early_and_speaks_once(athm_settings, caplog):
+    """ATH Móvil answers 503 to everything: after 5 payments in a row the run stops, leaves
+    the rest due, and says so in a handful of lines, not one per attempt per payment."""
+    import logging
+
+    sandbox = athm_settings
+    payments = [track(sandbox) for _ in range(40)]
+    sandbox.inject_fault("http503", "findPayment", times=10_000)
+    sandbox.reset_counts()
+
+    with caplog.at_level(logging.INFO, logger="athm_sync"):
+        code, document, _ = run_json("--workers", "1")
+
+    assert code == 1
+    assert document["checked"] == 0
+    assert "the run stops early" in document["errors"][-1]["reason"]
+    assert len(document["errors"]) == 6  # five payments, then the one line about stopping
+    # MAX_ATTEMPTS (3) for each of the five, and for what the worker had already started.
+    assert 5 * 3 <= sandbox.counts()["findPayment"] <= (5 + 2) * 3
+    assert sandbox.counts()["transactionReport"] == 0  # the refund scan waits too
+    left_due = Payment.objects.due().filter(check_count=0).count()
+    assert left_due == len(payments) - 5
+    assert not Payment.objects.exclude(claimed_by="").exists()
+    ours = [r for r in caplog.records if r.name.startswith("athm_sync")]
+    assert len(ours) <= 3, [r.getMessage() for r in ours]
