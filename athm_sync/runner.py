@@ -124,6 +124,8 @@ class RunReport:
     exit_code: int = EXIT_OK
     changes: list[Change] = field(default_factory=list)
     unreachable: bool = False
+    # ATH Móvil could not be reached, or failed for STOP_AFTER_FAILURES payments in a row.
+    ath_down: bool = False
     sync_run_id: int | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -310,6 +312,7 @@ class Runner:
         report = self.report
         report.duration_seconds = time.monotonic() - started
         report.unreachable = report.checked == 0 and is_unreachable(report.errors)
+        report.ath_down = report.unreachable or self._gave_up_on_ath
         if failure is not None:
             report.exit_code = EXIT_CANNOT_RUN
             report.errors.append({"ecommerce_id": "", "reason": str(failure)})

@@ -3,10 +3,12 @@
 Each pass is an ordinary run (:class:`athm_sync.runner.Runner`, recorded as a ``SyncRun``);
 between passes the loop waits ``--interval`` seconds (default 5), so payments are checked as
 soon as they are due: every 5 to 60 seconds before their deadline, as documented. After a pass
-in which no payment could be checked (ATH Móvil down) or the database could not be used, the
-wait doubles up to ``MAX_BACKOFF`` (5 minutes), and the outage is logged once when it starts
-and once when it ends. SIGTERM or SIGINT ends the loop cleanly: the pass in progress applies
-the answer in hand, releases its claims and ends, and the command exits 0.
+in which ATH Móvil was down (unreachable, or failing for several payments in a row) or the
+database could not be used, the wait doubles up to ``MAX_BACKOFF`` (5 minutes), and the
+outage is logged once when it starts and once when it ends. One payment's bad answer does not
+slow the loop: that payment waits out its own backoff. SIGTERM or SIGINT ends the loop
+cleanly: the pass in progress applies the answer in hand, releases its claims and ends, and
+the command exits 0.
 
 Nothing grows from pass to pass: one ATH Móvil client (its connection pool) serves every
 pass, the database connection is closed after each, and each pass's report is dropped once
@@ -66,8 +68,8 @@ def watch(
             else:
                 if on_report is not None:
                     on_report(report)
-                if report.errors and not report.checked:
-                    trouble = f"no payment could be checked: {report.errors[0]['reason']}"
+                if report.ath_down:  # not one payment's bad answer: that waits alone
+                    trouble = f"ATH Móvil is failing: {report.errors[0]['reason']}"
             finally:
                 connection.close()  # one connection per pass, never more than one open
             if trouble:

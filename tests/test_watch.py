@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -12,7 +13,10 @@ from typing import Any
 
 import pytest
 
+from athm_sync import watch as watch_module
+from athm_sync.conf import get_settings
 from athm_sync.models import Payment, SyncRun
+from athm_sync.runner import RunOptions
 from tests.commands import call
 from tests.test_overlap import REPO_ROOT, child_env
 
@@ -101,16 +105,39 @@ def test_a_signal_stops_a_real_watch_cleanly(sandbox, tmp_path, signum):
 
 def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(athm_settings, caplog: Any):
     sandbox = athm_settings
-    ecommerce_id, _ = sandbox.create_payment("5.00")
-    Payment.objects.track(ecommerce_id, total=Decimal("5.00"))
-    sandbox.inject_fault("drop", "*", times=9)  # 3 passes' worth of failed attempts
+    for _ in range(6):
+        ecommerce_id, _ = sandbox.create_payment("5.00")
+        Payment.objects.track(ecommerce_id, total=Decimal("5.00"))
+    sandbox.inject_fault("drop", "findPayment", times=1000)  # down for the first passes
 
-    import logging
+    def back_up(report) -> None:
+        if report.ath_down:
+            sandbox.clear_faults()  # ATH Móvil comes back after the first pass
 
     with caplog.at_level(logging.WARNING, logger="athm_sync.watch"):
-        code, _, _ = call("athm_sync", "--watch", "--interval", "0", "--iterations", "4")
+        result = watch_module.watch(
+            RunOptions(),
+            get_settings(),
+            threading.Event(),
+            interval=0,
+            iterations=3,
+            on_report=back_up,
+        )
 
     lines = [r.getMessage() for r in caplog.records if r.name == "athm_sync.watch"]
-    assert code == 0
+    assert (result.passes, result.failed_passes) == (3, 1)
     assert len(lines) == 2, lines
-    assert "no payment could be checked" in lines[0] and "working again" in lines[1]
+    assert "ATH Móvil is failing" in lines[0] and "working again" in lines[1]
+
+
+def test_one_bad_payment_does_not_slow_the_loop(athm_settings):
+    """A payment whose answer is invalid waits alone; the watch keeps its interval."""
+    sandbox = athm_settings
+    ecommerce_id, _ = sandbox.create_payment("5.00")
+    Payment.objects.track(ecommerce_id, total=Decimal("5.00"))
+    sandbox.tamper(ecommerce_id, total=-1)
+    result = watch_module.watch(
+        RunOptions(), get_settings(), threading.Event(), interval=0, iterations=2
+    )
+
+    assert (result.passes, result.failed_passes) == (2, 0)
