@@ -628,6 +628,8 @@ class Dispatched:
     sent_ids: list[int] = field(default_factory=list)
     receiver_errors: int = 0
     failures: list[tuple[int, str]] = field(default_factory=list)
+    # Of the events sent, how many a crash had left (not a live process's, just committed).
+    leftovers: int = 0
 
     @property
     def sent(self) -> int:
@@ -717,9 +719,9 @@ def dispatch_pending() -> Dispatched:
     result = dispatch([pk for pk, _ in pending])
     sent = set(result.sent_ids)
     fresh_before = timezone.now() - IN_FLIGHT
-    leftovers = [pk for pk, created in pending if pk in sent and created < fresh_before]
-    if leftovers:
-        logger.warning("Sent %d signal(s) left unsent by an earlier run", len(leftovers))
+    result.leftovers = sum(1 for pk, created in pending if pk in sent and created < fresh_before)
+    if result.leftovers:
+        logger.warning("Sent %d signal(s) left unsent by an earlier run", result.leftovers)
     return result
 
 

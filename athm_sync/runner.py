@@ -343,7 +343,7 @@ class Runner:
             self._record_error("", f"signals left by an earlier run could not be read: {error}")
             return
         report = self.report
-        report.redispatched = dispatched.sent
+        report.redispatched = dispatched.leftovers
         report.signals_sent += dispatched.sent
         report.receiver_errors += dispatched.receiver_errors
         if dispatched.problem:
