@@ -31,27 +31,32 @@ def run_process(
     settings: str = "tests.settings",
     extra_path: Path | None = None,
     sandbox_url: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
     """``python -m django <command> ...`` as a real process.
 
     ``extra_path`` holds a settings module a test wrote (named by ``settings``); ``sandbox_url``
-    points the child's ATH Móvil at the sandbox (else at a closed port).
+    points the child's ATH Móvil at the sandbox (else at a closed port). ``env``, when given,
+    is the child's whole environment instead (``tests.test_overlap.child_env``: the test's
+    own database).
     """
-    python_path = [str(ROOT), *([str(extra_path)] if extra_path else [])]
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": settings,
-        "PYTHONPATH": os.pathsep.join(python_path),
-    }
-    env.pop("ATHM_TEST_API_BASE_URL", None)
-    if sandbox_url:
-        env["ATHM_TEST_API_BASE_URL"] = sandbox_url
+    if env is None:
+        python_path = [str(ROOT), *([str(extra_path)] if extra_path else [])]
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": settings,
+            "PYTHONPATH": os.pathsep.join(python_path),
+        }
+        env.pop("ATHM_TEST_API_BASE_URL", None)
+        if sandbox_url:
+            env["ATHM_TEST_API_BASE_URL"] = sandbox_url
     return subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
         [sys.executable, "-m", "django", command, *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
     )

@@ -19,7 +19,8 @@ import pytest
 
 from athm_sync import cron
 from athm_sync.models import Payment, SyncRun
-from tests.test_overlap import REPO_ROOT, child_env
+from tests.commands import run_process
+from tests.test_overlap import child_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,15 +39,7 @@ def saved_crontab():
 
 
 def django(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own interpreter, fixed arguments
-        [sys.executable, "-m", "django", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_process(*args, env=env, timeout=120)
 
 
 @pytest.mark.skipif(

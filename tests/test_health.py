@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
 from datetime import timedelta
 from decimal import Decimal
@@ -110,14 +108,7 @@ def test_health_as_a_real_process_for_cron_and_systemd(sandbox, tmp_path):
     SyncRun.objects.create(finished_at=timezone.now(), exit_code=0)
     env = child_env(sandbox, tmp_path / "signals.log")
 
-    healthy = subprocess.run(
-        [sys.executable, "-m", "django", "athm_sync", "--health"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    healthy = run_process("athm_sync", "--health", env=env)
 
     assert healthy.returncode == 0, healthy.stderr
     assert healthy.stdout.startswith("athm_sync: healthy:") and healthy.stdout.count("\n") == 1
