@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
-
 from athm_sync import reconcile
 from athm_sync.client import (
     ATHMovilClient,
@@ -205,11 +203,7 @@ def _finish(result: ScanResult, retry_at: datetime | None, error: str) -> None:
     if retry_at is not None:
         updates["next_scan_at"] = retry_at
 
-    def save() -> None:
-        with transaction.atomic():
-            ReportScan.objects.filter(name=REFUNDS).update(**updates)
-
-    reconcile.run_locked(save)
+    reconcile.run_locked(lambda: ReportScan.objects.filter(name=REFUNDS).update(**updates))
 
 
 # -- backfill: importing history -------------------------------------------------------------

@@ -395,9 +395,7 @@ class Runner:
             if processed.event.outcome != "pending":
                 self.report.webhooks[processed.event.outcome] += 1
             if processed.result is not None:
-                self._record_events(processed.result)
-                if processed.result.error:  # verified, but what ATH Móvil said was not stored
-                    self._record_error(processed.result.payment.pk, processed.result.error)
+                self._record_outcome(processed.result)
             if processed.credentials_error is not None:
                 raise processed.credentials_error
         if any(processed.event.outcome == "pending" for processed in processed_events):
@@ -588,7 +586,7 @@ class Runner:
             self._record_error("", message)
 
     def _record_outcome(self, outcome: reconcile.Outcome) -> None:
-        """Count what ``apply`` did for a payment the report (not the poll) led to."""
+        """Count what ``apply`` did for a payment a webhook or the report (not the poll) led to."""
         if outcome.error:
             self._record_error(outcome.payment.pk, outcome.error)
         self._record_events(outcome)
