@@ -25,6 +25,7 @@ Otherwise it is held as ``MISMATCHED`` and ``payment_mismatched`` fires instead.
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import json
 import logging
@@ -39,7 +40,7 @@ from typing import Any, Protocol, TypeVar
 
 from asgiref.sync import async_to_sync
 from django.db import DatabaseError, OperationalError, connection, transaction
-from django.db.models import Q
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from athm_sync import normalize, signals
@@ -93,6 +94,15 @@ HINT_ALLOWANCE = timedelta(seconds=30)
 # is an invalid answer (cutting a key would point it at another transaction).
 _KEY_FIELDS = ("reference_number", "daily_transaction_id")
 _FITTED_FIELDS = ("customer_name", "customer_phone", "customer_email", "business_name")
+# Everything _copy_remote_fields may write.
+_REMOTE_FIELDS = (
+    "total_refunded_amount",
+    *_KEY_FIELDS,
+    "transaction_date",
+    *_FITTED_FIELDS,
+    "fee",
+    "net_amount",
+)
 
 T = TypeVar("T")
 
@@ -790,32 +800,20 @@ def _name_of(receiver: Any) -> str:
 # -- claiming due payments -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Claimed:
-    """A payment a run has claimed: what a worker needs without touching the database
-    (its id, its auth token for a capture, and what a capture must match)."""
-
-    ecommerce_id: Any
-    auth_token: str
-    total: Decimal
-    metadata_1: str
-    metadata_2: str
-
-    FIELDS = ("pk", "auth_token", "total", "metadata_1", "metadata_2")
-
-
 def claim_due(
     run_id: str, limit: int, lease: timedelta, now: datetime | None = None
-) -> list[Claimed]:
-    """Claim up to ``limit`` due payments for ``run_id`` until ``now + lease``.
+) -> list[Payment]:
+    """Claim up to ``limit`` due payments for ``run_id`` until ``now + lease``; returns their
+    rows as claimed, the most overdue first.
 
     Two runs never hold the same payment: on PostgreSQL rows another run is claiming are
     skipped (``SKIP LOCKED``); everywhere, the claim is a conditional update that only takes
-    rows whose lease is free or has expired (its holder died).
+    rows whose lease is free or has expired (its holder died). Three queries, however many
+    rows.
     """
     now = now or timezone.now()
 
-    def claim() -> list[Claimed]:
+    def claim() -> list[Payment]:
         with transaction.atomic():
             free = Payment.objects.due(now).filter(_lease_free(now))
             if connection.features.has_select_for_update_skip_locked:
@@ -826,12 +824,85 @@ def claim_due(
             Payment.objects.filter(_lease_free(now), pk__in=ids).update(
                 claimed_by=run_id, claimed_until=now + lease
             )
-            rows = Payment.objects.filter(pk__in=ids, claimed_by=run_id).values_list(
-                *Claimed.FIELDS
+            return list(
+                Payment.objects.filter(pk__in=ids, claimed_by=run_id).order_by(
+                    "next_check_at", "pk"
+                )
             )
-            return [Claimed(*row) for row in rows]
 
     return run_locked(claim)
+
+
+# -- checks that change nothing ------------------------------------------------------------
+
+
+def settle_unchanged(
+    payment: Payment, observation: Observation, *, now: datetime, conf: AthmSyncSettings
+) -> Payment | None:
+    """The claimed ``payment`` as one more check leaves it, when ``observation`` changes nothing
+    but its schedule; ``None`` when it must go through :func:`apply` instead.
+
+    Nothing changes when the answer was read (no error), nothing was captured or dropped,
+    :func:`decide` finds no transition, refund, note or mismatch, the remote fields already
+    hold what ATH Móvil says and the payment is not given up now. Such a check only moves the
+    schedule, so :func:`record_unchanged` writes many of them in one query. The decision is
+    made by the same functions as :func:`apply`'s, on the row as it was claimed.
+    """
+    if observation.error is not None or observation.captured or observation.drop_auth_token:
+        return None
+    if observation.refunds:
+        return None
+    snapshot = observation.snapshot
+    decision = decide(payment, snapshot, now=now, conf=conf)
+    if decision.changes_anything or decision.note or decision.mismatch:
+        return None
+    if decision.status != payment.status:
+        return None
+    checked = copy.copy(payment)
+    if snapshot is not None:
+        _copy_remote_fields(checked, snapshot, refresh_all=not checked.is_terminal)
+        if any(getattr(checked, name) != getattr(payment, name) for name in _REMOTE_FIELDS):
+            return None
+    if _checked(checked, now, conf, "") or checked.given_up_at is not None:
+        return None
+    if checked.expires_at is None:
+        checked.expires_at = checked.compute_expires_at()
+    return checked
+
+
+def record_unchanged(run_id: str, checked: Iterable[Payment], now: datetime | None = None) -> int:
+    """Write the checks :func:`settle_unchanged` settled, in one query; returns how many rows
+    took them.
+
+    Only rows ``run_id`` still holds are written: any other door that checked a payment
+    meanwhile (a webhook, ``sync_payment``, the admin) went through :func:`apply`, which
+    released the claim, and its write stands.
+    """
+    by_pk = {payment.pk: payment for payment in checked}
+    if not by_pk:
+        return 0
+    now = now or timezone.now()
+
+    def per_row(name: str) -> Case:
+        field = Payment._meta.get_field(name)
+        return Case(
+            *(When(pk=pk, then=Value(getattr(p, name), field)) for pk, p in by_pk.items()),
+            output_field=field,
+        )
+
+    return run_locked(
+        lambda: Payment.objects.filter(pk__in=list(by_pk), claimed_by=run_id).update(
+            next_check_at=per_row("next_check_at"),
+            last_checked_at=per_row("last_checked_at"),
+            expires_at=per_row("expires_at"),
+            check_count=F("check_count") + 1,
+            failures=0,
+            last_error="",
+            claimed_by="",
+            claimed_until=None,
+            updated_at=now,
+        )
+    )
 
 
 def renew_claims(run_id: str, lease: timedelta, now: datetime | None = None) -> int:

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -24,6 +24,7 @@ from datetime import time as dt_time
 from typing import Any
 
 from django.db import DatabaseError
+from django.db.models import Q
 from django.utils import timezone
 
 from athm_sync import inbox, reconcile, retention
@@ -45,6 +46,9 @@ SIGNAL_FOR_KIND = {
     "mismatched": "payment_mismatched",
 }
 BATCH_PER_WORKER = 4
+# A run's report keeps counts of everything but only the first this many changes and errors,
+# so that its memory does not grow with the number of payments (the counts stay exact).
+SAMPLE_SIZE = 100
 # After this many payments in a row that ATH Móvil failed to answer (connection failures,
 # timeouts, 5xx), the run stops early: the others would only wait out the same retries.
 STOP_AFTER_FAILURES = 5
@@ -52,6 +56,10 @@ EXIT_OK, EXIT_ERRORS, EXIT_CANNOT_RUN = 0, 1, 2
 # What became of the pending webhook events a run verified; "pending": how many are still
 # waiting because ATH Móvil could not verify them.
 WEBHOOK_OUTCOMES = ("applied", "unchanged", "rejected", "ignored", "pending")
+
+
+# A payment to ask ATH Móvil about, and whether it may be captured.
+Work = tuple[Payment, bool]
 
 
 class CannotRun(Exception):
@@ -119,14 +127,40 @@ class RunReport:
     refund_scan: dict[str, Any] | None = None
     backfill: dict[str, Any] | None = None
     pruned: dict[str, int] = field(default_factory=dict)
+    # The first SAMPLE_SIZE errors; error_count counts them all.
     errors: list[dict[str, str]] = field(default_factory=list)
+    error_count: int = 0
     duration_seconds: float = 0.0
     exit_code: int = EXIT_OK
+    # The first SAMPLE_SIZE changes (``on_change`` sees every one).
     changes: list[Change] = field(default_factory=list)
     unreachable: bool = False
     # ATH Móvil could not be reached, or failed for STOP_AFTER_FAILURES payments in a row.
     ath_down: bool = False
     sync_run_id: int | None = None
+    _connect_failures: int = 0
+
+    def add_error(self, ecommerce_id: Any, reason: str) -> None:
+        """Count an error, and keep it when fewer than ``SAMPLE_SIZE`` are kept."""
+        self.error_count += 1
+        if "could not connect" in reason:
+            self._connect_failures += 1
+        if len(self.errors) < SAMPLE_SIZE:
+            self.errors.append({"ecommerce_id": str(ecommerce_id), "reason": reason})
+
+    def add_change(self, change: Change) -> None:
+        """Count nothing (the transitions are counted apart); keep the first changes."""
+        if len(self.changes) < SAMPLE_SIZE:
+            self.changes.append(change)
+
+    @property
+    def only_connect_failures(self) -> bool:
+        """Whether there were errors and every one says ATH Móvil could not be reached."""
+        return self.error_count > 0 and self._connect_failures == self.error_count
+
+    @property
+    def errors_not_listed(self) -> int:
+        return self.error_count - len(self.errors)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -144,6 +178,7 @@ class RunReport:
             "backfill": self.backfill,
             "pruned": dict(self.pruned),
             "errors": list(self.errors),
+            "error_count": self.error_count,
             "duration_seconds": round(self.duration_seconds, 3),
             "dry_run": self.dry_run,
             "exit_code": self.exit_code,
@@ -259,6 +294,7 @@ class Runner:
         self.report = RunReport(dry_run=options.dry_run)
         self._done = 0
         self._total = 0
+        self._unchanged: list[Payment] = []  # checks that changed nothing, not yet written
 
     def _should_stop(self) -> bool:
         return self._gave_up_on_ath or self._asked_to_stop()
@@ -311,12 +347,12 @@ class Runner:
                 client.close()
         report = self.report
         report.duration_seconds = time.monotonic() - started
-        report.unreachable = report.checked == 0 and is_unreachable(report.errors)
+        report.unreachable = report.checked == 0 and report.only_connect_failures
         report.ath_down = report.unreachable or self._gave_up_on_ath
         if failure is not None:
             report.exit_code = EXIT_CANNOT_RUN
-            report.errors.append({"ecommerce_id": "", "reason": str(failure)})
-        elif report.errors or report.receiver_errors:
+            report.add_error("", str(failure))
+        elif report.error_count or report.receiver_errors:
             # A receiver that raised left the shop's side of a transition undone: say so.
             report.exit_code = EXIT_ERRORS
         if sync_run is not None:
@@ -354,6 +390,8 @@ class Runner:
         report.duration_seconds = time.monotonic() - started
         report.exit_code = 130 if isinstance(error, KeyboardInterrupt) else EXIT_CANNOT_RUN
         reason = f"run aborted: {type(error).__name__}: {error}".rstrip(": ")
+        # Listed even when the sample is full: it is what ended the run.
+        report.error_count += 1
         report.errors.append({"ecommerce_id": "", "reason": reason[:1000]})
         try:
             self._finish(sync_run)
@@ -369,6 +407,10 @@ class Runner:
         sync_run.signals_sent = report.signals_sent
         sync_run.receiver_errors = report.receiver_errors
         sync_run.errors = list(report.errors)
+        if report.errors_not_listed:
+            sync_run.errors.append(
+                {"ecommerce_id": "", "reason": f"and {report.errors_not_listed} more error(s)"}
+            )
         sync_run.exit_code = report.exit_code
         reconcile.run_locked(
             lambda: sync_run.save(
@@ -407,7 +449,7 @@ class Runner:
         """Read the transaction report for refunds made elsewhere, when the scan is due (at
         most once every ``REFUND_SCAN_INTERVAL`` across runs). Raises
         :class:`AuthenticationError` as polling would."""
-        if self._gave_up_on_ath or is_unreachable(self.report.errors):
+        if self._gave_up_on_ath or self.report.only_connect_failures:
             return  # it would only wait out the same failure
         now = timezone.now()
         if not transaction_report.claim_scan(now, self.conf):
@@ -461,95 +503,149 @@ class Runner:
         """Claim due payments batch by batch until none is left or the limit is reached.
 
         Due means due when the run started: a payment this run checked is rescheduled after
-        that moment, so no payment is checked twice in one run, however long it lasts.
+        that moment, so no payment is checked twice in one run, however long it lasts. The next
+        batch is claimed while the current one is in flight (:meth:`_pipeline`); the checks
+        that change nothing are written together (:meth:`_settle_claimed`).
         """
         now = timezone.now()
         if self._progress is not None:
             due = Payment.objects.due(now).count()
             self._total = min(due, self.options.limit) if self.options.limit else due
             self._progress(0, self._total)
-        claimed_total = 0
-        while not self._should_stop():
-            size = self.batch_size
-            if self.options.limit is not None:
-                size = min(size, self.options.limit - claimed_total)
-            if size <= 0:
-                break
-            # The lease counts from the claim, not from the start of the run.
-            claimed = reconcile.claim_due(
-                self.run_id, size, reconcile.CLAIM_LEASE + (timezone.now() - now), now=now
-            )
-            if not claimed:
-                break
-            claimed_total += len(claimed)
-            self._total = max(self._total, claimed_total)
-            self._observe_and_apply(
-                pool, client, [(c, self.conf.auto_capture) for c in claimed], source="poll"
-            )
+
+        def claimed_batches() -> Iterator[list[Work]]:
+            claimed_total = 0
+            while True:
+                size = self.batch_size
+                if self.options.limit is not None:
+                    size = min(size, self.options.limit - claimed_total)
+                if size <= 0:
+                    return
+                # The lease counts from the claim, not from the start of the run.
+                claimed = reconcile.claim_due(
+                    self.run_id, size, reconcile.CLAIM_LEASE + (timezone.now() - now), now=now
+                )
+                if not claimed:
+                    return
+                claimed_total += len(claimed)
+                self._total = max(self._total, claimed_total)
+                yield [(payment, self.conf.auto_capture) for payment in claimed]
+
+        try:
+            self._pipeline(pool, client, claimed_batches(), self._settle_claimed)
+        finally:
+            self._write_unchanged()
 
     def _check_given(self, pool: ThreadPoolExecutor, client: ATHMovilClient) -> None:
         """``--ecommerce-id``: exactly those payments, whatever their status."""
         ids = list(self.options.ecommerce_ids)
         if self.options.limit is not None:
             ids = ids[: self.options.limit]
-        rows = Payment.objects.filter(pk__in=ids).values_list(*reconcile.Claimed.FIELDS, "status")
-        known = {row[0]: (reconcile.Claimed(*row[:-1]), row[-1]) for row in rows}
         self._total = len(ids)
         if self._progress is not None:
             self._progress(0, self._total)
-        work = []
-        for pk in ids:
-            payment, status = known[pk]
-            terminal = status in Payment.TERMINAL_STATUSES
-            work.append((payment, self.conf.auto_capture and not terminal))
-        self._observe_and_apply(pool, client, work, source="manual")
 
-    def _observe_and_apply(
+        batches = (
+            [(row, self.conf.auto_capture and not row.is_terminal) for row in page]
+            for page in self._given_pages(ids)
+        )
+
+        def settle(payment: Payment, observation: reconcile.Observation) -> None:
+            self._apply(observation, source="manual")
+
+        self._pipeline(pool, client, batches, settle)
+
+    def _given_pages(self, ids: Sequence[uuid.UUID]) -> Iterator[list[Payment]]:
+        """The stored rows of ``ids``, a batch at a time, in the order given (a payment
+        deleted since the options were checked is left out)."""
+        for start in range(0, len(ids), self.batch_size):
+            chunk = ids[start : start + self.batch_size]
+            stored = Payment.objects.in_bulk(chunk)
+            yield [stored[pk] for pk in chunk if pk in stored]
+
+    def _pipeline(
         self,
         pool: ThreadPoolExecutor,
         client: ATHMovilClient,
-        work: Sequence[tuple[reconcile.Claimed, bool]],
-        *,
-        source: str,
+        batches: Iterator[Sequence[Work]],
+        settle: Callable[[Payment, reconcile.Observation], None],
     ) -> None:
-        """Ask ATH Móvil about each payment in the pool and apply each answer as it comes;
-        ``work`` is each payment with whether it may be captured."""
-        pending: set[Future] = {
-            pool.submit(
-                reconcile.observe,
-                client,
-                payment.ecommerce_id,
-                payment.auth_token,
-                capture=capture,
-                expected=payment,
-            )
-            for payment, capture in work
-        }
+        """Ask ATH Móvil about each payment of ``batches`` in the pool and ``settle`` each
+        answer as it comes, in this thread.
+
+        The workers never wait for the database: while more than one batch is in flight the
+        next one is taken (claimed) ahead, so a worker that finishes always finds the next
+        payment queued. At most two batches are held at once, however many are due.
+        """
+        in_flight: dict[Future, Payment] = {}
+        exhausted = False
+
+        def top_up() -> None:
+            nonlocal exhausted
+            while not exhausted and len(in_flight) <= self.batch_size and not self._should_stop():
+                batch = next(batches, None)
+                if batch is None:
+                    exhausted = True
+                    return
+                for payment, capture in batch:
+                    future = pool.submit(
+                        reconcile.observe,
+                        client,
+                        payment.pk,
+                        payment.auth_token,
+                        capture=capture,
+                        expected=payment,
+                    )
+                    in_flight[future] = payment
+
         try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            top_up()
+            while in_flight:
+                finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    observation = future.result()  # AuthenticationError propagates
-                    try:
-                        outcome = reconcile.apply(observation, source=source, conf=self.conf)
-                    except Payment.DoesNotExist:
-                        logger.warning(
-                            "Payment %s was deleted during the run", observation.ecommerce_id
-                        )
-                    else:
-                        self._count(observation, outcome)
+                    payment = in_flight.pop(future)
+                    settle(payment, future.result())  # AuthenticationError propagates
                     self._tick()
                     if self._should_stop():
-                        break
-                if pending and self._should_stop():
-                    # Answers not applied yet are dropped: their payments stay due.
-                    for future in pending:
-                        future.cancel()
-                    return
-        except BaseException:
-            for future in pending:
+                        # Answers not settled yet are dropped: their payments stay due.
+                        return
+                top_up()
+        finally:
+            for future in in_flight:
                 future.cancel()
-            raise
+
+    def _settle_claimed(self, payment: Payment, observation: reconcile.Observation) -> None:
+        """A claimed payment's answer: kept for one bulk write when it changes nothing but the
+        schedule, otherwise applied at once in a transaction of its own."""
+        checked = reconcile.settle_unchanged(
+            payment, observation, now=timezone.now(), conf=self.conf
+        )
+        if checked is None:
+            self._apply(observation, source="poll")
+            return
+        self._count_check(observation, unchanged=True)
+        self._unchanged.append(checked)
+        if len(self._unchanged) >= self.batch_size:
+            self._write_unchanged()
+
+    def _write_unchanged(self) -> None:
+        """Write the unchanged checks held so far (one query). If the database refuses, the
+        payments keep their schedule and are due again once the run releases its claims."""
+        held, self._unchanged = self._unchanged, []
+        if not held:
+            return
+        try:
+            reconcile.record_unchanged(self.run_id, held)
+        except DatabaseError as error:
+            self._record_error("", f"{len(held)} unchanged check(s) could not be stored: {error}")
+
+    def _apply(self, observation: reconcile.Observation, *, source: str) -> None:
+        try:
+            outcome = reconcile.apply(observation, source=source, conf=self.conf)
+        except Payment.DoesNotExist:
+            logger.warning("Payment %s was deleted during the run", observation.ecommerce_id)
+        else:
+            self._count(observation, outcome)
 
     def _count(self, observation: reconcile.Observation, outcome: reconcile.Outcome) -> None:
         report = self.report
@@ -560,15 +656,20 @@ class Runner:
             if isinstance(observation.error, TransientError):
                 self._ath_failed(observation.error)
             return
+        self._count_check(observation, unchanged=not outcome.events)
+        self._record_events(outcome)
+
+    def _count_check(self, observation: reconcile.Observation, *, unchanged: bool) -> None:
+        """One payment ATH Móvil answered for."""
+        report = self.report
         report.checked += 1
         if self._failing:
             logger.warning("ATH Móvil answers again, after %d failed payment(s)", self._failing)
             self._failing = 0
         if observation.captured:
             report.captured += 1
-        if not outcome.events:
+        if unchanged:
             report.unchanged += 1
-        self._record_events(outcome)
 
     def _ath_failed(self, error: TransientError) -> None:
         """One more payment ATH Móvil failed to answer: said once, and the run stops early
@@ -592,7 +693,7 @@ class Runner:
         self._record_events(outcome)
 
     def _record_error(self, ecommerce_id: Any, reason: str) -> None:
-        self.report.errors.append({"ecommerce_id": str(ecommerce_id), "reason": reason})
+        self.report.add_error(ecommerce_id, reason)
 
     def _record_events(self, outcome: reconcile.Outcome) -> None:
         """Count the transitions ``apply`` recorded and the signals it sent."""
@@ -615,32 +716,43 @@ class Runner:
             ids = list(self.options.ecommerce_ids)
             if self.options.limit is not None:
                 ids = ids[: self.options.limit]
-            by_pk = Payment.objects.in_bulk(ids)
-            payments = [by_pk[pk] for pk in ids]
+            self._total = len(ids)
+            pages = self._given_pages(ids)
         else:
-            due = Payment.objects.due(now)
-            if self.options.limit is not None:
-                due = due[: self.options.limit]
-            payments = list(due)
-        self._total = len(payments)
+            if self._progress is not None:
+                due = Payment.objects.due(now).count()
+                self._total = min(due, self.options.limit) if self.options.limit else due
+            pages = self._due_pages(now)
         if self._progress is not None:
             self._progress(0, self._total)
-        by_id = {payment.pk: payment for payment in payments}
-        pending: set[Future] = {
-            pool.submit(reconcile.observe, client, payment.pk, "", capture=False)
-            for payment in payments
-        }
-        try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    observation = future.result()
-                    self._count_decision(by_id[observation.ecommerce_id], observation, now)
-                    self._tick()
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
+
+        def settle(payment: Payment, observation: reconcile.Observation) -> None:
+            self._count_decision(payment, observation, now)
+
+        batches = ([(payment, False) for payment in page] for page in pages)
+        self._pipeline(pool, client, batches, settle)
+
+    def _due_pages(self, now: datetime) -> Iterator[list[Payment]]:
+        """The payments due at ``now``, a batch at a time (keyset pages: nothing is claimed,
+        and none is read twice), up to ``--limit``."""
+        due = Payment.objects.due(now)
+        remaining = self.options.limit
+        last: Payment | None = None
+        while remaining is None or remaining > 0:
+            page = due
+            if last is not None:
+                page = due.filter(
+                    Q(next_check_at__gt=last.next_check_at)
+                    | Q(next_check_at=last.next_check_at, pk__gt=last.pk)
+                )
+            size = self.batch_size if remaining is None else min(self.batch_size, remaining)
+            rows = list(page[:size])
+            if not rows:
+                return
+            yield rows
+            last = rows[-1]
+            if remaining is not None:
+                remaining -= len(rows)
 
     def _count_decision(
         self, payment: Payment, observation: reconcile.Observation, now: datetime
@@ -688,7 +800,7 @@ class Runner:
     # -- callbacks -------------------------------------------------------------------------
 
     def _changed(self, change: Change) -> None:
-        self.report.changes.append(change)
+        self.report.add_change(change)
         if self._on_change is not None:
             self._on_change(change)
 
@@ -696,11 +808,6 @@ class Runner:
         self._done += 1
         if self._progress is not None:
             self._progress(self._done, max(self._total, self._done))
-
-
-def is_unreachable(errors: Sequence[dict[str, str]]) -> bool:
-    """Whether every error says the connection to ATH Móvil could not be made."""
-    return bool(errors) and all("could not connect" in error["reason"] for error in errors)
 
 
 __all__ = [
@@ -712,7 +819,6 @@ __all__ = [
     "RunOptions",
     "RunReport",
     "Runner",
-    "is_unreachable",
     "parse_ecommerce_ids",
     "validate_options",
 ]

@@ -36,6 +36,7 @@ JSON_KEYS = {
     "backfill",
     "pruned",
     "errors",
+    "error_count",
     "duration_seconds",
     "dry_run",
     "exit_code",
@@ -193,6 +194,7 @@ def test_json_summary_is_the_only_thing_on_stdout(story, received):
         "backfill": None,
         "pruned": {"webhook_events": 0, "payment_events": 0, "sync_runs": 0},
         "errors": [],
+        "error_count": 0,
         "dry_run": False,
         "exit_code": 0,
     }

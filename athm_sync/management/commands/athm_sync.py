@@ -175,7 +175,7 @@ class Command(OneLineErrorCommand):
         if report.unreachable:
             self.stderr.write(
                 f"{PROGRAM}: error: ATH Móvil is unreachable at {conf.api_base_url} "
-                f"(could not connect for any of {len(report.errors)} payment(s))"
+                f"(could not connect for any of {report.error_count} payment(s))"
             )
         if report.exit_code:
             sys.exit(report.exit_code)
@@ -270,7 +270,7 @@ class Command(OneLineErrorCommand):
             f"given up: {report.given_up}",
             f"  signals sent: {report.signals_sent} ({report.redispatched} left by an earlier "
             f"run), receiver errors: {report.receiver_errors}",
-            f"  errors: {len(report.errors)}",
+            f"  errors: {report.error_count}",
         ]
         if report.refund_scan is not None:
             scan = report.refund_scan
@@ -288,6 +288,8 @@ class Command(OneLineErrorCommand):
         lines += [
             f"    {error['ecommerce_id'] or '-'}: {error['reason']}" for error in report.errors
         ]
+        if report.errors_not_listed:
+            lines.append(f"    and {report.errors_not_listed} more")
         self.stdout.write("\n".join(lines))
 
     def _print_change(self, change: Change) -> None:
