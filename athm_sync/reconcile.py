@@ -836,17 +836,31 @@ def claim_due(
 # -- checks that change nothing ------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Settled:
+    """A check that changed nothing but the schedule (and perhaps descriptive fields ATH
+    Móvil filled in, such as the business name): ``payment`` as the check leaves it, and the
+    names of the remote fields it changed."""
+
+    payment: Payment
+    remote_fields: tuple[str, ...] = ()
+
+
+# What every settled check writes; record_unchanged adds the remote fields some row changed.
+_SCHEDULE_FIELDS = ("next_check_at", "last_checked_at", "expires_at")
+
+
 def settle_unchanged(
     payment: Payment, observation: Observation, *, now: datetime, conf: AthmSyncSettings
-) -> Payment | None:
-    """The claimed ``payment`` as one more check leaves it, when ``observation`` changes nothing
-    but its schedule; ``None`` when it must go through :func:`apply` instead.
+) -> Settled | None:
+    """The claimed ``payment`` as one more check leaves it, when ``observation`` changes
+    nothing but its schedule and descriptive fields; ``None`` when it must go through
+    :func:`apply` instead.
 
-    Nothing changes when the answer was read (no error), nothing was captured or dropped,
-    :func:`decide` finds no transition, refund, note or mismatch, the remote fields already
-    hold what ATH Móvil says and the payment is not given up now. Such a check only moves the
-    schedule, so :func:`record_unchanged` writes many of them in one query. The decision is
-    made by the same functions as :func:`apply`'s, on the row as it was claimed.
+    That is when the answer was read (no error), nothing was captured or dropped,
+    :func:`decide` finds no transition, refund, note or mismatch, and the payment is not given
+    up now. Such checks are written many at a time by :func:`record_unchanged`. The decision
+    is made by the same functions as :func:`apply`'s, on the row as it was claimed.
     """
     if observation.error is not None or observation.captured or observation.drop_auth_token:
         return None
@@ -859,18 +873,20 @@ def settle_unchanged(
     if decision.status != payment.status:
         return None
     checked = copy.copy(payment)
+    changed: tuple[str, ...] = ()
     if snapshot is not None:
         _copy_remote_fields(checked, snapshot, refresh_all=not checked.is_terminal)
-        if any(getattr(checked, name) != getattr(payment, name) for name in _REMOTE_FIELDS):
-            return None
+        changed = tuple(
+            name for name in _REMOTE_FIELDS if getattr(checked, name) != getattr(payment, name)
+        )
     if _checked(checked, now, conf, "") or checked.given_up_at is not None:
         return None
     if checked.expires_at is None:
         checked.expires_at = checked.compute_expires_at()
-    return checked
+    return Settled(checked, changed)
 
 
-def record_unchanged(run_id: str, checked: Iterable[Payment], now: datetime | None = None) -> int:
+def record_unchanged(run_id: str, settled: Iterable[Settled], now: datetime | None = None) -> int:
     """Write the checks :func:`settle_unchanged` settled, in one query; returns how many rows
     took them.
 
@@ -878,10 +894,13 @@ def record_unchanged(run_id: str, checked: Iterable[Payment], now: datetime | No
     meanwhile (a webhook, ``sync_payment``, the admin) went through :func:`apply`, which
     released the claim, and its write stands.
     """
-    by_pk = {payment.pk: payment for payment in checked}
+    settled = list(settled)
+    by_pk = {each.payment.pk: each.payment for each in settled}
     if not by_pk:
         return 0
     now = now or timezone.now()
+    remote = {name for each in settled for name in each.remote_fields}
+    names = [*_SCHEDULE_FIELDS, *(name for name in _REMOTE_FIELDS if name in remote)]
 
     def per_row(name: str) -> Case:
         field = Payment._meta.get_field(name)
@@ -892,9 +911,7 @@ def record_unchanged(run_id: str, checked: Iterable[Payment], now: datetime | No
 
     return run_locked(
         lambda: Payment.objects.filter(pk__in=list(by_pk), claimed_by=run_id).update(
-            next_check_at=per_row("next_check_at"),
-            last_checked_at=per_row("last_checked_at"),
-            expires_at=per_row("expires_at"),
+            **{name: per_row(name) for name in names},
             check_count=F("check_count") + 1,
             failures=0,
             last_error="",

@@ -89,7 +89,9 @@ def chunks(start: datetime, end: datetime, size: timedelta = CHUNK) -> Iterator[
 
 def claim_scan(now: datetime, conf: AthmSyncSettings) -> bool:
     """Whether this run scans for refunds now; at most one run per ``REFUND_SCAN_INTERVAL``."""
-    ReportScan.objects.get_or_create(name=REFUNDS, defaults={"next_scan_at": now})
+    reconcile.run_locked(
+        lambda: ReportScan.objects.get_or_create(name=REFUNDS, defaults={"next_scan_at": now})
+    )
     return bool(
         reconcile.run_locked(
             lambda: ReportScan.objects.filter(name=REFUNDS, next_scan_at__lte=now).update(

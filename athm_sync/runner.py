@@ -294,7 +294,8 @@ class Runner:
         self.report = RunReport(dry_run=options.dry_run)
         self._done = 0
         self._total = 0
-        self._unchanged: list[Payment] = []  # checks that changed nothing, not yet written
+        # Checks that changed nothing, not written yet (one query per batch).
+        self._unchanged: list[reconcile.Settled] = []
 
     def _should_stop(self) -> bool:
         return self._gave_up_on_ath or self._asked_to_stop()
@@ -312,8 +313,11 @@ class Runner:
         try:
             if not self.options.dry_run:
                 self._dispatch_leftovers()
-                sync_run = SyncRun.objects.create(
-                    host=socket.gethostname(), pid=os.getpid(), options=self.options.as_dict()
+                # Retried like every write of a run: SQLite's one writer may be another run.
+                sync_run = reconcile.run_locked(
+                    lambda: SyncRun.objects.create(
+                        host=socket.gethostname(), pid=os.getpid(), options=self.options.as_dict()
+                    )
                 )
                 self.report.sync_run_id = sync_run.pk
             with ThreadPoolExecutor(
@@ -609,7 +613,7 @@ class Runner:
                     if self._should_stop():
                         # Answers not settled yet are dropped: their payments stay due.
                         return
-                top_up()
+                    top_up()
         finally:
             for future in in_flight:
                 future.cancel()
@@ -623,7 +627,7 @@ class Runner:
         if checked is None:
             self._apply(observation, source="poll")
             return
-        self._count_check(observation, unchanged=True)
+        self._answered()
         self._unchanged.append(checked)
         if len(self._unchanged) >= self.batch_size:
             self._write_unchanged()
@@ -635,9 +639,13 @@ class Runner:
         if not held:
             return
         try:
-            reconcile.record_unchanged(self.run_id, held)
+            taken = reconcile.record_unchanged(self.run_id, held)
         except DatabaseError as error:
             self._record_error("", f"{len(held)} unchanged check(s) could not be stored: {error}")
+            return
+        # The others were deleted, or checked meanwhile by another door, whose outcome stands.
+        self.report.checked += taken
+        self.report.unchanged += taken
 
     def _apply(self, observation: reconcile.Observation, *, source: str) -> None:
         try:
@@ -656,20 +664,19 @@ class Runner:
             if isinstance(observation.error, TransientError):
                 self._ath_failed(observation.error)
             return
-        self._count_check(observation, unchanged=not outcome.events)
+        self._answered()
+        report.checked += 1
+        if observation.captured:
+            report.captured += 1
+        if not outcome.events:
+            report.unchanged += 1
         self._record_events(outcome)
 
-    def _count_check(self, observation: reconcile.Observation, *, unchanged: bool) -> None:
-        """One payment ATH Móvil answered for."""
-        report = self.report
-        report.checked += 1
+    def _answered(self) -> None:
+        """ATH Móvil answered for one payment: a run of failures, if any, is over."""
         if self._failing:
             logger.warning("ATH Móvil answers again, after %d failed payment(s)", self._failing)
             self._failing = 0
-        if observation.captured:
-            report.captured += 1
-        if unchanged:
-            report.unchanged += 1
 
     def _ath_failed(self, error: TransientError) -> None:
         """One more payment ATH Móvil failed to answer: said once, and the run stops early

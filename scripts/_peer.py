@@ -165,8 +165,11 @@ def ensure_peer_python(root: Path) -> Path:
             # ``python3 -m venv``): the peer then runs on the same Python release as we do.
             _setup_step([sys.executable, "-m", "venv", str(venv)], f"python -m venv {venv}")
         _setup_step(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-            + requirements,
+            [
+                str(python),
+                *("-m", "pip", "install", "--quiet", "--disable-pip-version-check"),
+                *requirements,
+            ],
             "pip install " + " ".join(requirements),
         )
         _setup_step(
@@ -334,24 +337,23 @@ def _load_payments(path: str) -> list[dict[str, Any]]:
     return payments
 
 
-class _FailedLookups:
+def _count_failed_lookups() -> dict[str, Any]:
     """Counts the warnings ``sync_status`` logs instead of raising (payment_service.py:280)."""
+    import logging
 
-    def __init__(self) -> None:
-        import logging
+    seen: dict[str, Any] = {"count": 0, "first": None}
 
-        class Handler(logging.Handler):
-            def emit(handler, record: logging.LogRecord) -> None:  # noqa: N805
-                if str(record.msg).startswith(_FAILED_LOOKUP):
-                    self.count += 1
-                    if self.first is None:
-                        self.first = record.getMessage()
+    class FailedLookups(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if str(record.msg).startswith(_FAILED_LOOKUP):
+                seen["count"] += 1
+                if seen["first"] is None:
+                    seen["first"] = record.getMessage()
 
-        self.count = 0
-        self.first: str | None = None
-        logger = logging.getLogger("django_athm.services.payment_service")
-        logger.addHandler(Handler(logging.WARNING))
-        logger.propagate = False  # counted here instead of one stderr line per payment
+    logger = logging.getLogger("django_athm.services.payment_service")
+    logger.addHandler(FailedLookups(logging.WARNING))
+    logger.propagate = False  # counted here instead of one stderr line per payment
+    return seen
 
 
 def _configure_django(db_path: Path, public_token: str, private_token: str) -> None:
@@ -410,7 +412,7 @@ def _measure(args: argparse.Namespace, base_url: str, guard: _Guard) -> dict[str
         by_id = {row.ecommerce_id: row for row in Payment.objects.all()}
         rows = [by_id[p["ecommerce_id"]] for p in payments]
         before = {row.ecommerce_id: row.status for row in rows}
-        failed = _FailedLookups()
+        failed = _count_failed_lookups()
         connections_before = guard.connections
 
         errors, first_error = 0, None
@@ -436,8 +438,8 @@ def _measure(args: argparse.Namespace, base_url: str, guard: _Guard) -> dict[str
             "first_error": first_error,
             # sync_status catches its own API errors (payment_service.py:277-281): counted from
             # the warning it logs, as they never reach the loop above.
-            "swallowed_errors": failed.count,
-            "first_swallowed_error": failed.first,
+            "swallowed_errors": failed["count"],
+            "first_swallowed_error": failed["first"],
             "connections": guard.connections - connections_before,
             "function": PEER_FUNCTION,
             "loop": "own loop over the rows (the package ships none for pending payments)",

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import _peer
+import _scale
 import _shop
 
 PROGRAM = "scripts/bench"
@@ -565,6 +567,426 @@ def bench_watch(argv: Sequence[str]) -> int:
     return 0
 
 
+# -- the poller at scale: poll, scale-out, peer, memory, plan ---------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+DATABASE_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+BENCH_DATABASE = "athm_sync_bench"
+
+
+def postgres_reachable() -> bool:
+    """Whether PostgreSQL answers on 127.0.0.1:5432 (the bench's PostgreSQL cases need it)."""
+    import socket
+
+    try:
+        with socket.create_connection((_scale.HOST, 5432), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class ScaleBench:
+    """What the scale cases share: the sandbox process, the databases, the sizes."""
+
+    folder: Path
+    payments: int
+    latency_ms: float
+    changing: float
+    sandbox: _scale.Sandbox = field(init=False)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sandbox = _scale.Sandbox()
+        self.postgres = postgres_reachable()
+        if not self.postgres:
+            self.notes.append("PostgreSQL cases skipped: nothing answers on 127.0.0.1:5432")
+
+    def databases(self) -> list[str]:
+        sqlite = f"sqlite:{self.folder / 'bench.sqlite3'}"
+        return [sqlite, f"postgresql:{BENCH_DATABASE}"] if self.postgres else [sqlite]
+
+    def prepare(self, database: str, count: int, terminal: int = 0) -> list[dict[str, str]]:
+        """A fresh sandbox with ``count`` payments (``changing`` of them paid) and the same
+        payments stored, due, in ``database`` (plus ``terminal`` finished ones)."""
+        progress(f"  preparing {count} payments ({terminal} more finished) on {database} ...")
+        payments = self.sandbox.fill(count, self.changing)
+        given = self.folder / "payments.json"
+        given.write_text(json.dumps(payments))
+        _scale.run_child(
+            "setup",
+            database,
+            self.sandbox.url,
+            "--payments",
+            str(given),
+            "--terminal",
+            str(terminal),
+        )
+        self.sandbox.set_latency(self.latency_ms)
+        self.sandbox.reset_counts()
+        return payments
+
+    def measure(self, database: str, workers: int, processes: int = 1) -> dict[str, Any]:
+        """``processes`` runs of ``--workers workers`` started together; their results, the
+        wall time from the first start to the last end, and the sandbox's call counts."""
+        children = [
+            _scale.start_child(database, self.sandbox.url, workers) for _ in range(processes)
+        ]
+        results = _scale.go(children)
+        wall = max(r["ended"] for r in results) - min(r["started"] for r in results)
+        return {"runs": results, "wall": wall, "calls": self.sandbox.counts()}
+
+    def floor(self, count: int, workers: int) -> float:
+        return count * self.latency_ms / 1000 / workers
+
+    def add(self, case: str, database: str, workers: str, measured: dict[str, Any], **extra):
+        runs = measured["runs"]
+        reports = [run["report"] for run in runs]
+        self.rows.append(
+            {
+                "case": case,
+                "database": DATABASE_NAMES[database.partition(":")[0]],
+                "workers": workers,
+                "wall_seconds": round(measured["wall"], 3),
+                "find_payment": measured["calls"].get("findPayment", 0),
+                "other_api_calls": sum(
+                    n for name, n in measured["calls"].items() if name != "findPayment"
+                ),
+                "queries": sum(run["queries"] for run in runs),
+                "checked": sum(report["checked"] for report in reports),
+                "changed": sum(sum(report["transitions"].values()) for report in reports),
+                "signals": sum(report["signals_sent"] for report in reports),
+                "errors": sum(report["error_count"] for report in reports),
+                "peak_rss_mib": round(max(run["peak_rss_kib"] for run in runs) / 1024, 1),
+                **extra,
+            }
+        )
+        return self.rows[-1]
+
+    def close(self) -> None:
+        self.sandbox.stop()
+
+
+def case_poll(bench: ScaleBench) -> None:
+    """2,000 due payments, 30 % changing, --workers 1 and 16, each database."""
+    n = bench.payments
+    for database in bench.databases():
+        for workers in (1, 16):
+            bench.prepare(database, n)
+            progress(f"  poll: {n} payments, --workers {workers}, {database} ...")
+            measured = bench.measure(database, workers)
+            floor = bench.floor(n, workers)
+            bench.add(
+                "poll",
+                database,
+                str(workers),
+                measured,
+                floor_seconds=round(floor, 3),
+                times_floor=round(measured["wall"] / floor, 2),
+            )
+
+
+def case_scale_out(bench: ScaleBench) -> None:
+    """Two --workers 16 processes over the same payments, next to one (PostgreSQL)."""
+    if not bench.postgres:
+        return
+    database = bench.databases()[1]
+    n = bench.payments
+    for processes in (1, 2):
+        bench.prepare(database, n)
+        progress(f"  scale-out: {processes} process(es) of --workers 16 ...")
+        measured = bench.measure(database, 16, processes)
+        floor = bench.floor(n, 16 * processes)
+        bench.add(
+            f"scale-out {processes}x16",
+            database,
+            f"{processes}x16",
+            measured,
+            floor_seconds=round(floor, 3),
+            times_floor=round(measured["wall"] / floor, 2),
+        )
+
+
+def case_peer(bench: ScaleBench) -> None:
+    """The same payments through django-athm 1.0.2's ``PaymentService.sync_status``."""
+    progress("  peer: installing django-athm 1.0.2 into .venv-peer (once) ...")
+    python = _peer.ensure_peer_python(ROOT)
+    n = bench.payments
+    payments = bench.sandbox.fill(n, bench.changing)
+    bench.sandbox.set_latency(bench.latency_ms)
+    bench.sandbox.reset_counts()
+    progress(f"  peer: {n} payments, one sync_status call each ...")
+    result = _peer.run_peer(
+        python,
+        bench.sandbox.url,
+        _scale.PUBLIC_TOKEN,
+        _scale.PRIVATE_TOKEN,
+        payments,
+        timeout=3600,
+    )
+    calls = bench.sandbox.counts()
+    floor = bench.floor(n, 1)
+    bench.rows.append(
+        {
+            "case": "peer: django-athm 1.0.2",
+            "database": "SQLite",
+            "workers": "1",
+            "wall_seconds": round(result["seconds"], 3),
+            "floor_seconds": round(floor, 3),
+            "times_floor": round(result["seconds"] / floor, 2),
+            "find_payment": calls.get("findPayment", 0),
+            "other_api_calls": sum(n for name, n in calls.items() if name != "findPayment"),
+            "queries": None,
+            "checked": result["payments"],
+            "changed": result["changed"],
+            "signals": 0,
+            "errors": result["errors"] + result.get("swallowed_errors", 0),
+            "peak_rss_mib": None,
+            "statuses_after": result["statuses"],
+        }
+    )
+    bench.notes.append(
+        f"peer: {result['function']}, called once per payment in a loop (the package has "
+        f"none of its own). Does: {result['does']} Does not: {result['does_not']}"
+    )
+
+
+MEMORY_STORED, MEMORY_DUE = 100_000, 10_000
+
+
+def case_memory_and_plan(bench: ScaleBench) -> None:
+    """One run with 100,000 stored payments, 10,000 due: peak RSS; on PostgreSQL also the plan
+    of the due-payments query, taken before the run."""
+    for database in bench.databases():
+        bench.prepare(database, MEMORY_DUE, terminal=MEMORY_STORED - MEMORY_DUE)
+        if database.startswith("postgresql"):
+            progress("  plan: EXPLAIN (ANALYZE, BUFFERS) of the due-payments query ...")
+            plan = json.loads(_scale.run_child("explain", database, bench.sandbox.url))
+            bench.plan = plan
+        progress(f"  memory: {MEMORY_DUE} due of {MEMORY_STORED} stored, --workers 16 ...")
+        measured = bench.measure(database, 16)
+        floor = bench.floor(MEMORY_DUE, 16)
+        bench.add(
+            f"memory: {MEMORY_STORED:,} stored",
+            database,
+            "16",
+            measured,
+            floor_seconds=round(floor, 3),
+            times_floor=round(measured["wall"] / floor, 2),
+            rss_before_run_mib=round(measured["runs"][0]["rss_before_kib"] / 1024, 1),
+        )
+
+
+def case_webhook(bench: ScaleBench) -> None:
+    """The webhook benchmark (its own process), summed up: genuine p50 / p95 at 50 ms."""
+    import subprocess
+
+    progress("  webhook: scripts/bench webhook --n 100 ...")
+    done = subprocess.run(  # noqa: S603 - our own interpreter and this file
+        [sys.executable, __file__, "webhook", "--n", "100", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=True,
+    )
+    document = json.loads(done.stdout)
+    bench.webhook = [
+        {
+            "scenario": r["scenario"],
+            "sandbox_latency_ms": r["sandbox_latency_ms"],
+            "p50": r["latency_ms"]["p50"],
+            "p95": r["latency_ms"]["p95"],
+        }
+        for r in document["results"]
+    ]
+
+
+SCALE_CASES: dict[str, Callable[[ScaleBench], None]] = {
+    "poll": case_poll,
+    "scale-out": case_scale_out,
+    "peer": case_peer,
+    "memory": case_memory_and_plan,
+    "webhook": case_webhook,
+}
+
+
+def targets(bench: ScaleBench) -> list[tuple[str, str, bool | None]]:
+    """Each target of issue 12: (what, the figures, met?); ``None`` when not measured."""
+    found: list[tuple[str, str, bool | None]] = []
+    poll = {(r["database"], r["workers"]): r for r in bench.rows if r["case"] == "poll"}
+    for database in DATABASE_NAMES.values():
+        fast, slow = poll.get((database, "16")), poll.get((database, "1"))
+        if fast:
+            found.append(
+                (
+                    f"{database}: --workers 16 within 1.5 x the floor",
+                    f"{fast['times_floor']} x",
+                    fast["times_floor"] <= 1.5,
+                )
+            )
+        if fast and slow:
+            speedup = slow["wall_seconds"] / fast["wall_seconds"]
+            found.append(
+                (
+                    f"{database}: --workers 16 at least 10 x faster than --workers 1",
+                    f"{speedup:.1f} x",
+                    speedup >= 10,
+                )
+            )
+    peer = next((r for r in bench.rows if r["case"].startswith("peer")), None)
+    ours = poll.get(("SQLite", "16"))
+    if peer and ours:
+        speedup = peer["wall_seconds"] / ours["wall_seconds"]
+        found.append(("at least 10 x faster than the peer", f"{speedup:.1f} x", speedup >= 10))
+    one = next((r for r in bench.rows if r["case"] == "scale-out 1x16"), None)
+    pair = next((r for r in bench.rows if r["case"] == "scale-out 2x16"), None)
+    if one and pair:
+        ratio = pair["wall_seconds"] / one["wall_seconds"]
+        once = pair["find_payment"] == pair["checked"] == bench.payments
+        found.append(
+            (
+                "two processes at most 0.65 x the time of one, each payment checked once",
+                f"{ratio:.2f} x; {pair['find_payment']} findPayment for {bench.payments}",
+                ratio <= 0.65 and once,
+            )
+        )
+    for row in bench.rows:
+        if row["case"].startswith("memory"):
+            found.append(
+                (
+                    f"{row['database']}: peak RSS under 200 MB, {MEMORY_STORED:,} stored",
+                    f"{row['peak_rss_mib']} MiB",
+                    row["peak_rss_mib"] * 1.048576 < 200,
+                )
+            )
+    plan = getattr(bench, "plan", None)
+    if plan:
+        found.append(
+            (
+                "due-payments query: an index scan reading no terminal rows",
+                f"index scan {'yes' if plan['index_scan'] else 'NO'}, seq scan "
+                f"{'YES' if plan['seq_scan'] else 'no'}, rows removed by filter "
+                f"{plan['rows_removed_by_filter']}",
+                plan["index_scan"] and not plan["seq_scan"],
+            )
+        )
+    for row in getattr(bench, "webhook", []):
+        if row["scenario"] == "genuine" and row["sandbox_latency_ms"]:
+            limit = row["sandbox_latency_ms"] + 30
+            found.append(
+                (
+                    f"genuine webhook p95 within the sandbox latency + 30 ms ({limit} ms)",
+                    f"p95 {row['p95']:.1f} ms (p50 {row['p50']:.1f})",
+                    row["p95"] <= limit,
+                )
+            )
+    return found
+
+
+def print_scale_table(bench: ScaleBench, document: dict[str, Any]) -> None:
+    """The readable report of :func:`bench_scale`."""
+    env = document["environment"]
+    print(
+        f"athm_sync at scale: {bench.payments} due payments, {bench.changing:.0%} changing, the "
+        f"sandbox (its own process) answering at {bench.latency_ms:g} ms"
+    )
+    print(
+        f"  Python {env['python']}, Django {env['django']}, SQLite {env['sqlite']}, "
+        f"{env['cpus']} CPUs, {env['platform']}"
+    )
+    print("  wall: one run, Django's start excluded; floor: payments x latency / workers")
+    print()
+    header = (
+        f"{'case':<24} {'database':<10} {'workers':>7} {'wall s':>8} {'floor s':>8} "
+        f"{'x floor':>7} {'findPayment':>11} {'queries':>8} {'checked':>7} {'changed':>7} "
+        f"{'signals':>7} {'errors':>6} {'peak RSS':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+
+    def cell(value: Any, width: int, unit: str = "") -> str:
+        return f"{'-' if value is None else f'{value}{unit}':>{width}}"
+
+    for row in bench.rows:
+        print(
+            f"{row['case']:<24} {row['database']:<10} {row['workers']:>7} "
+            f"{row['wall_seconds']:>8.2f} {cell(row.get('floor_seconds'), 8)} "
+            f"{cell(row.get('times_floor'), 7)} {row['find_payment']:>11} "
+            f"{cell(row['queries'], 8)} {row['checked']:>7} {row['changed']:>7} "
+            f"{row['signals']:>7} {row['errors']:>6} {cell(row['peak_rss_mib'], 6, ' MiB')}"
+        )
+    for row in getattr(bench, "webhook", []):
+        print(
+            f"webhook {row['scenario']:<16} {'SQLite':<10} {'':>7} p50 {row['p50']:.1f} ms, "
+            f"p95 {row['p95']:.1f} ms, the sandbox at {row['sandbox_latency_ms']} ms"
+        )
+    plan = getattr(bench, "plan", None)
+    if plan:
+        print()
+        print(
+            f"PostgreSQL's plan of the due-payments query ({plan['stored']:,} stored, "
+            f"{plan['due']:,} due):"
+        )
+        for line in plan["plan"]:
+            print(f"  {line}")
+    print()
+    print("targets:")
+    for what, figures, met in document["targets"]:
+        mark = {True: "met", False: "MISSED", None: "-"}[met]
+        print(f"  [{mark:^6}] {what}: {figures}")
+    for note in bench.notes:
+        print(f"note: {note}")
+    print(f"{document['elapsed_seconds']} s in all.")
+
+
+def bench_scale(argv: Sequence[str], cases: Sequence[str] | None = None) -> int:
+    """``scripts/bench`` (all cases) or ``scripts/bench poll|scale-out|peer|memory``."""
+    import tempfile
+
+    parser = _Parser(prog=PROGRAM, description="The poller at scale.")
+    parser.add_argument("--payments", type=int, default=2000, help="due payments (2000)")
+    parser.add_argument("--latency-ms", type=float, default=40.0, help="sandbox latency (40)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    args = parser.parse_args(argv)
+    if args.payments < 20:
+        raise UsageError(f"--payments must be at least 20, not {args.payments}")
+    if not 1 <= args.latency_ms <= 1000:
+        raise UsageError(f"--latency-ms must be from 1 to 1000, not {args.latency_ms:g}")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="athm-bench-scale-") as folder:
+        bench = ScaleBench(Path(folder), args.payments, args.latency_ms, changing=0.3)
+        try:
+            for name in cases or SCALE_CASES:
+                SCALE_CASES[name](bench)
+        except RuntimeError as error:
+            raise BenchFailure(str(error)) from None
+        finally:
+            bench.close()
+    document = {
+        "benchmark": "scale",
+        "payments": bench.payments,
+        "latency_ms": bench.latency_ms,
+        "changing": bench.changing,
+        "rows": bench.rows,
+        "webhook": getattr(bench, "webhook", None),
+        "plan": getattr(bench, "plan", None),
+        "notes": bench.notes,
+        "environment": environment(),
+        "elapsed_seconds": round(time.perf_counter() - started, 1),
+    }
+    document["targets"] = targets(bench)
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print_scale_table(bench, document)
+    return 0
+
+
+def _one_case(name: str) -> Callable[[Sequence[str]], int]:
+    return lambda argv: bench_scale(argv, [name])
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "webhook": (
         "latency of the webhook view over HTTP: genuine, duplicate and forged completions, "
@@ -574,6 +996,19 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "watch": (
         "a real athm_sync --watch process over 1,000 passes: memory, open files, sockets",
         bench_watch,
+    ),
+    "poll": (
+        "2,000 due payments, 30 % changing, sandbox at 40 ms: --workers 1 and 16, each database",
+        _one_case("poll"),
+    ),
+    "scale-out": (
+        "two --workers 16 processes on one PostgreSQL, next to one",
+        _one_case("scale-out"),
+    ),
+    "peer": ("the same payments through django-athm 1.0.2's sync_status", _one_case("peer")),
+    "memory": (
+        "peak RSS with 100,000 stored, 10,000 due; PostgreSQL's plan of the due query",
+        _one_case("memory"),
     ),
 }
 
@@ -592,7 +1027,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(usage())
         return 0
-    if not argv or argv[0] not in BENCHMARKS:
+    if not argv or argv[0].startswith("--"):
+        # Every case of the poller at scale, and the webhook figures, in one table.
+        try:
+            return bench_scale(argv)
+        except UsageError as error:
+            print(f"{PROGRAM}: error: {error}", file=sys.stderr)
+            return 2
+        except BenchFailure as error:
+            print(f"{PROGRAM}: FAILED: {error}", file=sys.stderr)
+            return 1
+    if argv[0] not in BENCHMARKS:
         if argv:
             print(f"{PROGRAM}: unknown benchmark {argv[0]!r}", file=sys.stderr)
         print(usage(), file=sys.stderr)

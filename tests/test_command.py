@@ -616,13 +616,15 @@ def test_a_payment_still_open_after_max_age_is_given_up(athm_settings, settings)
 @pytest.mark.django_db(transaction=True)
 def test_a_payment_deleted_during_the_run_is_skipped(athm_settings, monkeypatch):
     doomed, kept = track(athm_settings), track(athm_settings)
-    original = reconcile.apply
+    athm_settings.complete(str(kept.pk))  # one answer applied alone, the other in bulk
+    for name in ("apply", "settle_unchanged"):
+        original = getattr(reconcile, name)
 
-    def apply_after_deleting(observation, *args, **kwargs):
-        Payment.objects.filter(pk=doomed.pk).delete()
-        return original(observation, *args, **kwargs)
+        def after_deleting(observation, *args, _original=original, **kwargs):
+            Payment.objects.filter(pk=doomed.pk).delete()
+            return _original(observation, *args, **kwargs)
 
-    monkeypatch.setattr(reconcile, "apply", apply_after_deleting)
+        monkeypatch.setattr(reconcile, name, after_deleting)
     code, document, _ = run_json()
     assert code == 0 and document["checked"] == 1
     assert Payment.objects.get(pk=kept.pk).check_count == 1
@@ -636,6 +638,7 @@ def test_an_unexpected_crash_is_recorded_and_releases_claims(athm_settings, monk
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(reconcile, "apply", broken_apply)
+    monkeypatch.setattr(reconcile, "settle_unchanged", broken_apply)
     with pytest.raises(RuntimeError, match="disk full"):
         run()
     sync_run = SyncRun.objects.get()
