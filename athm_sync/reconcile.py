@@ -32,7 +32,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -40,7 +40,7 @@ from typing import Any, Protocol, TypeVar
 
 from asgiref.sync import async_to_sync
 from django.db import DatabaseError, OperationalError, connection, transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import Q
 from django.utils import timezone
 
 from athm_sync import normalize, signals
@@ -508,12 +508,10 @@ def _apply_locked(
                     )
                 )
         if outcome.events and not quiet:
-            event_ids = [event.pk for event in outcome.events]
+            events = list(outcome.events)
             # robust: an unexpected failure while sending is logged; the events stay pending
             # for the next run's sweep. A database error is reported in ``outcome.unsent``.
-            transaction.on_commit(
-                lambda: _record_dispatch(outcome, dispatch(event_ids)), robust=True
-            )
+            transaction.on_commit(lambda: _record_dispatch(outcome, dispatch(events)), robust=True)
     return outcome
 
 
@@ -654,8 +652,11 @@ class Dispatched:
         return f"{len(self.failures)} signal(s) not sent, left pending: {reasons}"
 
 
-def dispatch(event_ids: Iterable[int]) -> Dispatched:
+def dispatch(events: Iterable[int | PaymentEvent]) -> Dispatched:
     """Send the signal of each given event not yet sent, each in one transaction.
+
+    ``events`` are ids, or the events :func:`apply` just committed (with their payment and
+    refund attached), which are sent as they are instead of being read again.
 
     The transaction holds the event's "sent" mark and everything its receivers write to the
     database, so a process killed at any moment either rolls both back (the event stays
@@ -668,9 +669,11 @@ def dispatch(event_ids: Iterable[int]) -> Dispatched:
     ``failures`` and left pending; the others are still sent.
     """
     result = Dispatched()
-    for pk in event_ids:
+    for given in events:
+        event = given if isinstance(given, PaymentEvent) else None
+        pk = event.pk if event is not None else given
         try:
-            failures = run_locked(lambda pk=pk: _dispatch_one(pk))
+            failures = run_locked(lambda pk=pk, event=event: _dispatch_one(pk, event))
         except DatabaseError as error:
             reason = normalize.text(f"{type(error).__name__}: {error}")[:500]
             logger.error("Signal of event %s not sent, it stays pending: %s", pk, reason)
@@ -682,19 +685,21 @@ def dispatch(event_ids: Iterable[int]) -> Dispatched:
     return result
 
 
-def _dispatch_one(pk: int) -> int | None:
+def _dispatch_one(pk: int, event: PaymentEvent | None = None) -> int | None:
     """Send one event in a transaction; returns how many receivers raised, or ``None`` when
     it was already sent or another process is sending it."""
     with transaction.atomic():
-        event = (
-            # Django ignores select_for_update() where there is no FOR UPDATE (SQLite).
-            PaymentEvent.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("payment", "refund")
-            .filter(pk=pk, dispatched_at__isnull=True)
-            .first()
+        # Django ignores select_for_update() where there is no FOR UPDATE (SQLite).
+        unsent = PaymentEvent.objects.select_for_update(skip_locked=True, of=("self",)).filter(
+            pk=pk, dispatched_at__isnull=True
         )
         if event is None:
-            return None
+            event = unsent.select_related("payment", "refund").first()
+            if event is None:
+                return None
+        # An event apply() just committed is marked at once: only a sweep of another process
+        # could be sending it, and then the mark below waits for that one to end, and finds
+        # it sent.
         # Written first: on SQLite this takes the write lock before any receiver runs, so a
         # receiver's own writes never meet "database is locked" halfway through.
         marked = PaymentEvent.objects.filter(pk=pk, dispatched_at__isnull=True).update(
@@ -900,26 +905,64 @@ def record_unchanged(run_id: str, settled: Iterable[Settled], now: datetime | No
         return 0
     now = now or timezone.now()
     remote = {name for each in settled for name in each.remote_fields}
-    names = [*_SCHEDULE_FIELDS, *(name for name in _REMOTE_FIELDS if name in remote)]
+    per_row = [*_SCHEDULE_FIELDS, *(name for name in _REMOTE_FIELDS if name in remote)]
+    same = {
+        "check_count": None,  # + 1
+        "failures": 0,
+        "last_error": "",
+        "claimed_by": "",
+        "claimed_until": None,
+        "updated_at": now,
+    }
+    sql, params = _bulk_update_sql(by_pk, per_row, same, run_id)
 
-    def per_row(name: str) -> Case:
-        field = Payment._meta.get_field(name)
-        return Case(
-            *(When(pk=pk, then=Value(getattr(p, name), field)) for pk, p in by_pk.items()),
-            output_field=field,
-        )
+    def write() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.rowcount
 
-    return run_locked(
-        lambda: Payment.objects.filter(pk__in=list(by_pk), claimed_by=run_id).update(
-            **{name: per_row(name) for name in names},
-            check_count=F("check_count") + 1,
-            failures=0,
-            last_error="",
-            claimed_by="",
-            claimed_until=None,
-            updated_at=now,
-        )
+    return run_locked(write)
+
+
+def _bulk_update_sql(
+    rows: dict[Any, Payment], per_row: Sequence[str], same: dict[str, Any], run_id: str
+) -> tuple[str, list[Any]]:
+    """One ``UPDATE`` of ``rows`` (held by ``run_id``): the ``per_row`` fields from each row
+    (``CASE pk WHEN ... THEN ...``), the ``same`` ones set alike (``check_count`` incremented).
+
+    Written as SQL because the ORM's ``Case(When(pk=...))`` builds a filter for every row and
+    field, which cost more than the checks it writes; the values are prepared by the model's
+    own fields, as the ORM would.
+    """
+    meta = Payment._meta
+    quote = connection.ops.quote_name
+    pk_column = quote(meta.pk.column)
+    pks = [meta.pk.get_db_prep_value(pk, connection) for pk in rows]
+    assignments: list[str] = []
+    params: list[Any] = []
+    for name in per_row:
+        field = meta.get_field(name)
+        column = quote(field.column)
+        whens = " ".join(["WHEN %s THEN %s"] * len(rows))
+        assignments.append(f"{column} = CASE {pk_column} {whens} ELSE {column} END")
+        for db_pk, payment in zip(pks, rows.values(), strict=True):
+            params += [db_pk, field.get_db_prep_save(getattr(payment, name), connection)]
+    for name, value in same.items():
+        field = meta.get_field(name)
+        column = quote(field.column)
+        if name == "check_count":
+            assignments.append(f"{column} = {column} + 1")
+            continue
+        assignments.append(f"{column} = %s")
+        params.append(field.get_db_prep_save(value, connection))
+    claimed_by = quote(meta.get_field("claimed_by").column)
+    placeholders = ", ".join(["%s"] * len(pks))
+    # Identifiers come from the model, quoted; every value is a parameter.
+    sql = (
+        f"UPDATE {quote(meta.db_table)} SET {', '.join(assignments)} "  # noqa: S608
+        f"WHERE {pk_column} IN ({placeholders}) AND {claimed_by} = %s"
     )
+    return sql, [*params, *pks, run_id]
 
 
 def renew_claims(run_id: str, lease: timedelta, now: datetime | None = None) -> int:

@@ -293,15 +293,34 @@ def _run(workers: int) -> dict[str, Any]:
     before = _memory_kib()
     print("ready", flush=True)
     sys.stdin.readline()
+    import resource
+
+    if os.environ.get("ATHM_BENCH_SWITCH"):
+        sys.setswitchinterval(float(os.environ["ATHM_BENCH_SWITCH"]))
+    profile_to = os.environ.get("ATHM_BENCH_PROFILE")
+    profiler = None
+    if profile_to:
+        import cProfile
+
+        profiler = cProfile.Profile()
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     with connection.execute_wrapper(count):
         started = time.time()
         clock = time.perf_counter()
+        if profiler is not None:
+            profiler.enable()
         report = Runner(RunOptions(workers=workers)).run()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile_to)
         seconds = time.perf_counter() - clock
         ended = time.time()
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     after = _memory_kib()
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "started": started,
         "ended": ended,
         "queries": queries,
