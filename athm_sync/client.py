@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -394,6 +395,17 @@ class ATHMovilClient:
         self.session.headers.update(
             {"Accept": "application/json", "User-Agent": "django-athm-sync"}
         )
+        # The environment (HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE) is read once, here:
+        # requests would read it again for every call (all of os.environ, twice, and
+        # ~/.netrc), which cost more CPU than the rest of a findPayment.
+        self.session.trust_env = False
+        self._proxies = {
+            base: requests.utils.get_environ_proxies(base)
+            for base in (self.api_base_url, self.report_base_url)
+        }
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if bundle:
+            self.session.verify = bundle
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> ATHMovilClient:
@@ -644,6 +656,7 @@ class ATHMovilClient:
                 data=json.dumps(body),
                 headers=headers,
                 timeout=timeout,
+                proxies=self._proxies[base],
             )
         except requests.RequestException as error:
             # Whatever the exception says: only a failure while connecting, before a byte of
