@@ -450,6 +450,7 @@ def _apply_locked(
     sent_at = now if quiet else None  # quiet: recorded as sent, never sent
     with transaction.atomic():
         payment = Payment.objects.select_for_update().get(pk=observation.ecommerce_id)
+        stored = _values(payment)
         before = payment.status
         error = ""
         if observation.error is not None:
@@ -469,7 +470,8 @@ def _apply_locked(
         if observation.drop_auth_token:
             payment.auth_token = ""
         given_up = _checked(payment, now, conf, error)
-        payment.save()
+        # Only what changed (a check always changes its schedule): a smaller UPDATE to build.
+        payment.save(update_fields=[*_changed_fields(payment, stored), "updated_at"])
 
         outcome = Outcome(payment=payment, decision=decision, given_up=given_up, error=error)
         if decision.event:
@@ -513,6 +515,17 @@ def _apply_locked(
             # for the next run's sweep. A database error is reported in ``outcome.unsent``.
             transaction.on_commit(lambda: _record_dispatch(outcome, dispatch(events)), robust=True)
     return outcome
+
+
+def _values(payment: Payment) -> dict[str, Any]:
+    return {field.attname: getattr(payment, field.attname) for field in _CONCRETE_FIELDS}
+
+
+def _changed_fields(payment: Payment, stored: dict[str, Any]) -> list[str]:
+    return [name for name, value in stored.items() if getattr(payment, name) != value]
+
+
+_CONCRETE_FIELDS = [field for field in Payment._meta.concrete_fields if not field.primary_key]
 
 
 def _checked(payment: Payment, now: datetime, conf: AthmSyncSettings, error: str) -> bool:
