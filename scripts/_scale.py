@@ -98,6 +98,11 @@ class Sandbox:
     def counts(self) -> dict[str, int]:
         return {name: n for name, n in self._call("GET", "/requests").items() if n}
 
+    def cpu_seconds(self) -> float:
+        """CPU time the sandbox process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.session.close()
         self.process.terminate()
@@ -172,16 +177,18 @@ def _configure(database: str, sandbox_url: str) -> None:
     from django.conf import settings
 
     kind, _, name = database.partition(":")
-    if kind == "sqlite":
-        db = {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": name,
-            "OPTIONS": {"transaction_mode": "IMMEDIATE"},
-        }
+    if kind in ("sqlite", "sqlite-wal"):
+        options = {"transaction_mode": "IMMEDIATE"}
+        if kind == "sqlite-wal":
+            # What many SQLite deployments set: no fsync per commit, only at checkpoints.
+            options["init_command"] = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+        db = {"ENGINE": "django.db.backends.sqlite3", "NAME": name, "OPTIONS": options}
     elif kind == "postgresql":
         db = {"ENGINE": "django.db.backends.postgresql", "NAME": name, **POSTGRES}
     else:
-        raise SystemExit(f"--database must be sqlite:PATH or postgresql:NAME, not {database!r}")
+        raise SystemExit(
+            f"--database must be sqlite:PATH, sqlite-wal:PATH or postgresql:NAME, not {database!r}"
+        )
     settings.configure(
         SECRET_KEY="bench-only",  # noqa: S106
         USE_TZ=True,
@@ -308,6 +315,12 @@ class _AllThreads:
     def dump_stats(self, path: str) -> None:
         if self.yappi:
             self.yappi.get_func_stats().save(path, type="pstat")
+            threads = self.yappi.get_thread_stats()
+            by_name: dict[str, float] = {}
+            for thread in threads:
+                kind = "main" if thread.name == "_MainThread" else thread.name.split("_")[0]
+                by_name[kind] = by_name.get(kind, 0.0) + thread.ttot
+            Path(path + ".threads.json").write_text(json.dumps(by_name))
         else:
             self.profile.dump_stats(path)
 

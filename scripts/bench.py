@@ -570,7 +570,7 @@ def bench_watch(argv: Sequence[str]) -> int:
 # -- the poller at scale: poll, scale-out, peer, memory, plan ---------------------------------
 
 ROOT = Path(__file__).resolve().parent.parent
-DATABASE_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+DATABASE_NAMES = {"sqlite": "SQLite", "sqlite-wal": "SQLite WAL", "postgresql": "PostgreSQL"}
 BENCH_DATABASE = "athm_sync_bench"
 
 
@@ -633,9 +633,16 @@ class ScaleBench:
         children = [
             _scale.start_child(database, self.sandbox.url, workers) for _ in range(processes)
         ]
+        sandbox_cpu = self.sandbox.cpu_seconds()
         results = _scale.go(children)
+        sandbox_cpu = self.sandbox.cpu_seconds() - sandbox_cpu
         wall = max(r["ended"] for r in results) - min(r["started"] for r in results)
-        return {"runs": results, "wall": wall, "calls": self.sandbox.counts()}
+        return {
+            "runs": results,
+            "wall": wall,
+            "calls": self.sandbox.counts(),
+            "sandbox_cpu": sandbox_cpu,
+        }
 
     def floor(self, count: int, workers: int) -> float:
         return count * self.latency_ms / 1000 / workers
@@ -659,6 +666,8 @@ class ScaleBench:
                 "signals": sum(report["signals_sent"] for report in reports),
                 "errors": sum(report["error_count"] for report in reports),
                 "peak_rss_mib": round(max(run["peak_rss_kib"] for run in runs) / 1024, 1),
+                "cpu_seconds": round(sum(run["cpu_seconds"] for run in runs), 2),
+                "sandbox_cpu_seconds": round(measured["sandbox_cpu"], 2),
                 **extra,
             }
         )
@@ -669,10 +678,12 @@ class ScaleBench:
 
 
 def case_poll(bench: ScaleBench) -> None:
-    """2,000 due payments, 30 % changing, --workers 1 and 16, each database."""
+    """2,000 due payments, 30 % changing, --workers 1 and 16, each database; and SQLite in
+    WAL mode with --workers 16, for comparison."""
     n = bench.payments
-    for database in bench.databases():
-        for workers in (1, 16):
+    wal = f"sqlite-wal:{bench.folder / 'bench-wal.sqlite3'}"
+    for database, counts in [*((db, (1, 16)) for db in bench.databases()), (wal, (16,))]:
+        for workers in counts:
             bench.prepare(database, n)
             progress(f"  poll: {n} payments, --workers {workers}, {database} ...")
             measured = bench.measure(database, workers)
@@ -896,11 +907,15 @@ def print_scale_table(bench: ScaleBench, document: dict[str, Any]) -> None:
         f"{env['cpus']} CPUs, {env['platform']}"
     )
     print("  wall: one run, Django's start excluded; floor: payments x latency / workers")
+    print(
+        "  CPU s: the measured process's CPU time; ATHM CPU s: the sandbox process's, in the "
+        "same interval (both share the machine's cores)"
+    )
     print()
     header = (
         f"{'case':<24} {'database':<10} {'workers':>7} {'wall s':>8} {'floor s':>8} "
         f"{'x floor':>7} {'findPayment':>11} {'queries':>8} {'checked':>7} {'changed':>7} "
-        f"{'signals':>7} {'errors':>6} {'peak RSS':>9}"
+        f"{'signals':>7} {'errors':>6} {'peak RSS':>9} {'CPU s':>6} {'ATHM CPU s':>10}"
     )
     print(header)
     print("-" * len(header))
@@ -914,7 +929,8 @@ def print_scale_table(bench: ScaleBench, document: dict[str, Any]) -> None:
             f"{row['wall_seconds']:>8.2f} {cell(row.get('floor_seconds'), 8)} "
             f"{cell(row.get('times_floor'), 7)} {row['find_payment']:>11} "
             f"{cell(row['queries'], 8)} {row['checked']:>7} {row['changed']:>7} "
-            f"{row['signals']:>7} {row['errors']:>6} {cell(row['peak_rss_mib'], 6, ' MiB')}"
+            f"{row['signals']:>7} {row['errors']:>6} {cell(row['peak_rss_mib'], 6, ' MiB')} "
+            f"{cell(row.get('cpu_seconds'), 6)} {cell(row.get('sandbox_cpu_seconds'), 10)}"
         )
     for row in getattr(bench, "webhook", []):
         print(
