@@ -161,9 +161,11 @@ class Payment(models.Model):
         get_latest_by = "created_at"
         permissions = [("refund_payment", _("Can refund ATH Móvil payments"))]
         indexes = [
-            # "Which payments are due for a check" reads only active rows through this index.
+            # "Which payments are due for a check" reads only active rows through this index,
+            # in the order a claim takes them (most overdue first, then by id), so a claim of a
+            # batch reads that batch, not every due row, and sorts nothing.
             models.Index(
-                fields=["next_check_at"],
+                fields=["next_check_at", "ecommerce_id"],
                 condition=Q(status__in=["OPEN", "CONFIRM"]) & Q(given_up_at__isnull=True),
                 name="athm_payment_due_idx",
             ),

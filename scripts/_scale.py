@@ -214,13 +214,21 @@ def _setup(payments_file: str, terminal: int) -> dict[str, Any]:
     from decimal import Decimal
 
     from django.core.management import call_command
+    from django.db import connection
     from django.utils import timezone
 
     from athm_sync.models import Payment, PaymentEvent, Refund, ReportScan, SyncRun, WebhookEvent
 
     call_command("migrate", verbosity=0)
-    for model in (PaymentEvent, Refund, WebhookEvent, SyncRun, ReportScan, Payment):
-        model.objects.all().delete()
+    models = (PaymentEvent, Refund, WebhookEvent, SyncRun, ReportScan, Payment)
+    if connection.vendor == "postgresql":
+        # TRUNCATE, not DELETE: an earlier case's dead rows would stay in the indexes.
+        tables = ", ".join(connection.ops.quote_name(m._meta.db_table) for m in models)
+        with connection.cursor() as cursor:
+            cursor.execute(f"TRUNCATE {tables} CASCADE")
+    else:
+        for model in models:
+            model.objects.all().delete()
     now = timezone.now()
     # The refund scan is not measured here: it is done "a minute ago" for every run.
     ReportScan.objects.create(name="refunds", next_scan_at=now + timedelta(hours=1))
@@ -255,11 +263,9 @@ def _setup(payments_file: str, terminal: int) -> dict[str, Any]:
             ],
             batch_size=1000,
         )
-    from django.db import connection
-
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("ANALYZE athm_sync_payment")
+            cursor.execute("VACUUM ANALYZE athm_sync_payment")
     return {"stored": Payment.objects.count(), "due": Payment.objects.due().count()}
 
 
@@ -366,11 +372,17 @@ def _run(workers: int) -> dict[str, Any]:
         seconds = time.perf_counter() - clock
         ended = time.time()
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    user = cpu_after.ru_utime - cpu_before.ru_utime
+    system = cpu_after.ru_stime - cpu_before.ru_stime
+    switches = (cpu_after.ru_nvcsw - cpu_before.ru_nvcsw) + (
+        cpu_after.ru_nivcsw - cpu_before.ru_nivcsw
+    )
     after = _memory_kib()
     return {
         "seconds": seconds,
-        "cpu_seconds": cpu,
+        "cpu_seconds": user + system,
+        "system_cpu_seconds": system,
+        "context_switches": switches,
         "started": started,
         "ended": ended,
         "queries": queries,
@@ -378,6 +390,30 @@ def _run(workers: int) -> dict[str, Any]:
         "rss_before_kib": before.get("VmRSS", 0),
         "peak_rss_kib": after.get("VmHWM", 0),
     }
+
+
+def _baseline(payments_file: str, workers: int, sandbox_url: str) -> dict[str, Any]:
+    """The same findPayment calls from a bare ``requests.Session`` in ``workers`` threads, no
+    Django: the best a Python process does on this machine at this moment."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    ids = [row["ecommerce_id"] for row in json.loads(Path(payments_file).read_text())]
+    session = requests.Session()
+    session.mount("http://", HTTPAdapter(pool_maxsize=workers))
+    url = f"{sandbox_url}/api/business-transaction/ecommerce/business/findPayment"
+
+    def find(ecommerce_id: str) -> None:
+        session.post(url, json={"ecommerceId": ecommerce_id, "publicToken": PUBLIC_TOKEN}).json()
+
+    started = time.time()
+    clock = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(find, ids))
+    seconds = time.perf_counter() - clock
+    return {"seconds": seconds, "started": started, "ended": time.time(), "calls": len(ids)}
 
 
 def _explain() -> dict[str, Any]:
@@ -395,8 +431,8 @@ def _explain() -> dict[str, Any]:
         .select_for_update(skip_locked=True)
         .values_list("pk", flat=True)[:64]
     )
-    sql, params = query.query.sql_with_params()
     with transaction.atomic(), connection.cursor() as cursor:
+        sql, params = query.query.sql_with_params()  # FOR UPDATE: only inside a transaction
         cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", params)
         plan = [row[0] for row in cursor.fetchall()]
         transaction.set_rollback(True)
@@ -404,6 +440,7 @@ def _explain() -> dict[str, Any]:
     return {
         "plan": plan,
         "index_scan": "Index Scan using athm_payment_due_idx" in text,
+        "sort": "Sort" in text,
         "seq_scan": "Seq Scan" in text,
         "rows_removed_by_filter": sum(
             int(n) for n in re.findall(r"Rows Removed by Filter: (\d+)", text)
@@ -415,7 +452,7 @@ def _explain() -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/_scale.py")
-    parser.add_argument("action", choices=("setup", "run", "explain"))
+    parser.add_argument("action", choices=("setup", "run", "explain", "baseline"))
     parser.add_argument("--database", required=True)
     parser.add_argument("--sandbox", required=True)
     parser.add_argument("--payments")
@@ -424,6 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.sandbox.startswith(f"http://{HOST}:"):
         raise SystemExit("the sandbox must be on 127.0.0.1")
+    if args.action == "baseline":
+        print(json.dumps(_baseline(args.payments, args.workers, args.sandbox)), flush=True)
+        return 0
     os.environ.pop("DJANGO_SETTINGS_MODULE", None)
     if args.action == "setup" and args.database.startswith("postgresql:"):
         _create_postgres_database(args.database.partition(":")[2])

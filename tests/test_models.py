@@ -14,6 +14,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models.deletion import ProtectedError
 from django.utils import timezone
 
+from athm_sync import reconcile
 from athm_sync.managers import StatusIn, validate_new_payment
 from athm_sync.models import Payment, Refund
 
@@ -316,7 +317,7 @@ def test_due_defaults_to_now():
 
 def test_due_filters_on_the_partial_index_condition():
     index = next(i for i in Payment._meta.indexes if i.name == "athm_payment_due_idx")
-    assert index.fields == ["next_check_at"]
+    assert index.fields == ["next_check_at", "ecommerce_id"]  # the order of Payment.objects.due()
     assert dict(index.condition.children) == {
         "status__in": list(Payment.ACTIVE_STATUSES),
         "given_up_at__isnull": True,
@@ -337,7 +338,7 @@ def test_status_in_refuses_anything_but_status_constants():
 def test_indexes_exist_in_the_database():
     with connection.cursor() as cursor:
         constraints = connection.introspection.get_constraints(cursor, Payment._meta.db_table)
-    assert constraints["athm_payment_due_idx"]["columns"] == ["next_check_at"]
+    assert constraints["athm_payment_due_idx"]["columns"] == ["next_check_at", "ecommerce_id"]
     assert constraints["athm_payment_due_idx"]["index"]
     assert constraints["athm_payment_reference_idx"]["columns"] == ["reference_number"]
     assert constraints["athm_payment_metadata_1_idx"]["columns"] == ["metadata_1"]
@@ -356,6 +357,32 @@ def test_due_query_uses_the_partial_index_on_postgresql():
         cursor.execute("SET LOCAL enable_seqscan = off")
         plan = query.explain()
     assert "athm_payment_due_idx" in plan, plan
+
+
+@pytest.mark.django_db
+def test_a_claim_reads_its_batch_from_the_index_in_order_on_postgresql():
+    """The claim's query (due, lease free, locked, a batch): an ordered scan of the partial
+    index that stops at the batch, with no sort of every due row."""
+    if connection.vendor != "postgresql":
+        pytest.skip("EXPLAIN check is for PostgreSQL")
+    now = timezone.now()
+    for status in S.values:
+        for _ in range(5):
+            make_payment(status=status, next_check_at=now - timedelta(minutes=1))
+    query = (
+        Payment.objects.due(now)
+        .filter(reconcile._lease_free(now))
+        .select_for_update(skip_locked=True)
+        .values_list("pk", flat=True)[:4]
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_bitmapscan = off")
+        sql, params = query.query.sql_with_params()
+        cursor.execute(f"EXPLAIN {sql}", params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Index Scan using athm_payment_due_idx" in plan, plan
+    assert "Sort" not in plan, plan
 
 
 @pytest.mark.django_db
