@@ -17,6 +17,11 @@ admin) goes through the same three steps:
 
 A second door arriving at the same payment sees the status already changed and does nothing.
 
+A poll's check that changes nothing but the payment's schedule (most of them) is decided by the
+same :func:`decide` on the row as claimed (:func:`settle_unchanged`) and written with the rest
+of its batch in one query (:func:`record_unchanged`), only where the run still holds the claim:
+any door that applied the payment meanwhile released it, and its write stands.
+
 The money must match: a payment becomes COMPLETED only when ATH Móvil's total equals the stored
 total and, where the shop stored metadata, ATH Móvil's metadata equals it (:func:`mismatch`).
 Otherwise it is held as ``MISMATCHED`` and ``payment_mismatched`` fires instead.

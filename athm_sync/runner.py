@@ -577,9 +577,9 @@ class Runner:
         """Ask ATH Móvil about each payment of ``batches`` in the pool and ``settle`` each
         answer as it comes, in this thread.
 
-        The workers never wait for the database: while more than one batch is in flight the
-        next one is taken (claimed) ahead, so a worker that finishes always finds the next
-        payment queued. At most two batches are held at once, however many are due.
+        The workers never wait for the database: as soon as no more than one batch is in
+        flight the next one is taken (claimed) ahead, so a worker that finishes always finds
+        the next payment queued. At most two batches are held at once, however many are due.
         """
         in_flight: dict[Future, Payment] = {}
         exhausted = False
