@@ -1,6 +1,10 @@
-"""The benchmarks behind scripts/bench: ``scripts/bench <benchmark> [options]``.
+"""The benchmarks behind scripts/bench: ``scripts/bench [<benchmark>] [options]``.
 
-One benchmark so far, ``webhook``: the latency of the webhook view (``athm_sync:webhook``) over
+With no benchmark named, every case of the poller at scale (``baseline``, ``poll``,
+``scale-out``, ``peer``, ``memory`` with the plan, ``webhook``) runs and one table is printed
+(:func:`bench_scale`; the measured processes are ``_scale.py``'s, the peer ``_peer.py``'s).
+
+``webhook``: the latency of the webhook view (``athm_sync:webhook``) over
 real HTTP. It writes the throwaway Django project of ``_shop.py`` into a temporary folder (SQLite
 file database, the app's URLs under ``athm/``), starts the sandbox ATH Móvil server in this
 process, serves Django on 127.0.0.1 from a thread (``_shop.DjangoServer``), and POSTs
