@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
-from django.db.models import BooleanField, F, Func
+from django.db.models import F, Lookup
 from django.utils import timezone
 
 from athm_sync.conf import MAX_PAYMENT_TIMEOUT, MIN_PAYMENT_TIMEOUT, get_settings
@@ -200,25 +200,31 @@ def _validate_phone_number(phone_number: Any) -> str | None:
     return digits
 
 
-class StatusIn(Func):
+class StatusIn(Lookup):
     """``status IN ('OPEN', 'CONFIRM')`` with the values written into the SQL, not bound.
 
     A partial index serves a query only when the database can prove the query's WHERE implies
     the index's. SQLite (and PostgreSQL with server-side parameter binding) cannot see through a
     bound ``IN (?, ?)``, so the due query spells the statuses out exactly as the index does.
     Only fixed status constants are accepted, so nothing from outside reaches the SQL.
+
+    A lookup, not a boolean function: ``filter()`` takes a lookup as the condition itself,
+    where Django 6.1 compares a boolean function with ``= True``, which no index matches.
     """
+
+    lookup_name = "athm_status_in"
+    prepare_rhs = False
 
     def __init__(self, values: tuple[str, ...] | list[str]) -> None:
         for value in values:
             if not re.fullmatch(r"[A-Z]+", value):
                 raise ValueError(f"not a status constant: {value!r}")
-        literals = ", ".join(f"'{value}'" for value in values)
-        super().__init__(
-            F("status"),
-            template=f"%(expressions)s IN ({literals})",
-            output_field=BooleanField(),
-        )
+        super().__init__(F("status"), tuple(values))
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        column, params = compiler.compile(self.lhs)
+        literals = ", ".join(f"'{value}'" for value in self.rhs)
+        return f"{column} IN ({literals})", list(params)
 
 
 class PaymentQuerySet(models.QuerySet):
