@@ -45,7 +45,7 @@ from typing import Any, Protocol, TypeVar
 
 from asgiref.sync import async_to_sync
 from django.db import DatabaseError, OperationalError, connection, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from athm_sync import normalize, signals
@@ -838,10 +838,7 @@ def claim_due(
 
     def claim() -> list[Payment]:
         with transaction.atomic():
-            free = Payment.objects.due(now).filter(_lease_free(now))
-            if connection.features.has_select_for_update_skip_locked:
-                free = free.select_for_update(skip_locked=True)
-            ids = list(free.values_list("pk", flat=True)[:limit])
+            ids = list(claimable(now).values_list("pk", flat=True)[:limit])
             if not ids:
                 return []
             Payment.objects.filter(_lease_free(now), pk__in=ids).update(
@@ -981,6 +978,15 @@ def _bulk_update_sql(
         f"WHERE {pk_column} IN ({placeholders}) AND {claimed_by} = %s"
     )
     return sql, [*params, *pks, run_id]
+
+
+def claimable(now: datetime) -> QuerySet[Payment]:
+    """The due payments no live run holds, as :func:`claim_due` takes them: locked, rows
+    another run is locking skipped (PostgreSQL). Evaluate it inside a transaction."""
+    free = Payment.objects.due(now).filter(_lease_free(now))
+    if connection.features.has_select_for_update_skip_locked:
+        free = free.select_for_update(skip_locked=True)
+    return free
 
 
 def renew_claims(run_id: str, lease: timedelta, now: datetime | None = None) -> int:

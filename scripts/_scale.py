@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -331,10 +332,6 @@ class _AllThreads:
             self.profile.dump_stats(path)
 
 
-def _profiler() -> _AllThreads:
-    return _AllThreads()
-
-
 def _run(workers: int) -> dict[str, Any]:
     from django.db import connection
 
@@ -351,14 +348,8 @@ def _run(workers: int) -> dict[str, Any]:
     before = _memory_kib()
     print("ready", flush=True)
     sys.stdin.readline()
-    import resource
-
-    if os.environ.get("ATHM_BENCH_SWITCH"):
-        sys.setswitchinterval(float(os.environ["ATHM_BENCH_SWITCH"]))
     profile_to = os.environ.get("ATHM_BENCH_PROFILE")
-    profiler = None
-    if profile_to:
-        profiler = _profiler()
+    profiler = _AllThreads() if profile_to else None
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     with connection.execute_wrapper(count):
         started = time.time()
@@ -368,10 +359,11 @@ def _run(workers: int) -> dict[str, Any]:
         report = Runner(RunOptions(workers=workers)).run()
         if profiler is not None:
             profiler.disable()
-            profiler.dump_stats(profile_to)
         seconds = time.perf_counter() - clock
         ended = time.time()
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    if profiler is not None:
+        profiler.dump_stats(profile_to)
     user = cpu_after.ru_utime - cpu_before.ru_utime
     system = cpu_after.ru_stime - cpu_before.ru_stime
     switches = (cpu_after.ru_nvcsw - cpu_before.ru_nvcsw) + (
@@ -424,13 +416,8 @@ def _explain() -> dict[str, Any]:
     from athm_sync.models import Payment
 
     now = timezone.now()
-    # The query claim_due runs: the due payments whose lease is free, locked, a batch at most.
-    query = (
-        Payment.objects.due(now)
-        .filter(reconcile._lease_free(now))
-        .select_for_update(skip_locked=True)
-        .values_list("pk", flat=True)[:64]
-    )
+    # The query claim_due runs, for a batch of 64.
+    query = reconcile.claimable(now).values_list("pk", flat=True)[:64]
     with transaction.atomic(), connection.cursor() as cursor:
         sql, params = query.query.sql_with_params()  # FOR UPDATE: only inside a transaction
         cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", params)

@@ -615,9 +615,7 @@ class ScaleBench:
         """A fresh sandbox with ``count`` payments (``changing`` of them paid) and the same
         payments stored, due, in ``database`` (plus ``terminal`` finished ones)."""
         progress(f"  preparing {count} payments ({terminal} more finished) on {database} ...")
-        payments = self.sandbox.fill(count, self.changing)
-        given = self.folder / "payments.json"
-        given.write_text(json.dumps(payments))
+        payments, given = self.refill(count, latency=False)
         _scale.run_child(
             "setup",
             database,
@@ -630,6 +628,18 @@ class ScaleBench:
         self.sandbox.set_latency(self.latency_ms)
         self.sandbox.reset_counts()
         return payments
+
+    def refill(self, count: int, latency: bool = True) -> tuple[list[dict[str, str]], Path]:
+        """A fresh sandbox with ``count`` payments (``changing`` of them paid), written to a
+        file for the measured process; with ``latency``, the sandbox then answers late and its
+        counts start from zero."""
+        payments = self.sandbox.fill(count, self.changing)
+        given = self.folder / "payments.json"
+        given.write_text(json.dumps(payments))
+        if latency:
+            self.sandbox.set_latency(self.latency_ms)
+            self.sandbox.reset_counts()
+        return payments, given
 
     def measure(self, database: str, workers: int, processes: int = 1) -> dict[str, Any]:
         """``processes`` runs of ``--workers workers`` started together; their results, the
@@ -651,31 +661,70 @@ class ScaleBench:
     def floor(self, count: int, workers: int) -> float:
         return count * self.latency_ms / 1000 / workers
 
-    def add(self, case: str, database: str, workers: str, measured: dict[str, Any], **extra):
-        runs = measured["runs"]
-        reports = [run["report"] for run in runs]
+    def row(
+        self,
+        case: str,
+        database: str,
+        workers: str,
+        *,
+        wall: float,
+        payments: int,
+        concurrency: int,
+        calls: dict[str, int],
+        **fields: Any,
+    ) -> None:
+        """Add one row of the table: its wall time next to the floor for ``payments`` checked
+        ``concurrency`` at a time, the sandbox's calls, and ``fields``; figures a case does not
+        measure are ``None``."""
+        floor = self.floor(payments, concurrency)
         self.rows.append(
             {
                 "case": case,
-                "database": DATABASE_NAMES[database.partition(":")[0]],
+                "database": database,
                 "workers": workers,
-                "wall_seconds": round(measured["wall"], 3),
-                "find_payment": measured["calls"].get("findPayment", 0),
-                "other_api_calls": sum(
-                    n for name, n in measured["calls"].items() if name != "findPayment"
-                ),
-                "queries": sum(run["queries"] for run in runs),
-                "checked": sum(report["checked"] for report in reports),
-                "changed": sum(sum(report["transitions"].values()) for report in reports),
-                "signals": sum(report["signals_sent"] for report in reports),
-                "errors": sum(report["error_count"] for report in reports),
-                "peak_rss_mib": round(max(run["peak_rss_kib"] for run in runs) / 1024, 1),
-                "cpu_seconds": round(sum(run["cpu_seconds"] for run in runs), 2),
-                "sandbox_cpu_seconds": round(measured["sandbox_cpu"], 2),
-                **extra,
+                "wall_seconds": round(wall, 3),
+                "floor_seconds": round(floor, 3),
+                "times_floor": round(wall / floor, 2),
+                "find_payment": calls.get("findPayment", 0),
+                "other_api_calls": sum(n for name, n in calls.items() if name != "findPayment"),
+                "queries": None,
+                "peak_rss_mib": None,
+                **fields,
             }
         )
-        return self.rows[-1]
+
+    def add(
+        self,
+        case: str,
+        database: str,
+        workers: str,
+        measured: dict[str, Any],
+        *,
+        payments: int,
+        concurrency: int,
+        **extra: Any,
+    ) -> None:
+        """A row for runs of the measured process (:meth:`measure`)."""
+        runs = measured["runs"]
+        reports = [run["report"] for run in runs]
+        self.row(
+            case,
+            DATABASE_NAMES[database.partition(":")[0]],
+            workers,
+            wall=measured["wall"],
+            payments=payments,
+            concurrency=concurrency,
+            calls=measured["calls"],
+            queries=sum(run["queries"] for run in runs),
+            checked=sum(report["checked"] for report in reports),
+            changed=sum(sum(report["transitions"].values()) for report in reports),
+            signals=sum(report["signals_sent"] for report in reports),
+            errors=sum(report["error_count"] for report in reports),
+            peak_rss_mib=round(max(run["peak_rss_kib"] for run in runs) / 1024, 1),
+            cpu_seconds=round(sum(run["cpu_seconds"] for run in runs), 2),
+            sandbox_cpu_seconds=round(measured["sandbox_cpu"], 2),
+            **extra,
+        )
 
     def close(self) -> None:
         self.sandbox.stop()
@@ -684,11 +733,7 @@ class ScaleBench:
 def case_baseline(bench: ScaleBench) -> None:
     """Bare requests, 16 threads, the same calls: how near the floor this machine gets now."""
     n = bench.payments
-    payments = bench.sandbox.fill(n, bench.changing)
-    given = bench.folder / "payments.json"
-    given.write_text(json.dumps(payments))
-    bench.sandbox.set_latency(bench.latency_ms)
-    bench.sandbox.reset_counts()
+    _, given = bench.refill(n)
     progress(f"  baseline: {n} findPayment calls from a bare requests.Session, 16 threads ...")
     sandbox_cpu = bench.sandbox.cpu_seconds()
     result = json.loads(
@@ -696,25 +741,19 @@ def case_baseline(bench: ScaleBench) -> None:
             "baseline", "none:", bench.sandbox.url, "--payments", str(given), "--workers", "16"
         )
     )
-    floor = bench.floor(n, 16)
-    bench.rows.append(
-        {
-            "case": "baseline: bare requests",
-            "database": "-",
-            "workers": "16",
-            "wall_seconds": round(result["seconds"], 3),
-            "floor_seconds": round(floor, 3),
-            "times_floor": round(result["seconds"] / floor, 2),
-            "find_payment": bench.sandbox.counts().get("findPayment", 0),
-            "other_api_calls": 0,
-            "queries": None,
-            "checked": result["calls"],
-            "changed": 0,
-            "signals": 0,
-            "errors": 0,
-            "peak_rss_mib": None,
-            "sandbox_cpu_seconds": round(bench.sandbox.cpu_seconds() - sandbox_cpu, 2),
-        }
+    bench.row(
+        "baseline: bare requests",
+        "-",
+        "16",
+        wall=result["seconds"],
+        payments=n,
+        concurrency=16,
+        calls=bench.sandbox.counts(),
+        checked=result["calls"],
+        changed=0,
+        signals=0,
+        errors=0,
+        sandbox_cpu_seconds=round(bench.sandbox.cpu_seconds() - sandbox_cpu, 2),
     )
 
 
@@ -728,15 +767,7 @@ def case_poll(bench: ScaleBench) -> None:
             bench.prepare(database, n)
             progress(f"  poll: {n} payments, --workers {workers}, {database} ...")
             measured = bench.measure(database, workers)
-            floor = bench.floor(n, workers)
-            bench.add(
-                "poll",
-                database,
-                str(workers),
-                measured,
-                floor_seconds=round(floor, 3),
-                times_floor=round(measured["wall"] / floor, 2),
-            )
+            bench.add("poll", database, str(workers), measured, payments=n, concurrency=workers)
 
 
 def case_scale_out(bench: ScaleBench) -> None:
@@ -749,14 +780,13 @@ def case_scale_out(bench: ScaleBench) -> None:
         bench.prepare(database, n)
         progress(f"  scale-out: {processes} process(es) of --workers 16 ...")
         measured = bench.measure(database, 16, processes)
-        floor = bench.floor(n, 16 * processes)
         bench.add(
             f"scale-out {processes}x16",
             database,
             f"{processes}x16",
             measured,
-            floor_seconds=round(floor, 3),
-            times_floor=round(measured["wall"] / floor, 2),
+            payments=n,
+            concurrency=16 * processes,
         )
 
 
@@ -765,9 +795,7 @@ def case_peer(bench: ScaleBench) -> None:
     progress("  peer: installing django-athm 1.0.2 into .venv-peer (once) ...")
     python = _peer.ensure_peer_python(ROOT)
     n = bench.payments
-    payments = bench.sandbox.fill(n, bench.changing)
-    bench.sandbox.set_latency(bench.latency_ms)
-    bench.sandbox.reset_counts()
+    payments, _ = bench.refill(n)
     progress(f"  peer: {n} payments, one sync_status call each ...")
     result = _peer.run_peer(
         python,
@@ -777,26 +805,19 @@ def case_peer(bench: ScaleBench) -> None:
         payments,
         timeout=3600,
     )
-    calls = bench.sandbox.counts()
-    floor = bench.floor(n, 1)
-    bench.rows.append(
-        {
-            "case": "peer: django-athm 1.0.2",
-            "database": "SQLite",
-            "workers": "1",
-            "wall_seconds": round(result["seconds"], 3),
-            "floor_seconds": round(floor, 3),
-            "times_floor": round(result["seconds"] / floor, 2),
-            "find_payment": calls.get("findPayment", 0),
-            "other_api_calls": sum(n for name, n in calls.items() if name != "findPayment"),
-            "queries": None,
-            "checked": result["payments"],
-            "changed": result["changed"],
-            "signals": 0,
-            "errors": result["errors"] + result.get("swallowed_errors", 0),
-            "peak_rss_mib": None,
-            "statuses_after": result["statuses"],
-        }
+    bench.row(
+        "peer: django-athm 1.0.2",
+        "SQLite",
+        "1",
+        wall=result["seconds"],
+        payments=n,
+        concurrency=1,
+        calls=bench.sandbox.counts(),
+        checked=result["payments"],
+        changed=result["changed"],
+        signals=0,
+        errors=result["errors"] + result.get("swallowed_errors", 0),
+        statuses_after=result["statuses"],
     )
     bench.notes.append(
         f"peer: {result['function']}, called once per payment in a loop (the package has "
@@ -818,14 +839,13 @@ def case_memory_and_plan(bench: ScaleBench) -> None:
             bench.plan = plan
         progress(f"  memory: {MEMORY_DUE} due of {MEMORY_STORED} stored, --workers 16 ...")
         measured = bench.measure(database, 16)
-        floor = bench.floor(MEMORY_DUE, 16)
         bench.add(
             f"memory: {MEMORY_STORED:,} stored",
             database,
             "16",
             measured,
-            floor_seconds=round(floor, 3),
-            times_floor=round(measured["wall"] / floor, 2),
+            payments=MEMORY_DUE,
+            concurrency=16,
             rss_before_run_mib=round(measured["runs"][0]["rss_before_kib"] / 1024, 1),
         )
 

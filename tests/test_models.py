@@ -369,12 +369,7 @@ def test_a_claim_reads_its_batch_from_the_index_in_order_on_postgresql():
     for status in S.values:
         for _ in range(5):
             make_payment(status=status, next_check_at=now - timedelta(minutes=1))
-    query = (
-        Payment.objects.due(now)
-        .filter(reconcile._lease_free(now))
-        .select_for_update(skip_locked=True)
-        .values_list("pk", flat=True)[:4]
-    )
+    query = reconcile.claimable(now).values_list("pk", flat=True)[:4]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
         cursor.execute("SET LOCAL enable_bitmapscan = off")
