@@ -38,15 +38,17 @@ nox.options.error_on_missing_interpreters = True
 
 
 def interpreter(version: str) -> str:
-    """The path of ``python<version>``: on PATH, else in pyenv's versions folder."""
-    found = shutil.which(f"python{version}")
-    if found:
-        return found
+    """The path of a Python ``version`` (like "3.12"): pyenv's build of it, else one on PATH.
+
+    pyenv's own folder comes first because its shims answer for every version on PATH but fail
+    for the ones that are installed and not selected ("pyenv: python3.12: command not found").
+    """
     root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
-    candidates = sorted(glob.glob(os.path.join(root, "versions", f"{version}.*", "bin", "python")))
-    if candidates:
-        return candidates[-1]
-    return f"python{version}"  # nox reports it as missing, which fails the run
+    builds = glob.glob(os.path.join(root, "versions", f"{version}.*", "bin", "python"))
+    if builds:
+        return max(builds, key=lambda path: [int(p) for p in path.split(os.sep)[-3].split(".")])
+    found = shutil.which(f"python{version}")
+    return found or f"python{version}"  # nox reports a missing one, which fails the run
 
 
 @nox.session
