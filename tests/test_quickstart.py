@@ -154,13 +154,15 @@ def test_the_quick_start_works_as_written(project: Project, sandbox: SandboxServ
 
     # 3. With the tokens in the environment, every command of the block succeeds.
     project.env["ATHM_PUBLIC_TOKEN"] = "sandbox-public-token"
-    project.env["ATHM_PRIVATE_TOKEN"] = "sandbox-private-token"  # noqa: S105 - the sandbox's
+    project.env["ATHM_PRIVATE_TOKEN"] = "sandbox-private-token"
     for argv in commands:
         project.run(*argv)
 
     # Trying it without ATH Móvil: the sandbox block, on the port this test's sandbox has.
     assert SANDBOX_URL_IN_README in blocks["sandbox"]
-    project.append("shop/settings.py", blocks["sandbox"].replace(SANDBOX_URL_IN_README, sandbox.url))
+    project.append(
+        "shop/settings.py", blocks["sandbox"].replace(SANDBOX_URL_IN_README, sandbox.url)
+    )
     project.env.pop("ATHM_PUBLIC_TOKEN")  # the sandbox block names the sandbox's own tokens
     project.env.pop("ATHM_PRIVATE_TOKEN")
     assert project.manage("check", "--deploy", "athm_sync").returncode == 0
