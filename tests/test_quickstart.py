@@ -89,6 +89,8 @@ class Project:
         self.path = path
         # This checkout's athm_sync, not whichever copy the shared virtualenv installed.
         self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        # As in the suite (setup.cfg): a deprecation in the quick start's code is a failure.
+        self.env["PYTHONWARNINGS"] = "error::DeprecationWarning,error::PendingDeprecationWarning"
         for name in ("DJANGO_SETTINGS_MODULE", "ATHM_PUBLIC_TOKEN", "ATHM_PRIVATE_TOKEN"):
             self.env.pop(name, None)
 
