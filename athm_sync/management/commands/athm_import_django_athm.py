@@ -75,9 +75,10 @@ def summary(report: ImportReport) -> list[str]:
     else:
         new = ": nothing new" if report.already_present else ""
         lines.append(f"  {would}imported: 0 payment(s){new}")
+    theirs = f" (django-athm holds {report.refunds_left} refund(s) of them)"
     lines.append(
-        f"  already in athm_sync, left as they are: {report.already_present} payment(s) "
-        f"(django-athm holds {report.refunds_left} refund(s) of them)"
+        f"  already in athm_sync, left as they are: {report.already_present} payment(s)"
+        f"{theirs if report.refunds_left else ''}"
     )
     lines.append(f"  not imported: {len(report.refused)} payment(s)")
     lines += [f"    {item['ecommerce_id']}: {item['reason']}" for item in report.refused[:LISTED]]
@@ -89,9 +90,10 @@ def summary(report: ImportReport) -> list[str]:
         f"{report.messages_not_carried} payment message(s)"
     )
     due = (
-        f"the next athm_sync run checks the {report.due} open payment(s) with ATH Móvil"
+        f"; {report.due} open payment(s) {'would be ' if report.dry_run else ''}due: the next "
+        "athm_sync run checks them with ATH Móvil"
         if report.due
-        else "no open payment to check"
+        else ""
     )
-    lines.append(f"  signals sent: 0 (history); {due}")
+    lines.append(f"  signals sent: 0 (history){due}")
     return lines
