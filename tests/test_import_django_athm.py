@@ -463,3 +463,27 @@ def test_django_athm_listed_first_takes_the_athm_sync_command_and_w005_says_so(
     # django-athm's report sync, which requires dates, answered instead of ours.
     assert theirs.returncode != 0
     assert "--from-date" in theirs.stderr
+
+
+def test_after_the_import_django_athm_tables_can_be_dropped_the_documented_way(
+    migrated: Project,
+):
+    open_ids = [str(uuid.uuid4()), str(uuid.uuid4())]  # no reference number yet: NULL
+    migrated.tool(
+        "seed",
+        {"payments": [{"ecommerce_id": e, "status": "OPEN", "total": "5.00"} for e in open_ids]},
+    )
+    assert migrated.django("athm_import_django_athm").returncode == 0
+
+    plain = migrated.django("migrate", "django_athm", "zero")
+    faked = migrated.django("migrate", "django_athm", "0001", "--fake")
+    dropped = migrated.django("migrate", "django_athm", "zero")
+    gone = migrated.django("athm_import_django_athm", settings="settings_without")
+
+    # django-athm 1.0.2's 0002 cannot be reversed with two NULL reference numbers.
+    assert plain.returncode != 0 and "UNIQUE" in plain.stderr.upper()
+    assert faked.returncode == 0, faked.stderr
+    assert dropped.returncode == 0, dropped.stderr
+    assert gone.returncode == 2
+    assert "django-athm's tables athm_payment, athm_refund are not in the database" in gone.stderr
+    assert sorted(migrated.tool("dump")["payments"]) == sorted(open_ids)  # ours are kept
