@@ -50,7 +50,6 @@ decisions, so that a shop knows what it gets:
 from __future__ import annotations
 
 import logging
-import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -318,10 +317,8 @@ def convert(
     for name in _KEY_TEXT:
         values[name] = _key_text(name, row[name], _limit(Payment, name))
     for name in _FITTED_TEXT:
-        text = normalize.text(row[name], name)
-        if name == "customer_phone":
-            text = re.sub(r"\D", "", text)
-        values[name] = text[: _limit(Payment, name)]
+        read = normalize.digits if name == "customer_phone" else normalize.text
+        values[name] = read(row[name], name)[: _limit(Payment, name)]
     created_at = _moment("created_at", row["created_at"], required=True)
     transaction_date = _moment("transaction_date", row["transaction_date"])
 
@@ -413,7 +410,7 @@ def import_django_athm(
             report.refunds_read += len(refund_rows)
             try:
                 converted.append(convert(row, refund_rows, now))
-            except Unimportable as error:
+            except ValueError as error:  # Unimportable, or text that is not text
                 report.refused.append(
                     {"ecommerce_id": shown_id(row["ecommerce_id"]), "reason": str(error)[:300]}
                 )
