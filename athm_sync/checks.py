@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from django.apps import apps
 from django.core import checks
 from django.urls import NoReverseMatch, reverse
 
@@ -57,3 +58,27 @@ def check_webhook_url(app_configs: Any = None, **kwargs: Any) -> list[checks.Che
             )
         ]
     return []
+
+
+@checks.register("athm_sync")
+def check_command_order(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """W005: django-athm is installed before athm_sync, so ``manage.py athm_sync`` runs its
+    command (a report reconciler with required dates), not ours.
+
+    Django resolves a command name both apps define to the app listed first in
+    ``INSTALLED_APPS``.
+    """
+    names = [config.name for config in apps.get_app_configs()]
+    if "django_athm" not in names or "athm_sync" not in names:
+        return []
+    if names.index("django_athm") > names.index("athm_sync"):
+        return []
+    return [
+        checks.Warning(
+            "django_athm comes before athm_sync in INSTALLED_APPS, so `manage.py athm_sync` "
+            "runs django-athm's command (its transaction report sync), not athm_sync's.",
+            hint='List "athm_sync" before "django_athm" in INSTALLED_APPS, or remove '
+            "django_athm once its payments are imported (manage.py athm_import_django_athm).",
+            id="athm_sync.W005",
+        )
+    ]
