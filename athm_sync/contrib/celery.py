@@ -42,7 +42,8 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
 @shared_task(name="athm_sync.sync", throws=(CannotRun,))
 def sync(limit: int | None = None, workers: int | None = None) -> dict[str, Any]:
     """One ``manage.py athm_sync`` run (``--limit``, ``--workers``); skipped when another run
-    holds the run lock. Returns the JSON-able summary; see :func:`athm_sync.contrib.jobs.sync_run`."""
+    holds the run lock. Returns the JSON-able summary; see
+    :func:`athm_sync.contrib.jobs.sync_run`."""
     return jobs.sync_run(limit=limit, workers=workers)
 
 

@@ -45,7 +45,8 @@ from athm_sync.contrib import jobs
 @task()
 def sync(limit: int | None = None, workers: int | None = None) -> dict[str, Any]:
     """One ``manage.py athm_sync`` run (``--limit``, ``--workers``); skipped when another run
-    holds the run lock. Returns the JSON-able summary; see :func:`athm_sync.contrib.jobs.sync_run`."""
+    holds the run lock. Returns the JSON-able summary; see
+    :func:`athm_sync.contrib.jobs.sync_run`."""
     return jobs.sync_run(limit=limit, workers=workers)
 
 
