@@ -344,3 +344,28 @@ print(sorted(name for name in sys.modules if name.startswith(prefixes)))
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_shops_celery_module_may_import_it_before_django_is_set_up():
+    """A project's ``celery.py`` is imported with the project package, before Django's apps
+    are ready (often before settings are even configured): importing the beat schedule there
+    must not touch the app's models."""
+    script = (
+        "import sys\n"
+        "from athm_sync.contrib.celery import BEAT_SCHEDULE, sync\n"
+        "assert sync.name == 'athm_sync.sync'\n"
+        "print(sorted(name for name in sys.modules if name.startswith('athm_sync.')))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
+    done = subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['athm_sync.contrib', 'athm_sync.contrib.celery']"

@@ -8,9 +8,10 @@ related_name="celery")`` or by importing this module (e.g. in ``CELERY_IMPORTS``
 What each task does and returns is :mod:`athm_sync.contrib.jobs`: the command's ``--json``
 summary, ``{"skipped": True, ...}`` when another run holds the run lock, and a failure with
 :class:`athm_sync.runner.CannotRun` (the command's exit 2: bad settings, credentials rejected).
-``CannotRun`` and ``ValueError`` (a bad payment id) are in the tasks' ``throws``: Celery
-records the failure and logs it in one line, without a traceback, and never retries them (no
-task here retries by itself: the next beat is the retry).
+``CannotRun`` and ``ValueError`` (a bad payment id) are the tasks' ``throws``: Celery records
+the failure and logs it in one line, without a traceback. No task here retries by itself: the
+next beat is the retry. The module imports nothing of the app until a task runs, so the shop's
+Celery module may import :data:`BEAT_SCHEDULE` before Django is set up.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from __future__ import annotations
 from typing import Any
 
 try:
-    from celery import shared_task
-except ImportError as error:  # pragma: no cover - exercised in a process without celery
+    from celery import Task, shared_task
+except ImportError as error:
     raise ImportError(
         'athm_sync.contrib.celery needs Celery: pip install "django-athm-sync[celery]"'
     ) from error
 
-from athm_sync.contrib import jobs
-from athm_sync.runner import CannotRun
+# Nothing of the app is imported here, only in the tasks' bodies: a shop's Celery module (the
+# one its project package imports, before Django's apps are ready) may import BEAT_SCHEDULE.
 
 # Merge into your Celery app's beat schedule: app.conf.beat_schedule = {**BEAT_SCHEDULE, ...}
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
@@ -39,18 +40,33 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
 }
 
 
-@shared_task(name="athm_sync.sync", throws=(CannotRun,))
+class _SyncTask(Task):
+    """The tasks' base: the command's exit 2 (``CannotRun``) and a bad id (``ValueError``) are
+    expected failures, recorded and logged in one line by Celery, never retried."""
+
+    @property
+    def throws(self) -> tuple[type[BaseException], ...]:  # type: ignore[override]
+        from athm_sync.runner import CannotRun  # the app's models: only once Django is set up
+
+        return (CannotRun, ValueError)
+
+
+@shared_task(name="athm_sync.sync", base=_SyncTask)
 def sync(limit: int | None = None, workers: int | None = None) -> dict[str, Any]:
     """One ``manage.py athm_sync`` run (``--limit``, ``--workers``); skipped when another run
     holds the run lock. Returns the JSON-able summary; see
     :func:`athm_sync.contrib.jobs.sync_run`."""
+    from athm_sync.contrib import jobs
+
     return jobs.sync_run(limit=limit, workers=workers)
 
 
-@shared_task(name="athm_sync.sync_payment", throws=(CannotRun, ValueError))
+@shared_task(name="athm_sync.sync_payment", base=_SyncTask)
 def sync_payment(ecommerce_id: str) -> dict[str, Any]:
     """Check one stored payment now (a "thank you" page that should not wait on ATH Móvil);
     see :func:`athm_sync.contrib.jobs.sync_one`."""
+    from athm_sync.contrib import jobs
+
     return jobs.sync_one(ecommerce_id)
 
 
