@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.contrib import admin
 from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.recorder import MigrationRecorder
@@ -74,6 +75,9 @@ def tasks_database(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Non
                     editor.delete_model(DBTaskResult)
                 recorder = MigrationRecorder(connection)
                 recorder.migration_qs.filter(app=DBTaskResult._meta.app_label).delete()
+            # Installing the app ran the admin's autodiscovery, which registered its model.
+            if admin.site.is_registered(DBTaskResult):
+                admin.site.unregister(DBTaskResult)
 
 
 class Shop:
