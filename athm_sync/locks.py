@@ -106,6 +106,7 @@ class _Keeper:
         self._lease = lease
         self._every = lease.lease.total_seconds() / 3
         self._stop = threading.Event()
+        self.renewed = threading.Event()  # set after each renewal that found the lease held
         self._thread = threading.Thread(
             target=self._keep, name=f"athm-sync-lock-{lease.name}", daemon=True
         )
@@ -127,7 +128,9 @@ class _Keeper:
                 except DatabaseError as error:  # the next tick tries again
                     logger.warning("Could not renew the lock %s: %s", self._lease.name, error)
                     continue
-                if not held and not lost:
+                if held:
+                    self.renewed.set()
+                elif not lost:
                     lost = True
                     logger.warning(
                         "The lock %s was taken over while %s still ran (it could not renew "

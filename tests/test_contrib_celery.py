@@ -297,6 +297,7 @@ def test_rejected_credentials_are_one_clear_failure_not_retried(celery, athm_set
 
 
 def test_beat_schedule_runs_the_sync_task_every_minute_and_drops_stale_ticks():
+    pytest.importorskip("celery", reason='needs Celery (pip install "django-athm-sync[celery]")')
     from athm_sync.contrib.celery import BEAT_SCHEDULE
 
     (entry,) = BEAT_SCHEDULE.values()
@@ -350,6 +351,7 @@ def test_the_shops_celery_module_may_import_it_before_django_is_set_up():
     """A project's ``celery.py`` is imported with the project package, before Django's apps
     are ready (often before settings are even configured): importing the beat schedule there
     must not touch the app's models."""
+    pytest.importorskip("celery", reason='needs Celery (pip install "django-athm-sync[celery]")')
     script = (
         "import sys\n"
         "from athm_sync.contrib.celery import BEAT_SCHEDULE, sync\n"

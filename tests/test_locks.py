@@ -10,6 +10,7 @@ from django.db import connection
 from django.utils import timezone
 
 from athm_sync.locks import LOCK_LEASE, Lease, current_holder
+from athm_sync.models import RunLock
 
 NAME = "tests.lock"
 
@@ -89,3 +90,18 @@ def test_takers_racing_for_a_free_lease_never_both_win():
     assert not failures
     assert len(won) == 1
     assert current_holder(NAME).holder == won[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_kept_lease_is_renewed_from_a_thread_while_the_work_goes_on():
+    lease = Lease(NAME, "me", lease=timedelta(seconds=0.3))  # renewed every 0.1 s
+    assert lease.acquire()
+    first_expiry = current_holder(NAME).expires_at
+
+    with lease.kept() as keeper:
+        assert keeper.renewed.wait(timeout=30)
+
+    row = RunLock.objects.get(name=NAME)
+    assert row.holder == "me" and row.expires_at > first_expiry
+    lease.release()
+    assert current_holder(NAME) is None
