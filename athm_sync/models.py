@@ -430,3 +430,27 @@ class ReportScan(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} scan (next at {self.next_scan_at:%Y-%m-%d %H:%M:%S})"
+
+
+class RunLock(models.Model):
+    """A named lease that one holder at a time may take, across processes and hosts.
+
+    A holder takes it with one conditional ``UPDATE`` (free or expired rows only), renews it
+    while it works and frees it when done; a holder that dies (SIGKILL, its host gone) leaves
+    it until ``expires_at``. Used by the task-queue integrations (``athm_sync.locks``) so that
+    at most one scheduled run goes at a time; overlapping runs would be safe, only wasteful.
+    """
+
+    name = models.CharField(_("name"), max_length=64, unique=True)
+    holder = models.CharField(_("held by"), max_length=255, blank=True, default="")
+    acquired_at = models.DateTimeField(_("acquired at"), null=True, blank=True)
+    expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("ATH Móvil run lock")
+        verbose_name_plural = _("ATH Móvil run locks")
+
+    def __str__(self) -> str:
+        if not self.holder:
+            return f"{self.name} (free)"
+        return f"{self.name} (held by {self.holder} until {self.expires_at:%Y-%m-%d %H:%M:%S})"
