@@ -149,7 +149,7 @@ def test_the_quick_start_works_as_written(project: Project, sandbox: SandboxServ
     commands = manage_commands(blocks["commands"])
     assert ["manage.py", "migrate"] in commands
     assert project.manage("check", "athm_sync").returncode == 0
-    deploy = project.manage("check", "--deploy", "athm_sync", check=False)
+    deploy = project.manage("check", "--deploy", "--tag", "athm_sync", check=False)
     assert deploy.returncode == 1
     assert "athm_sync.E002" in deploy.stderr
     assert "athm_sync.E003" in deploy.stderr
@@ -167,7 +167,7 @@ def test_the_quick_start_works_as_written(project: Project, sandbox: SandboxServ
     )
     project.env.pop("ATHM_PUBLIC_TOKEN")  # the sandbox block names the sandbox's own tokens
     project.env.pop("ATHM_PRIVATE_TOKEN")
-    assert project.manage("check", "--deploy", "athm_sync").returncode == 0
+    assert project.manage("check", "--deploy", "--tag", "athm_sync").returncode == 0
 
     # 4. The customer's browser creates a payment; the shop tracks it with the README's call.
     ecommerce_id, _ = sandbox.create_payment(total="12.50", metadata1="order-7")
