@@ -20,6 +20,8 @@ Fixtures (all named ``athm_...`` so they do not clash with a shop's own):
     a :class:`SyncNow`: runs ``manage.py athm_sync`` in this process, returns a :class:`SyncResult`.
 ``athm_signals``
     a :class:`SignalLog` of every app signal sent during the test.
+``athm_clock``
+    a :class:`Clock` that moves the app's time and the sandbox's together (time-machine).
 
 Signals fire when the database transaction commits, as in production, so a test that expects
 one uses ``@pytest.mark.django_db(transaction=True)``. Nothing here imports Django models or
@@ -32,21 +34,24 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from athm_sync.sandbox import SandboxServer
+from athm_sync.sandbox import SandboxServer, StateConflict
 
 if TYPE_CHECKING:
     from django.test import Client
 
 __all__ = [
+    "Clock",
     "Customer",
     "SignalLog",
     "SyncNow",
     "SyncResult",
+    "athm_clock",
     "athm_customer",
     "athm_sandbox",
     "athm_sandbox_server",
@@ -118,6 +123,65 @@ def athm_settings(settings: Any, athm_sandbox: SandboxServer) -> SandboxServer:
     return athm_sandbox
 
 
+# -- time ----------------------------------------------------------------------------------
+
+
+class Clock:
+    """Moves the time of the whole test: the app's and the sandbox's at once.
+
+    Both read the system clock (the sandbox reads ``time.time()``), so one time-machine travel
+    moves both and they never disagree. Time keeps ticking after a move (``tick=True``): HTTP
+    timeouts and the run's leases behave as in real life. Needs ``time-machine`` installed;
+    nothing is imported until time is first moved.
+    """
+
+    def __init__(self) -> None:
+        """A clock at real time."""
+        self._traveller: Any = None
+        self._coordinates: Any = None
+
+    def now(self) -> datetime:
+        """The test's current time, an aware UTC datetime."""
+        return datetime.now(UTC)
+
+    def advance(self, seconds: float) -> datetime:
+        """Move time forward by ``seconds``; returns the new time."""
+        if seconds < 0:
+            raise ValueError("time only moves forward")
+        if self._coordinates is None:
+            try:
+                import time_machine
+            except ImportError:
+                pytest.fail(
+                    "athm_sync.testing: moving time needs time-machine (pip install time-machine)",
+                    pytrace=False,
+                )
+            self._traveller = time_machine.travel(self.now(), tick=True)
+            self._coordinates = self._traveller.start()
+        self._coordinates.shift(timedelta(seconds=seconds))
+        return self.now()
+
+    def advance_to(self, moment: datetime) -> datetime:
+        """Move time forward to ``moment`` (an aware datetime); never back."""
+        return self.advance(max(0.0, (moment - self.now()).total_seconds()))
+
+    def stop(self) -> None:
+        """Back to real time."""
+        if self._traveller is not None:
+            self._traveller.stop()
+        self._traveller = self._coordinates = None
+
+
+@pytest.fixture
+def athm_clock() -> Iterator[Clock]:
+    """A :class:`Clock` that moves the app's and the sandbox's time together; reset after."""
+    clock = Clock()
+    try:
+        yield clock
+    finally:
+        clock.stop()
+
+
 # -- the customer --------------------------------------------------------------------------
 
 
@@ -128,9 +192,10 @@ class Customer:
     sandbox's view of the payment (:meth:`SandboxServer.payment`) unless it says otherwise.
     """
 
-    def __init__(self, sandbox: SandboxServer) -> None:
-        """A customer of the shop whose ATH Móvil is ``sandbox``."""
+    def __init__(self, sandbox: SandboxServer, clock: Clock | None = None) -> None:
+        """A customer of the shop whose ATH Móvil is ``sandbox``; ``clock`` moves time."""
         self.sandbox = sandbox
+        self.clock = clock or Clock()
 
     def start(
         self,
@@ -201,11 +266,29 @@ class Customer:
     def let_expire(self, ecommerce_id: str) -> dict[str, Any]:
         """The customer does nothing until the payment's timeout: CANCEL (expired).
 
-        The payment's own deadline is brought to now in the sandbox rather than moving the
-        sandbox clock ahead, so the sandbox and the app keep one time (see "Driving time" in
-        docs/testing.md for moving both with time-machine).
+        Moves time itself (:class:`Clock`, through time-machine) to a second past the later of
+        the sandbox's deadline and the app's: the app believes ATH Móvil's CANCEL is an expiry
+        only once its own clock says the deadline passed (before, it is a cancellation).
         """
-        return self.sandbox.expire(ecommerce_id)
+        seen = self.sandbox.payment(ecommerce_id)
+        if seen["status"] not in ("OPEN", "CONFIRM"):
+            raise StateConflict(f"payment {ecommerce_id} is {seen['status']}: it cannot expire")
+        deadline = datetime.fromisoformat(seen["deadline"])
+        tracked = self._tracked(ecommerce_id)
+        if tracked is not None:
+            deadline = max(deadline, tracked.deadline)
+        self.clock.advance_to(deadline + timedelta(seconds=1))
+        return self.sandbox.payment(ecommerce_id)
+
+    @staticmethod
+    def _tracked(ecommerce_id: str) -> Any:
+        from django.apps import apps
+
+        if not apps.is_installed("athm_sync"):
+            return None
+        from athm_sync.models import Payment
+
+        return Payment.objects.filter(pk=ecommerce_id).first()
 
     def refund(self, ecommerce_id: str, amount: Decimal | str, message: str = "") -> dict[str, Any]:
         """The shop's staff refund in the ATH Business app: the app finds it in the report."""
@@ -256,9 +339,9 @@ class Customer:
 
 
 @pytest.fixture
-def athm_customer(athm_settings: SandboxServer) -> Customer:
+def athm_customer(athm_settings: SandboxServer, athm_clock: Clock) -> Customer:
     """A :class:`Customer` of the shop, with ``ATHM_SYNC`` pointed at the sandbox."""
-    return Customer(athm_settings)
+    return Customer(athm_settings, athm_clock)
 
 
 # -- running the sync ----------------------------------------------------------------------
