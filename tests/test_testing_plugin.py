@@ -243,3 +243,19 @@ def test_the_plugin_imports_without_django_configured():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "Clock"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_flaky_ath_movil_is_retried(athm_customer, athm_sandbox, athm_sync_now):
+    # The example of docs/testing.md's "Faults".
+    ecommerce_id = athm_customer.pay("10.00")
+    athm_sandbox.inject_fault("http503", "findPayment")
+    assert athm_sync_now().transitions == {"completed": 1}  # retried, then completed
+    assert athm_sandbox.counts()["findPayment"] == 2
+    assert ecommerce_id in athm_sandbox.state.payment_ids()
+
+
+def test_the_docs_show_the_example_shops_test_in_full():
+    docs = (ROOT / "docs" / "testing.md").read_text()
+    example = (EXAMPLE / "tests" / "test_checkout.py").read_text()
+    assert f"```python\n{example}```" in docs
