@@ -24,7 +24,7 @@ from athm_sync import reconcile, signals
 from athm_sync.client import ATHMovilClient
 from athm_sync.models import Payment, PaymentEvent, Refund
 from athm_sync.normalize import local_datetime
-from athm_sync.sandbox.state import BUSINESS_NAME
+from athm_sync.sandbox.formats import BUSINESS_NAME
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

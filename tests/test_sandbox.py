@@ -21,7 +21,7 @@ import requests
 
 from athm_sync.sandbox import FAULT_KINDS, SandboxServer, fee_for
 from athm_sync.sandbox.__main__ import main
-from athm_sync.sandbox.state import float32
+from athm_sync.sandbox.formats import float32
 
 PUBLIC = "sandbox-public-token"
 PRIVATE = "sandbox-private-token"

@@ -16,7 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from athm_sync.sandbox.state import SandboxError, SandboxState, StateConflict
+from athm_sync.sandbox.errors import SandboxError, StateConflict
+from athm_sync.sandbox.state import SandboxState
 
 logger = logging.getLogger("athm_sync.sandbox")
 
