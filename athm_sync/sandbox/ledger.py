@@ -118,13 +118,9 @@ def state_error(p: Payment, action: str) -> SandboxError:
     return SandboxError("BTRA_0037", f"Cannot {action}: the payment is {p.status}", 400)
 
 
-def refund_record(p: Payment, refund: Refund) -> dict[str, Any]:
-    """The ``refund`` part of the refund API's answer."""
+def refund_parties(p: Payment, refund: Refund) -> dict[str, Any]:
+    """The fields every description of a refund carries (API answer, report row, webhook)."""
     return {
-        "transactionType": "REFUND",
-        "status": "COMPLETED",
-        "refundedAmount": str(refund.amount),
-        "date": pr_local(refund.date),
         # The real API's quirk: a refund reuses the original payment's reference number.
         "referenceNumber": p.reference_number,
         "dailyTransactionID": refund.daily_transaction_id,
@@ -132,6 +128,17 @@ def refund_record(p: Payment, refund: Refund) -> dict[str, Any]:
         "phoneNumber": p.customer_phone,
         "email": p.customer_email,
         "message": refund.message,
+    }
+
+
+def refund_record(p: Payment, refund: Refund) -> dict[str, Any]:
+    """The ``refund`` part of the refund API's answer."""
+    return {
+        "transactionType": "REFUND",
+        "status": "COMPLETED",
+        "refundedAmount": str(refund.amount),
+        "date": pr_local(refund.date),
+        **refund_parties(p, refund),
     }
 
 

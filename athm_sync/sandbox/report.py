@@ -15,7 +15,7 @@ from typing import Any
 from athm_sync.sandbox.clock import SandboxClock
 from athm_sync.sandbox.errors import SandboxError
 from athm_sync.sandbox.formats import DATE_FORMAT, PR_TZ, float32, json_number, pr_local
-from athm_sync.sandbox.ledger import COMPLETED, Ledger, Payment, Refund
+from athm_sync.sandbox.ledger import COMPLETED, Ledger, Payment, Refund, refund_parties
 
 REPORT_MAX_RANGE = timedelta(days=31)
 
@@ -63,12 +63,7 @@ def refund_row(p: Payment, refund: Refund) -> dict[str, Any]:
         "transactionType": "REFUND",
         "status": "COMPLETED",
         "date": pr_local(refund.date),
-        "referenceNumber": p.reference_number,
-        "dailyTransactionID": refund.daily_transaction_id,
-        "name": p.customer_name,
-        "phoneNumber": p.customer_phone,
-        "email": p.customer_email,
-        "message": refund.message,
+        **refund_parties(p, refund),
         "total": json_number(refund.amount),
         "tax": 0,
         "subtotal": 0,

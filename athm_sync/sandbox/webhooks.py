@@ -23,7 +23,7 @@ import requests
 
 from athm_sync.sandbox.errors import SandboxError, StateConflict
 from athm_sync.sandbox.formats import BUSINESS_NAME, float32, json_number, pr_local
-from athm_sync.sandbox.ledger import COMPLETED
+from athm_sync.sandbox.ledger import COMPLETED, refund_parties
 
 if TYPE_CHECKING:
     from athm_sync.sandbox.clock import SandboxClock
@@ -89,13 +89,7 @@ def refund_payload(payment: Payment, refund: Refund) -> dict[str, Any]:
         "transactionType": "refund",
         "status": "completed",
         "date": pr_local(refund.date) + ".0",
-        # As in the API, the refund carries the original payment's reference number.
-        "referenceNumber": payment.reference_number,
-        "dailyTransactionID": refund.daily_transaction_id,
-        "name": payment.customer_name,
-        "phoneNumber": payment.customer_phone,
-        "email": payment.customer_email,
-        "message": refund.message,
+        **refund_parties(payment, refund),
         "total": json_number(refund.amount),
         "tax": 0,
         "subtotal": 0,
