@@ -86,10 +86,19 @@ def _matching_secret(token: str, conf: AthmSyncSettings) -> str | None:
 
 
 def _is_configured_secret(token: str) -> bool:
-    """Whether ``token`` is the raw ``WEBHOOK_SECRET``, when the settings cannot be read whole."""
+    """Whether ``token`` is the raw ``WEBHOOK_SECRET`` or ``WEBHOOK_PREVIOUS_SECRET``, when the
+    settings cannot be read whole: ATH Móvil may still post to the old URL mid-rotation, and it
+    too must hear "try again later" rather than "not found". Both are compared, in constant
+    time."""
     raw = raw_settings()
-    secret = raw.get("WEBHOOK_SECRET") if isinstance(raw, dict) else None
-    return isinstance(secret, str) and bool(secret) and constant_time_compare(token, secret)
+    matches = [
+        isinstance(secret, str) and bool(secret) and constant_time_compare(token, secret)
+        for secret in (
+            raw.get(key) if isinstance(raw, dict) else None
+            for key in ("WEBHOOK_SECRET", "WEBHOOK_PREVIOUS_SECRET")
+        )
+    ]
+    return any(matches)
 
 
 def masked_path(path: str, token: str) -> str:

@@ -149,3 +149,20 @@ def test_without_tokens_the_view_asks_ath_movil_to_send_again_later(settings, lo
     assert wrong.status_code == 404
     assert not WebhookEvent.objects.exists()
     assert_no_secret(logs)
+
+
+def test_mid_rotation_the_old_url_is_asked_to_send_again_later_too(settings, logs):
+    settings.ATHM_SYNC = {
+        **settings.ATHM_SYNC,
+        "PUBLIC_TOKEN": "",
+        "WEBHOOK_PREVIOUS_SECRET": OLD_SECRET,
+    }
+    client = Client()
+
+    old = post(client, f"{PREFIX}{OLD_SECRET}/", b"{}")
+    wrong = post(client, f"{PREFIX}{'x' * 40}/", b"{}")
+
+    assert old.status_code == 503 and "try again later" in old.json()["error"]
+    assert wrong.status_code == 404
+    assert not WebhookEvent.objects.exists()
+    assert_no_secret(logs, SECRET, OLD_SECRET)
