@@ -63,7 +63,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from athm_sync import normalize, reconcile
-from athm_sync.models import Payment, Refund
+from athm_sync.models import Payment, Refund, fit_to_column
 
 logger = logging.getLogger("athm_sync.importing")
 
@@ -107,8 +107,6 @@ REFUND_COLUMNS = (
 _AMOUNTS = ("total", "subtotal", "tax", "fee", "net_amount", "total_refunded_amount")
 # Must fit as they are: the money checks and refund matching read them.
 _KEY_TEXT = ("reference_number", "daily_transaction_id", "metadata_1", "metadata_2")
-# Descriptive: cut to the column, as athm_sync does with ATH Móvil's answers.
-_FITTED_TEXT = ("customer_name", "customer_phone", "customer_email", "business_name")
 _STATUSES = {choice.value for choice in Payment.Status if choice != Payment.Status.MISMATCHED}
 ZERO = Decimal("0.00")
 
@@ -316,9 +314,9 @@ def convert(
     values: dict[str, Any] = {name: _money(name, row[name]) for name in _AMOUNTS}
     for name in _KEY_TEXT:
         values[name] = _key_text(name, row[name], _limit(Payment, name))
-    for name in _FITTED_TEXT:
+    for name in reconcile.FITTED_FIELDS:  # descriptive: cut to fit, as ATH Móvil's answers are
         read = normalize.digits if name == "customer_phone" else normalize.text
-        values[name] = read(row[name], name)[: _limit(Payment, name)]
+        values[name] = fit_to_column(Payment, name, read(row[name], name))
     created_at = _moment("created_at", row["created_at"], required=True)
     transaction_date = _moment("transaction_date", row["transaction_date"])
 
@@ -372,7 +370,7 @@ def _convert_refund(ecommerce_id: uuid.UUID, row: dict[str, Any], now: datetime)
             row["daily_transaction_id"],
             _limit(Refund, "daily_transaction_id"),
         ),
-        message=normalize.text(row["message"], "refund message")[: _limit(Refund, "message")],
+        message=fit_to_column(Refund, "message", normalize.text(row["message"], "refund message")),
         transaction_date=_moment(f"{where} transaction_date", row["transaction_date"]),
         created_at=_moment(f"{where} created_at", row["created_at"]) or now,
     )

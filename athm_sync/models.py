@@ -43,6 +43,16 @@ class MoneyField(models.DecimalField):
         return super().get_db_prep_save(value, connection)
 
 
+def fit_to_column(model: type[models.Model], name: str, value: str) -> str:
+    """``value`` cut to the ``max_length`` of ``model``'s field ``name``.
+
+    Only for descriptive text (a name, an e-mail, stored metadata of a held payment): a key
+    that does not fit (a reference number) is an error, never cut, since a cut key would point
+    at another transaction.
+    """
+    return value[: model._meta.get_field(name).max_length]
+
+
 def _money(verbose_name: str, **kwargs) -> MoneyField:
     # db_default too: a row inserted outside the ORM (raw SQL) gets the same zero.
     return MoneyField(verbose_name, default=_ZERO, db_default=_ZERO, **kwargs)

@@ -60,7 +60,7 @@ from athm_sync.client import (
     PaymentSnapshot,
 )
 from athm_sync.conf import AthmSyncSettings, get_settings
-from athm_sync.models import Payment, PaymentEvent, Refund
+from athm_sync.models import Payment, PaymentEvent, Refund, fit_to_column
 
 logger = logging.getLogger("athm_sync.reconcile")
 
@@ -98,13 +98,14 @@ HINT_ALLOWANCE = timedelta(seconds=30)
 # The text columns an answer fills, and their lengths; a longer reference number or daily id
 # is an invalid answer (cutting a key would point it at another transaction).
 _KEY_FIELDS = ("reference_number", "daily_transaction_id")
-_FITTED_FIELDS = ("customer_name", "customer_phone", "customer_email", "business_name")
+# Descriptive text: cut to its column (fit_to_column), also by the django-athm import.
+FITTED_FIELDS = ("customer_name", "customer_phone", "customer_email", "business_name")
 # Everything _copy_remote_fields may write.
 _REMOTE_FIELDS = (
     "total_refunded_amount",
     *_KEY_FIELDS,
     "transaction_date",
-    *_FITTED_FIELDS,
+    *FITTED_FIELDS,
     "fee",
     "net_amount",
 )
@@ -584,7 +585,7 @@ def _hold(payment: Payment, snapshot: PaymentSnapshot, reason: str) -> None:
     payment.remote_total = snapshot.total
     for name in ("remote_metadata_1", "remote_metadata_2"):
         value = getattr(snapshot, name.removeprefix("remote_"))
-        setattr(payment, name, value[: Payment._meta.get_field(name).max_length])
+        setattr(payment, name, fit_to_column(Payment, name, value))
     payment.mismatch_reason = reason
     logger.error(
         "Payment %s held, not completed: ATH Móvil completed it for %s, the shop expected %s (%s)",
@@ -612,12 +613,12 @@ def _copy_remote_fields(payment: Payment, snapshot: PaymentSnapshot, refresh_all
     )
     if not refresh_all and payment.reference_number:
         return
-    for name in (*_KEY_FIELDS, "transaction_date", *_FITTED_FIELDS):
+    for name in (*_KEY_FIELDS, "transaction_date", *FITTED_FIELDS):
         value = getattr(snapshot, name)
         if not value:  # ATH Móvil sends "" until it knows; never erase what is stored
             continue
-        if name in _FITTED_FIELDS:
-            value = value[: Payment._meta.get_field(name).max_length]
+        if name in FITTED_FIELDS:
+            value = fit_to_column(Payment, name, value)
         setattr(payment, name, value)
     for name in ("fee", "net_amount"):
         value = getattr(snapshot, name)

@@ -60,3 +60,18 @@ def run_process(
         timeout=timeout,
         check=False,
     )
+
+
+def run_python(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python -c script`` by a new interpreter of ours in this checkout's root, with
+    ``env`` (this checkout put first on its ``PYTHONPATH``)."""
+    python_path = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": python_path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -26,6 +26,7 @@ from athm_sync import locks
 from athm_sync.models import Payment, SyncRun
 from athm_sync.runner import CannotRun
 from athm_sync.sandbox import SandboxServer
+from tests.commands import run_python
 from tests.test_overlap import child_env
 
 REDIS_URL = os.environ.get("ATHM_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -317,21 +318,6 @@ def test_importing_it_without_celery_names_the_extra(monkeypatch):
         importlib.import_module("athm_sync.contrib.celery")
 
 
-def fresh_python(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``script`` run by a new interpreter of ours in this checkout's root."""
-    root = Path(__file__).resolve().parent.parent
-    env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))}
-    return subprocess.run(  # noqa: S603 - our own interpreter
-        [sys.executable, "-c", script],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_the_core_app_never_imports_contrib(tmp_path):
     """Every module of the app but ``contrib`` imported in a fresh interpreter loads nothing
     of ``athm_sync.contrib`` (nor Celery, nor a tasks framework)."""
@@ -348,7 +334,7 @@ for path in sorted(root.rglob("*.py")):
 prefixes = ("athm_sync.contrib", "celery", "django_tasks", "django.tasks")
 print(sorted(name for name in sys.modules if name.startswith(prefixes)))
 """
-    done = fresh_python(script, {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"})
+    done = run_python(script, {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"})
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
@@ -366,7 +352,7 @@ def test_the_shops_celery_module_may_import_it_before_django_is_set_up():
         "print(sorted(name for name in sys.modules if name.startswith('athm_sync.')))\n"
     )
     env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
-    done = fresh_python(script, env)
+    done = run_python(script, env)
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['athm_sync.contrib', 'athm_sync.contrib.celery']"

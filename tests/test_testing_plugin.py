@@ -17,6 +17,7 @@ from django.db import connection
 from athm_sync import testing
 from athm_sync.models import Payment
 from athm_sync.sandbox import StateConflict
+from tests.commands import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "shop"
@@ -232,15 +233,7 @@ def test_without_athm_sync_installed_the_error_says_so(monkeypatch):
 def test_the_plugin_imports_without_django_configured():
     code = "import athm_sync.testing as t; print(sorted(t.__all__)[0])"
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    result = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_python(code, env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "Clock"
 
