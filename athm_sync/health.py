@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.utils import timezone
-
+from athm_sync import clock
 from athm_sync.models import Payment, PaymentEvent, SyncRun
 
 DEFAULT_MAX_AGE = timedelta(minutes=10)
@@ -53,7 +52,7 @@ class Health:
 
 def check_health(max_age: timedelta = DEFAULT_MAX_AGE, now: datetime | None = None) -> Health:
     """Whether a run finished with exit 0 within ``max_age``; every query uses an index."""
-    now = now or timezone.now()
+    now = now or clock.now()
     since = now - max_age
     success = (
         SyncRun.objects.filter(exit_code=0, finished_at__isnull=False)

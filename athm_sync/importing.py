@@ -62,7 +62,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from athm_sync import normalize, reconcile
+from athm_sync import clock, normalize, reconcile
 from athm_sync.models import Payment, Refund, fit_to_column
 
 logger = logging.getLogger("athm_sync.importing")
@@ -393,7 +393,7 @@ def import_django_athm(
     there.
     """
     check_tables()
-    now = now or timezone.now()
+    now = now or clock.now()
     report = ImportReport(dry_run=dry_run)
     report.clients_not_carried = _count(CLIENT_TABLE)
     report.webhook_events_not_carried = _count(WEBHOOK_TABLE)

@@ -46,9 +46,8 @@ from typing import Any, NamedTuple
 
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
-from django.utils import timezone
 
-from athm_sync import normalize, reconcile
+from athm_sync import clock, normalize, reconcile
 from athm_sync.client import ATHMovilClient, AuthenticationError, TransientError
 from athm_sync.conf import AthmSyncSettings, get_settings
 from athm_sync.models import Payment, WebhookEvent
@@ -240,7 +239,7 @@ def record(
                 idempotency_key=notice.idempotency_key,
                 outcome=Outcome.IGNORED if ignored else Outcome.PENDING,
                 reason=f"{notice.transaction_type} events are not acted on" if ignored else "",
-                processed_at=timezone.now() if ignored else None,
+                processed_at=clock.now() if ignored else None,
                 processing_until=None if ignored else claim_until,
             )
 
@@ -286,7 +285,7 @@ def receive(
     when the event could not be stored; once it is stored, any failure leaves it ``pending``.
     """
     conf = conf or get_settings()
-    event, created = record(notice, remote_addr, claim_until=timezone.now() + _lease(conf))
+    event, created = record(notice, remote_addr, claim_until=clock.now() + _lease(conf))
     if created and event.outcome == Outcome.PENDING:
         options = {"claimed": True}
     elif not created and event.outcome in (Outcome.PENDING, Outcome.REJECTED):
@@ -323,7 +322,7 @@ def process(
     """
     conf = conf or get_settings()
     if not claimed:
-        now = timezone.now()
+        now = clock.now()
         takeable = [Outcome.PENDING, Outcome.REJECTED] if retry_rejected else [Outcome.PENDING]
         taken = reconcile.run_locked(
             lambda: WebhookEvent.objects.filter(
@@ -359,7 +358,7 @@ def process(
     if verdict.payment is not None:
         event.payment = verdict.payment
     event.attempts += 1
-    event.processed_at = timezone.now()
+    event.processed_at = clock.now()
     event.processing_until = None
     # ATH Móvil being unreachable is no fault of this event: it keeps its place in line.
     event.next_attempt_at = (
@@ -537,7 +536,7 @@ def process_pending(
     same retries one by one. They stay pending for the next run.
     """
     conf = conf or get_settings()
-    now = timezone.now()
+    now = clock.now()
     processed: list[Processed] = []
     # The ids first: rows change while the loop runs, which an open cursor must not see.
     pending = list(

@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 
 from django.db import DatabaseError, connection
 from django.db.models import Q
-from django.utils import timezone
 
+from athm_sync import clock
 from athm_sync.models import RunLock
 from athm_sync.reconcile import run_locked
 
@@ -44,7 +44,7 @@ class Holder:
 
 def current_holder(name: str, *, now: datetime | None = None) -> Holder | None:
     """Who holds ``name`` now; ``None`` when it is free (or its holder's lease ran out)."""
-    now = now or timezone.now()
+    now = now or clock.now()
     row = RunLock.objects.filter(name=name, expires_at__gte=now).exclude(holder="").first()
     if row is None:
         return None
@@ -68,7 +68,7 @@ class Lease:
 
     def acquire(self, *, now: datetime | None = None) -> bool:
         """Take the lease if it is free or expired; whether this holder has it now."""
-        now = now or timezone.now()
+        now = now or clock.now()
         run_locked(lambda: RunLock.objects.get_or_create(name=self.name))
         free = Q(holder="") | Q(expires_at__isnull=True) | Q(expires_at__lt=now)
         taken = run_locked(
@@ -83,7 +83,7 @@ class Lease:
         return bool(
             run_locked(
                 lambda: RunLock.objects.filter(name=self.name, holder=self.holder).update(
-                    expires_at=timezone.now() + self.lease
+                    expires_at=clock.now() + self.lease
                 )
             )
         )

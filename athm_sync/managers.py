@@ -26,6 +26,7 @@ from django.db import models, transaction
 from django.db.models import F, Lookup
 from django.utils import timezone
 
+from athm_sync import clock
 from athm_sync.conf import MAX_PAYMENT_TIMEOUT, MIN_PAYMENT_TIMEOUT, get_settings
 from athm_sync.normalize import MAX_AMOUNT
 
@@ -163,7 +164,7 @@ def _validate_created_at(created_at: Any) -> datetime:
     than ``MAX_AGE`` would get the payment polled every few seconds for days, or given up at
     its first check.
     """
-    now = timezone.now()
+    now = clock.now()
     if created_at is None:
         return now
     if not isinstance(created_at, datetime):
@@ -245,7 +246,7 @@ class PaymentQuerySet(models.QuerySet):
         ``athm_payment_due_idx``, so the database answers from the index and never reads
         terminal or given-up rows.
         """
-        now = timezone.now() if now is None else now
+        now = clock.now() if now is None else now
         return self.filter(
             StatusIn(self.model.ACTIVE_STATUSES),
             given_up_at__isnull=True,
@@ -333,7 +334,7 @@ class PaymentManager(models.Manager.from_queryset(PaymentQuerySet)):  # type: ig
             client = ATHMovilClient.from_settings()
         # The payment cannot have been created before we asked for it: taking the time now
         # keeps the local expiry deadline from falling after ATH Móvil's.
-        asked_at = timezone.now()
+        asked_at = clock.now()
         created = client.create_payment(
             total=cleaned.total,
             subtotal=cleaned.subtotal,
@@ -377,7 +378,7 @@ class PaymentManager(models.Manager.from_queryset(PaymentQuerySet)):  # type: ig
             items=[item for item in snapshot.items if isinstance(item, dict)],
         )
         # When it was created is unknown; its completion time is the best bound there is.
-        created_at = snapshot.transaction_date or timezone.now()
+        created_at = snapshot.transaction_date or clock.now()
         payment = self._store(payment_id, cleaned, created_at=created_at, auth_token="")
         return payment, True
 

@@ -46,9 +46,8 @@ from typing import Any, Protocol, TypeVar
 from asgiref.sync import async_to_sync
 from django.db import DatabaseError, OperationalError, connection, transaction
 from django.db.models import Q, QuerySet
-from django.utils import timezone
 
-from athm_sync import normalize, signals
+from athm_sync import clock, normalize, signals
 from athm_sync.client import (
     ATHMovilClient,
     ATHMovilError,
@@ -333,7 +332,7 @@ def observe(
     :class:`AuthenticationError` when the merchant's credentials are rejected (nothing else
     can work then); every other failure, an invalid answer included, is returned in ``error``.
     """
-    now = now or timezone.now()
+    now = now or clock.now()
     try:
         snapshot = client.find_payment(ecommerce_id)
         check_answer(ecommerce_id, snapshot)
@@ -426,7 +425,7 @@ def apply(
     transitions as sent without sending their signals (importing history).
     """
     conf = conf or get_settings()
-    now = now or timezone.now()
+    now = now or clock.now()
     try:
         outcome = run_locked(lambda: _apply_locked(observation, hint, source, now, conf, quiet))
     except Payment.DoesNotExist:
@@ -722,7 +721,7 @@ def _dispatch_one(pk: int, event: PaymentEvent | None = None) -> int | None:
         # Written first: on SQLite this takes the write lock before any receiver runs, so a
         # receiver's own writes never meet "database is locked" halfway through.
         marked = PaymentEvent.objects.filter(pk=pk, dispatched_at__isnull=True).update(
-            dispatched_at=timezone.now()
+            dispatched_at=clock.now()
         )
         if not marked:
             return None
@@ -752,7 +751,7 @@ def dispatch_pending() -> Dispatched:
         return Dispatched()
     result = dispatch([pk for pk, _ in pending])
     sent = set(result.sent_ids)
-    fresh_before = timezone.now() - IN_FLIGHT
+    fresh_before = clock.now() - IN_FLIGHT
     result.leftovers = sum(1 for pk, created in pending if pk in sent and created < fresh_before)
     if result.leftovers:
         logger.warning("Sent %d signal(s) left unsent by an earlier run", result.leftovers)
@@ -835,7 +834,7 @@ def claim_due(
     rows whose lease is free or has expired (its holder died). Three queries, however many
     rows.
     """
-    now = now or timezone.now()
+    now = now or clock.now()
 
     def claim() -> list[Payment]:
         with transaction.atomic():
@@ -919,7 +918,7 @@ def record_unchanged(run_id: str, settled: Iterable[Settled], now: datetime | No
     by_pk = {each.payment.pk: each.payment for each in settled}
     if not by_pk:
         return 0
-    now = now or timezone.now()
+    now = now or clock.now()
     remote = {name for each in settled for name in each.remote_fields}
     per_row = [*_SCHEDULE_FIELDS, *(name for name in _REMOTE_FIELDS if name in remote)]
     same = {
@@ -992,7 +991,7 @@ def claimable(now: datetime) -> QuerySet[Payment]:
 
 def renew_claims(run_id: str, lease: timedelta, now: datetime | None = None) -> int:
     """Extend every claim ``run_id`` holds to ``now + lease``; returns how many."""
-    until = (now or timezone.now()) + lease
+    until = (now or clock.now()) + lease
     return run_locked(
         lambda: Payment.objects.filter(claimed_by=run_id, claimed_until__isnull=False).update(
             claimed_until=until

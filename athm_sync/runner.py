@@ -25,9 +25,8 @@ from typing import Any
 
 from django.db import DatabaseError
 from django.db.models import Q
-from django.utils import timezone
 
-from athm_sync import inbox, reconcile, retention
+from athm_sync import clock, inbox, reconcile, retention
 from athm_sync import report as transaction_report
 from athm_sync.client import ATHMovilClient, ATHMovilError, AuthenticationError, TransientError
 from athm_sync.conf import AthmSyncSettings, get_settings
@@ -234,7 +233,7 @@ def _validate_backfill(options: RunOptions) -> None:
         raise CannotRun("a backfill needs both --from-date and --to-date")
     if not options.backfill:
         return
-    today = timezone.now().astimezone(PUERTO_RICO).date()
+    today = clock.now().astimezone(PUERTO_RICO).date()
     if options.from_date > options.to_date:
         raise CannotRun(f"--from-date {options.from_date} is after --to-date {options.to_date}")
     if options.to_date > today:
@@ -370,7 +369,7 @@ class Runner:
         """Delete a bounded batch of old history (``HISTORY_RETENTION``); a failure is logged,
         never the end of a run that has done its work."""
         try:
-            self.report.pruned = retention.prune(self.conf, timezone.now())
+            self.report.pruned = retention.prune(self.conf, clock.now())
         except DatabaseError as error:
             logger.warning("Could not prune old history: %s", error)
 
@@ -404,7 +403,7 @@ class Runner:
 
     def _finish(self, sync_run: SyncRun) -> None:
         report = self.report
-        sync_run.finished_at = timezone.now()
+        sync_run.finished_at = clock.now()
         sync_run.checked = report.checked
         sync_run.unchanged = report.unchanged
         sync_run.transitions = dict(report.transitions)
@@ -455,7 +454,7 @@ class Runner:
         :class:`AuthenticationError` as polling would."""
         if self._gave_up_on_ath or self.report.only_connect_failures:
             return  # it would only wait out the same failure
-        now = timezone.now()
+        now = clock.now()
         if not transaction_report.claim_scan(now, self.conf):
             return
         try:
@@ -473,7 +472,7 @@ class Runner:
 
     def _backfill(self, client: ATHMovilClient) -> None:
         """``--from-date`` / ``--to-date``: import the transaction report over that range."""
-        start, end = backfill_range(self.options, timezone.now())
+        start, end = backfill_range(self.options, clock.now())
         self._total = len(list(transaction_report.chunks(start, end)))
         if self._progress is not None:
             self._progress(0, self._total)
@@ -511,7 +510,7 @@ class Runner:
         batch is claimed while the current one is in flight (:meth:`_pipeline`); the checks
         that change nothing are written together (:meth:`_settle_claimed`).
         """
-        now = timezone.now()
+        now = clock.now()
         if self._progress is not None:
             due = Payment.objects.due(now).count()
             self._total = min(due, self.options.limit) if self.options.limit else due
@@ -527,7 +526,7 @@ class Runner:
                     return
                 # The lease counts from the claim, not from the start of the run.
                 claimed = reconcile.claim_due(
-                    self.run_id, size, reconcile.CLAIM_LEASE + (timezone.now() - now), now=now
+                    self.run_id, size, reconcile.CLAIM_LEASE + (clock.now() - now), now=now
                 )
                 if not claimed:
                     return
@@ -621,9 +620,7 @@ class Runner:
     def _settle_claimed(self, payment: Payment, observation: reconcile.Observation) -> None:
         """A claimed payment's answer: kept for one bulk write when it changes nothing but the
         schedule, otherwise applied at once in a transaction of its own."""
-        checked = reconcile.settle_unchanged(
-            payment, observation, now=timezone.now(), conf=self.conf
-        )
+        checked = reconcile.settle_unchanged(payment, observation, now=clock.now(), conf=self.conf)
         if checked is None:
             self._apply(observation, source="poll")
             return
@@ -718,7 +715,7 @@ class Runner:
 
     def _dry_run(self, pool: ThreadPoolExecutor, client: ATHMovilClient) -> None:
         """Ask ATH Móvil (never capturing) and decide, writing nothing."""
-        now = timezone.now()
+        now = clock.now()
         if self.options.ecommerce_ids:
             ids = list(self.options.ecommerce_ids)
             if self.options.limit is not None:
