@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
 from django.db.models import F, Lookup
@@ -28,6 +29,7 @@ from django.utils import timezone
 
 from athm_sync import clock
 from athm_sync.conf import MAX_PAYMENT_TIMEOUT, MIN_PAYMENT_TIMEOUT, get_settings
+from athm_sync.fields import as_aware
 from athm_sync.normalize import MAX_AMOUNT
 
 if TYPE_CHECKING:
@@ -162,7 +164,9 @@ def _validate_created_at(created_at: Any) -> datetime:
 
     A browser's clock is not trusted: a time ahead of ours by more than ``CLOCK_SKEW`` or older
     than ``MAX_AGE`` would get the payment polled every few seconds for days, or given up at
-    its first check.
+    its first check. An aware time is taken as it is; a naive one only under ``USE_TZ = False``,
+    where Django means local time in ``TIME_ZONE`` (with ``USE_TZ = True`` a naive time is
+    ambiguous, and refused).
     """
     now = clock.now()
     if created_at is None:
@@ -170,9 +174,11 @@ def _validate_created_at(created_at: Any) -> datetime:
     if not isinstance(created_at, datetime):
         raise ValueError(f"created_at must be a datetime, got {created_at!r}.")
     if timezone.is_naive(created_at):
-        raise ValueError(
-            f"created_at must be timezone-aware, got the naive {created_at.isoformat()}."
-        )
+        if settings.USE_TZ:
+            raise ValueError(
+                f"created_at must be timezone-aware, got the naive {created_at.isoformat()}."
+            )
+        created_at = as_aware(created_at)
     if created_at > now + CLOCK_SKEW:
         raise ValueError(
             f"created_at {created_at.isoformat()} is in the future (more than "

@@ -15,10 +15,10 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
-from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from athm_sync.fields import AwareDateTimeField, DatabaseNow
 from athm_sync.managers import PaymentManager
 
 _ZERO = Decimal("0.00")
@@ -117,10 +117,10 @@ class Payment(models.Model):
         _("items"), default=list, db_default=[], blank=True, encoder=DjangoJSONEncoder
     )
 
-    transaction_date = models.DateTimeField(_("transaction date"), null=True, blank=True)
+    transaction_date = AwareDateTimeField(_("transaction date"), null=True, blank=True)
     # Not auto_now_add: a tracked payment carries the creation time the button reported.
-    created_at = models.DateTimeField(_("created at"), default=timezone.now, db_default=Now())
-    updated_at = models.DateTimeField(_("updated at"), auto_now=True, db_default=Now())
+    created_at = AwareDateTimeField(_("created at"), default=timezone.now, db_default=DatabaseNow())
+    updated_at = AwareDateTimeField(_("updated at"), auto_now=True, db_default=DatabaseNow())
 
     # What the reconciler needs.
     timeout = models.PositiveIntegerField(
@@ -129,7 +129,7 @@ class Payment(models.Model):
         db_default=600,
         help_text=_("Seconds ATH Móvil waits (120-600)."),
     )
-    expires_at = models.DateTimeField(
+    expires_at = AwareDateTimeField(
         _("expires at"),
         null=True,
         blank=True,
@@ -137,8 +137,10 @@ class Payment(models.Model):
     )
     # Never empty: a new row is due at once, however it was inserted. Only OPEN and CONFIRM
     # rows that are not given up are read (the partial index); for the others it is unused.
-    next_check_at = models.DateTimeField(_("next check at"), default=timezone.now, db_default=Now())
-    given_up_at = models.DateTimeField(
+    next_check_at = AwareDateTimeField(
+        _("next check at"), default=timezone.now, db_default=DatabaseNow()
+    )
+    given_up_at = AwareDateTimeField(
         _("given up at"),
         null=True,
         blank=True,
@@ -147,9 +149,9 @@ class Payment(models.Model):
     check_count = models.PositiveIntegerField(_("check count"), default=0, db_default=0)
     # Checks in a row that failed (API or database); each one doubles the wait before the next.
     failures = models.PositiveIntegerField(_("failures in a row"), default=0, db_default=0)
-    last_checked_at = models.DateTimeField(_("last checked at"), null=True, blank=True)
+    last_checked_at = AwareDateTimeField(_("last checked at"), null=True, blank=True)
     last_error = models.TextField(_("last error"), blank=True, default="", db_default="")
-    claimed_until = models.DateTimeField(_("claimed until"), null=True, blank=True)
+    claimed_until = AwareDateTimeField(_("claimed until"), null=True, blank=True)
     claimed_by = _text(_("claimed by"), 200)
     # The JWT from create-payment, needed to capture a CONFIRM payment. Cleared by save() once
     # the payment is terminal; a check constraint refuses a terminal row that still holds one.
@@ -260,8 +262,8 @@ class Refund(models.Model):
     reference_number = models.CharField(_("reference number"), max_length=100, blank=True)
     daily_transaction_id = models.CharField(_("daily transaction id"), max_length=32, blank=True)
     message = models.CharField(_("message"), max_length=255, blank=True)
-    transaction_date = models.DateTimeField(_("transaction date"), null=True, blank=True)
-    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    transaction_date = AwareDateTimeField(_("transaction date"), null=True, blank=True)
+    created_at = AwareDateTimeField(_("created at"), default=timezone.now)
 
     class Meta:
         verbose_name = _("ATH Móvil refund")
@@ -305,8 +307,8 @@ class PaymentEvent(models.Model):
     source = models.CharField(
         _("source"), max_length=32, blank=True, help_text=_("What saw it: poll, webhook...")
     )
-    created_at = models.DateTimeField(_("created at"), default=timezone.now)
-    dispatched_at = models.DateTimeField(_("dispatched at"), null=True, blank=True)
+    created_at = AwareDateTimeField(_("created at"), default=timezone.now)
+    dispatched_at = AwareDateTimeField(_("dispatched at"), null=True, blank=True)
     receiver_errors = models.PositiveIntegerField(_("receiver errors"), default=0)
     # Each receiver that raised when the signal was sent: {"receiver": ..., "error": ...}.
     errors = models.JSONField(_("receiver errors, in full"), default=list, blank=True)
@@ -333,8 +335,8 @@ class PaymentEvent(models.Model):
 class SyncRun(models.Model):
     """One run of ``manage.py athm_sync`` (dry runs are not recorded)."""
 
-    started_at = models.DateTimeField(_("started at"), default=timezone.now)
-    finished_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+    started_at = AwareDateTimeField(_("started at"), default=timezone.now)
+    finished_at = AwareDateTimeField(_("finished at"), null=True, blank=True)
     host = models.CharField(_("host"), max_length=255, blank=True)
     pid = models.PositiveIntegerField(_("process id"), null=True, blank=True)
     options = models.JSONField(_("options"), default=dict, blank=True, encoder=DjangoJSONEncoder)
@@ -372,7 +374,7 @@ class WebhookEvent(models.Model):
         REJECTED = "rejected", _("Rejected: ATH Móvil says otherwise")
         IGNORED = "ignored", _("Ignored")
 
-    received_at = models.DateTimeField(_("received at"), default=timezone.now)
+    received_at = AwareDateTimeField(_("received at"), default=timezone.now)
     remote_addr = models.GenericIPAddressField(_("remote address"), null=True, blank=True)
     payload = models.JSONField(_("payload"), encoder=DjangoJSONEncoder)
     transaction_type = models.CharField(_("transaction type"), max_length=16)
@@ -395,12 +397,12 @@ class WebhookEvent(models.Model):
     )
     deliveries = models.PositiveIntegerField(_("deliveries"), default=1)
     attempts = models.PositiveIntegerField(_("verification attempts"), default=0)
-    processed_at = models.DateTimeField(_("processed at"), null=True, blank=True)
+    processed_at = AwareDateTimeField(_("processed at"), null=True, blank=True)
     # Held while one process verifies the event, so a duplicate arriving meanwhile waits out.
-    processing_until = models.DateTimeField(_("processing until"), null=True, blank=True)
+    processing_until = AwareDateTimeField(_("processing until"), null=True, blank=True)
     # A pending event that could not be verified or applied waits until then (backoff), so it
     # never holds up the events behind it. Empty: as soon as possible.
-    next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
+    next_attempt_at = AwareDateTimeField(_("next attempt at"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("ATH Móvil webhook event")
@@ -427,9 +429,9 @@ class ReportScan(models.Model):
     last scan read. One row per kind of scan (``refunds``)."""
 
     name = models.CharField(_("name"), max_length=32, unique=True)
-    next_scan_at = models.DateTimeField(_("next scan at"), default=timezone.now)
-    scanned_from = models.DateTimeField(_("last scanned from"), null=True, blank=True)
-    scanned_to = models.DateTimeField(_("last scanned to"), null=True, blank=True)
+    next_scan_at = AwareDateTimeField(_("next scan at"), default=timezone.now)
+    scanned_from = AwareDateTimeField(_("last scanned from"), null=True, blank=True)
+    scanned_to = AwareDateTimeField(_("last scanned to"), null=True, blank=True)
     rows = models.PositiveIntegerField(_("rows read"), default=0)
     refunds = models.PositiveIntegerField(_("refunds found"), default=0)
     last_error = models.TextField(_("last error"), blank=True)
@@ -453,8 +455,8 @@ class RunLock(models.Model):
 
     name = models.CharField(_("name"), max_length=64, unique=True)
     holder = models.CharField(_("held by"), max_length=255, blank=True, default="")
-    acquired_at = models.DateTimeField(_("acquired at"), null=True, blank=True)
-    expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
+    acquired_at = AwareDateTimeField(_("acquired at"), null=True, blank=True)
+    expires_at = AwareDateTimeField(_("expires at"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("ATH Móvil run lock")
