@@ -6,7 +6,10 @@ from urllib.parse import unquote, urlsplit
 
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
-USE_TZ = True
+# ATHM_TEST_USE_TZ=0 runs the suite (and every child process it starts, which inherits the
+# environment) with USE_TZ = False, as older shops still do: Django then stores naive local times
+# in TIME_ZONE. .ci/run runs the end-to-end tests that way on SQLite and PostgreSQL.
+USE_TZ = os.environ.get("ATHM_TEST_USE_TZ", "1") != "0"
 TIME_ZONE = "America/New_York"  # deliberately neither UTC nor Puerto Rico
 ALLOWED_HOSTS = ["*"]
 INSTALLED_APPS = [

@@ -13,9 +13,8 @@ import pytest
 import time_machine
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 
-from athm_sync import reconcile, signals
+from athm_sync import clock, reconcile, signals
 from athm_sync.models import Payment, PaymentEvent, Refund, SyncRun
 from tests import commands
 from tests.commands import call
@@ -71,7 +70,7 @@ def track(sandbox, total: str = "12.50", metadata: str = "", age: float = 0) -> 
         total=total,
         metadata_1=metadata,
         auth_token=auth_token,
-        created_at=timezone.now() - timedelta(seconds=age),
+        created_at=clock.now() - timedelta(seconds=age),
     )
 
 
@@ -205,7 +204,7 @@ def test_json_summary_is_the_only_thing_on_stdout(story, received):
 def test_a_second_run_changes_nothing_and_sends_nothing(story, received):
     assert run()[0] == 0
     story["open"].refresh_from_db()
-    Payment.objects.filter(pk=story["open"].pk).update(next_check_at=timezone.now())
+    Payment.objects.filter(pk=story["open"].pk).update(next_check_at=clock.now())
     code, document, _ = run_json()
     assert code == 0
     assert document["checked"] == 1 and document["unchanged"] == 1
@@ -308,7 +307,7 @@ def test_events_left_unsent_are_sent_first(athm_settings, received):
         kind=PaymentEvent.Kind.COMPLETED,
         from_status="OPEN",
         to_status="COMPLETED",
-        created_at=timezone.now() - timedelta(minutes=1),
+        created_at=clock.now() - timedelta(minutes=1),
     )
     code, document, _ = run_json()
     assert code == 0
@@ -564,7 +563,7 @@ def queries_for_unchanged(sandbox, count: int) -> int:
     Payment.objects.all().delete()
     for _ in range(count):
         track(sandbox)
-    Payment.objects.update(next_check_at=timezone.now() - timedelta(seconds=1))
+    Payment.objects.update(next_check_at=clock.now() - timedelta(seconds=1))
     with CaptureQueriesContext(connection) as context:
         code, document, _ = run_json("--workers", "2")
     assert code == 0 and document["unchanged"] == count
@@ -591,7 +590,7 @@ def test_an_open_payment_left_past_its_deadline_expires(athm_settings, received)
     payment = track(athm_settings, "15.00", "order-7")
     assert run_json()[1]["unchanged"] == 1
     # Ten minutes and a bit later ATH Móvil says CANCEL (the sandbox follows the moved clock).
-    with time_machine.travel(timezone.now() + timedelta(seconds=601), tick=True):
+    with time_machine.travel(clock.now() + timedelta(seconds=601), tick=True):
         code, document, _ = run_json()
     assert code == 0
     assert document["transitions"]["expired"] == 1
@@ -609,7 +608,7 @@ def test_a_payment_still_open_after_max_age_is_given_up(athm_settings, settings)
     payment.refresh_from_db()
     assert payment.status == S.OPEN and payment.given_up_at is not None
     assert "given up" in payment.last_error
-    assert not Payment.objects.due(timezone.now() + timedelta(days=30)).exists()
+    assert not Payment.objects.due(clock.now() + timedelta(days=30)).exists()
     assert run_json()[1]["checked"] == 0
 
 

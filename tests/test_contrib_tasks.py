@@ -29,9 +29,8 @@ from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.recorder import MigrationRecorder
 from django.test import override_settings
-from django.utils import timezone
 
-from athm_sync import locks
+from athm_sync import clock, locks
 from athm_sync.models import Payment, SyncRun
 from athm_sync.sandbox import SandboxServer
 from tests.test_overlap import child_env
@@ -256,7 +255,7 @@ def test_a_stale_run_lock_is_free_again_after_its_lease(settings, athm_settings,
     takes it over, and one before that skips."""
     settings.TASKS = IMMEDIATE_BACKEND
     tracked_completed(athm_settings)
-    start = timezone.now()
+    start = clock.now()
     time_machine.move_to(start, tick=False)
     assert locks.Lease(locks.RUN_LOCK, "dead-host:1:beef").acquire()  # and never released
 

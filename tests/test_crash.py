@@ -29,9 +29,8 @@ from typing import Any
 import pytest
 from django.db import IntegrityError, connection
 from django.db.models import Q
-from django.utils import timezone
 
-from athm_sync import reconcile, signals
+from athm_sync import clock, reconcile, signals
 from athm_sync.models import Payment, PaymentEvent
 from athm_sync.sandbox import SandboxServer
 from tests.commands import call
@@ -69,14 +68,14 @@ def settled_at_ath(sandbox: SandboxServer, count: int) -> None:
 
 
 def claimable() -> int:
-    now = timezone.now()
+    now = clock.now()
     free = Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
     return Payment.objects.due(now).filter(free).count()
 
 
 def recover(receiver: str, time_machine: Any) -> None:
     """What the next scheduled run does, once the dead runs' 45 s claims have run out."""
-    time_machine.move_to(timezone.now() + reconcile.CLAIM_LEASE + timedelta(seconds=1))
+    time_machine.move_to(clock.now() + reconcile.CLAIM_LEASE + timedelta(seconds=1))
     shop.connect(receiver)
     try:
         for _ in range(3):  # PostgreSQL may still hold a killed backend's locks a moment
@@ -168,7 +167,7 @@ def test_a_dead_runs_payments_are_checked_again_within_a_minute(
         child.communicate(timeout=30)
         sandbox.state.count = real_count  # type: ignore[method-assign]
     sandbox.set_latency(0)
-    killed_at = timezone.now()
+    killed_at = clock.now()
 
     held = Payment.objects.exclude(claimed_by="")
     assert held.count() == 10
@@ -298,7 +297,7 @@ def test_a_database_that_refuses_the_outbox_fails_the_run_in_one_line(
     assert "errors: 3" in out and "permission denied" in out
     assert received == []
     refuse_event_writes.remove()
-    time_machine.move_to(timezone.now() + reconcile.FIRST_RETRY, tick=False)  # past the backoff
+    time_machine.move_to(clock.now() + reconcile.FIRST_RETRY, tick=False)  # past the backoff
     shop.connect("instant")
     try:
         code, out, err = call("athm_sync", "--json")

@@ -10,8 +10,8 @@ from decimal import Decimal
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 
+from athm_sync import clock
 from athm_sync.health import check_health, parse_duration
 from athm_sync.models import Payment, PaymentEvent, SyncRun
 from tests.commands import call, run_process
@@ -39,7 +39,7 @@ def test_a_recent_successful_run_is_healthy_and_an_old_one_is_not(athm_settings,
     code, out, _ = health()
     assert code == 0 and out.startswith("athm_sync: healthy: the last successful run finished")
 
-    time_machine.move_to(timezone.now() + timedelta(minutes=11), tick=False)
+    time_machine.move_to(clock.now() + timedelta(minutes=11), tick=False)
     code, _, err = health()
     assert code == 1 and "finished 11 min ago, more than 10 min" in err
     assert health("--max-age", "15m")[0] == 0
@@ -47,7 +47,7 @@ def test_a_recent_successful_run_is_healthy_and_an_old_one_is_not(athm_settings,
 
 def test_a_failing_latest_run_is_named(athm_settings, time_machine):
     assert call("athm_sync")[0] == 0
-    time_machine.move_to(timezone.now() + timedelta(minutes=30), tick=False)
+    time_machine.move_to(clock.now() + timedelta(minutes=30), tick=False)
     Payment.objects.track(uuid.uuid4(), total="5.00")
     athm_settings.inject_fault("http503", "findPayment", times=10)
     assert call("athm_sync")[0] == 1
@@ -60,14 +60,12 @@ def test_a_failing_latest_run_is_named(athm_settings, time_machine):
 
 
 def test_given_up_and_held_payments_are_reported(athm_settings):
-    Payment.objects.create(
-        ecommerce_id=uuid.uuid4(), total=Decimal("5"), given_up_at=timezone.now()
-    )
+    Payment.objects.create(ecommerce_id=uuid.uuid4(), total=Decimal("5"), given_up_at=clock.now())
     held = Payment.objects.create(
         ecommerce_id=uuid.uuid4(), total=Decimal("5"), status="MISMATCHED"
     )
-    PaymentEvent.objects.create(payment=held, kind="mismatched", dispatched_at=timezone.now())
-    SyncRun.objects.create(finished_at=timezone.now(), exit_code=0)
+    PaymentEvent.objects.create(payment=held, kind="mismatched", dispatched_at=clock.now())
+    SyncRun.objects.create(finished_at=clock.now(), exit_code=0)
 
     code, out, _ = call("athm_sync", "--health", "--json")
 
@@ -78,9 +76,7 @@ def test_given_up_and_held_payments_are_reported(athm_settings):
 
 
 def test_health_costs_a_few_queries_however_many_runs(athm_settings):
-    SyncRun.objects.bulk_create(
-        [SyncRun(finished_at=timezone.now(), exit_code=0) for _ in range(200)]
-    )
+    SyncRun.objects.bulk_create([SyncRun(finished_at=clock.now(), exit_code=0) for _ in range(200)])
     with CaptureQueriesContext(connection) as context:
         assert check_health().healthy
     assert len(context.captured_queries) == 3
@@ -105,7 +101,7 @@ def test_durations(text, seconds):
 
 
 def test_health_as_a_real_process_for_cron_and_systemd(sandbox, tmp_path):
-    SyncRun.objects.create(finished_at=timezone.now(), exit_code=0)
+    SyncRun.objects.create(finished_at=clock.now(), exit_code=0)
     env = child_env(sandbox, tmp_path / "signals.log")
 
     healthy = run_process("athm_sync", "--health", env=env)

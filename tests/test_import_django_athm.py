@@ -110,14 +110,22 @@ import django
 
 def seed(spec):
     from django.utils import timezone
+    from django.utils.dateparse import parse_datetime
     from django_athm.models import Client, Payment, Refund, WebhookEvent
 
+    from athm_sync.fields import as_stored
     from athm_sync.models import Payment as Ours
+
+    def stored(row):
+        # django-athm's fields are Django's own: naive local times under USE_TZ = False.
+        if row.get("transaction_date"):
+            row["transaction_date"] = as_stored(parse_datetime(row["transaction_date"]))
+        return row
 
     client = Client.objects.create(phone_number="7875550100", name="Ana", email="ana@example.com")
     for given in spec["payments"]:
-        given = dict(given)
-        refunds = given.pop("refunds", [])
+        given = stored(dict(given))
+        refunds = [stored(dict(refund)) for refund in given.pop("refunds", [])]
         age = given.pop("age_seconds", 60)
         if given.pop("with_client", False):
             given["client"] = client

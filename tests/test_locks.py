@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
-from django.utils import timezone
 
+from athm_sync import clock
 from athm_sync.locks import LOCK_LEASE, Lease, current_holder
 from athm_sync.models import RunLock
 
@@ -34,7 +34,7 @@ def test_one_holder_at_a_time_and_only_the_holder_frees_it():
 
 @pytest.mark.django_db
 def test_a_lease_nobody_renews_is_free_after_it_runs_out(time_machine):
-    start = timezone.now()
+    start = clock.now()
     time_machine.move_to(start, tick=False)
     dead = Lease(NAME, "dead")
     assert dead.acquire()
@@ -52,7 +52,7 @@ def test_a_lease_nobody_renews_is_free_after_it_runs_out(time_machine):
 
 @pytest.mark.django_db
 def test_renewing_pushes_the_expiry_one_lease_ahead(time_machine):
-    start = timezone.now()
+    start = clock.now()
     time_machine.move_to(start, tick=False)
     lease = Lease(NAME, "me")
     assert lease.acquire()

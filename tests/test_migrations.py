@@ -9,8 +9,9 @@ from decimal import Decimal
 import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
-from django.utils import timezone
 
+from athm_sync import clock
+from athm_sync.fields import as_stored
 from athm_sync.models import Payment
 
 BEFORE = [("athm_sync", "0003_webhookevent")]
@@ -36,17 +37,22 @@ def test_0004_schedules_rows_that_had_no_schedule_and_records_who_was_given_up(m
     """Before 0004 an empty ``next_check_at`` meant both "given up" and "stored by create(),
     never scheduled"; after it, the first is ``given_up_at`` and the second is due."""
     old = migrate_to(BEFORE).get_model("athm_sync", "Payment")
-    checked_at = timezone.now() - timedelta(days=3)
+    # A historical model has Django's own DateTimeField: naive local times under USE_TZ = False.
+    checked_at = clock.now() - timedelta(days=3)
     ids = {name: uuid.uuid4() for name in ("given_up", "never_checked", "scheduled", "completed")}
-    old.objects.create(ecommerce_id=ids["given_up"], total=Decimal("5"), last_checked_at=checked_at)
+    old.objects.create(
+        ecommerce_id=ids["given_up"], total=Decimal("5"), last_checked_at=as_stored(checked_at)
+    )
     old.objects.create(ecommerce_id=ids["never_checked"], total=Decimal("5"))
-    soon = timezone.now() + timedelta(seconds=30)
-    old.objects.create(ecommerce_id=ids["scheduled"], total=Decimal("5"), next_check_at=soon)
+    soon = clock.now() + timedelta(seconds=30)
+    old.objects.create(
+        ecommerce_id=ids["scheduled"], total=Decimal("5"), next_check_at=as_stored(soon)
+    )
     old.objects.create(
         ecommerce_id=ids["completed"],
         total=Decimal("5"),
         status="COMPLETED",
-        last_checked_at=checked_at,
+        last_checked_at=as_stored(checked_at),
     )
 
     migrate_to(AFTER)

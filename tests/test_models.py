@@ -12,9 +12,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 from django.db.models.deletion import ProtectedError
-from django.utils import timezone
 
-from athm_sync import reconcile
+from athm_sync import clock, reconcile
 from athm_sync.managers import StatusIn, validate_new_payment
 from athm_sync.models import Payment, Refund
 
@@ -59,13 +58,13 @@ def test_money_fields_are_two_place_decimals():
 @pytest.mark.django_db
 def test_save_fills_expires_at_from_created_at_and_timeout():
     created = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-    before = timezone.now()
+    before = clock.now()
     payment = make_payment(created_at=created, timeout=300)
     payment.refresh_from_db()
     assert payment.expires_at == created + timedelta(seconds=300)
     assert payment.status == S.OPEN
     assert payment.items == []
-    assert before <= payment.next_check_at <= timezone.now()  # due at once
+    assert before <= payment.next_check_at <= clock.now()  # due at once
     assert payment.given_up_at is None
 
 
@@ -131,7 +130,7 @@ def test_database_refuses_an_unknown_status():
 
 @pytest.mark.django_db
 def test_track_creates_an_open_row_due_now():
-    before = timezone.now()
+    before = clock.now()
     payment = Payment.objects.track(
         str(ID),
         total="12.50",
@@ -142,7 +141,7 @@ def test_track_creates_an_open_row_due_now():
         items=[{"name": "Mofongo", "price": Decimal("11.00"), "quantity": 1}],
         timeout=300,
     )
-    after = timezone.now()
+    after = clock.now()
     payment.refresh_from_db()
     assert payment.ecommerce_id == ID
     assert payment.status == S.OPEN
@@ -162,7 +161,7 @@ def test_track_creates_an_open_row_due_now():
 
 @pytest.mark.django_db
 def test_track_keeps_the_creation_time_the_button_reported():
-    created = timezone.now() - timedelta(minutes=3)
+    created = clock.now() - timedelta(minutes=3)
     payment = Payment.objects.track(ID, total=5, created_at=created)
     payment.refresh_from_db()
     assert payment.created_at == created
@@ -239,7 +238,8 @@ def test_track_does_not_touch_a_payment_that_moved_on():
         ({"created_at": datetime(2025, 1, 1)}, r"created_at must be timezone-aware"),
     ],
 )
-def test_track_validation_errors_write_nothing(kwargs, message):
+def test_track_validation_errors_write_nothing(kwargs, message, settings):
+    settings.USE_TZ = True  # a naive created_at is refused only there (tests/test_naive_time.py)
     arguments = {"ecommerce_id": ID, "total": "10.00", **kwargs}
     ecommerce_id = arguments.pop("ecommerce_id")
     with pytest.raises(ValueError, match=message):
@@ -290,7 +290,7 @@ def test_rounded_amounts_are_stored():
 
 @pytest.mark.django_db
 def test_due_returns_only_active_payments_whose_check_time_has_come():
-    now = timezone.now()
+    now = clock.now()
     past, future = now - timedelta(minutes=5), now + timedelta(minutes=5)
     open_due = make_payment(status=S.OPEN, next_check_at=past)
     confirm_due = make_payment(status=S.CONFIRM, next_check_at=past - timedelta(minutes=1))
@@ -310,8 +310,8 @@ def test_due_returns_only_active_payments_whose_check_time_has_come():
 
 @pytest.mark.django_db
 def test_due_defaults_to_now():
-    due = make_payment(next_check_at=timezone.now() - timedelta(seconds=1))
-    make_payment(next_check_at=timezone.now() + timedelta(hours=1))
+    due = make_payment(next_check_at=clock.now() - timedelta(seconds=1))
+    make_payment(next_check_at=clock.now() + timedelta(hours=1))
     assert list(Payment.objects.due()) == [due]
 
 
@@ -322,7 +322,7 @@ def test_due_filters_on_the_partial_index_condition():
         "status__in": list(Payment.ACTIVE_STATUSES),
         "given_up_at__isnull": True,
     }
-    sql, params = Payment.objects.due(timezone.now()).query.sql_with_params()
+    sql, params = Payment.objects.due(clock.now()).query.sql_with_params()
     # Literals, not bound parameters: SQLite only matches a partial index on literal terms.
     assert """"athm_sync_payment"."status" IN ('OPEN', 'CONFIRM')""" in sql
     assert '"athm_sync_payment"."given_up_at" IS NULL' in sql
@@ -348,7 +348,7 @@ def test_indexes_exist_in_the_database():
 def test_due_query_uses_the_partial_index_on_postgresql():
     if connection.vendor != "postgresql":
         pytest.skip("EXPLAIN check is for PostgreSQL")
-    now = timezone.now()
+    now = clock.now()
     for status in S.values:
         make_payment(status=status, next_check_at=now - timedelta(minutes=1))
     query = Payment.objects.due(now)
@@ -365,7 +365,7 @@ def test_a_claim_reads_its_batch_from_the_index_in_order_on_postgresql():
     index that stops at the batch, with no sort of every due row."""
     if connection.vendor != "postgresql":
         pytest.skip("EXPLAIN check is for PostgreSQL")
-    now = timezone.now()
+    now = clock.now()
     for status in S.values:
         for _ in range(5):
             make_payment(status=status, next_check_at=now - timedelta(minutes=1))
@@ -384,7 +384,7 @@ def test_a_claim_reads_its_batch_from_the_index_in_order_on_postgresql():
 def test_due_query_uses_the_partial_index_on_sqlite():
     if connection.vendor != "sqlite":
         pytest.skip("EXPLAIN QUERY PLAN check is for SQLite")
-    plan = Payment.objects.due(timezone.now()).explain()
+    plan = Payment.objects.due(clock.now()).explain()
     assert "athm_payment_due_idx" in plan, plan
 
 
@@ -438,7 +438,7 @@ class FakeClient:
 @pytest.mark.django_db
 def test_create_via_api_stores_the_payment_and_its_auth_token():
     client = FakeClient()
-    before = timezone.now()
+    before = clock.now()
     payment = Payment.objects.create_via_api(
         total="12.50",
         subtotal="11.00",
@@ -466,7 +466,7 @@ def test_create_via_api_stores_the_payment_and_its_auth_token():
     assert payment.auth_token == "eyJ.fake.jwt"
     assert payment.status == S.OPEN
     assert payment.total == Decimal("12.50")
-    assert before <= payment.created_at <= timezone.now()
+    assert before <= payment.created_at <= clock.now()
     assert payment.expires_at == payment.created_at + timedelta(seconds=300)
     assert list(Payment.objects.due()) == [payment]
 
@@ -568,7 +568,7 @@ def test_admin_shows_and_filters_held_and_given_up_payments(admin_client_logged_
         remote_total=Decimal("1.00"),
         mismatch_reason="total: ATH Móvil says 1.00, the shop stored 100.00",
     )
-    given_up = make_payment(given_up_at=timezone.now(), last_error="given up: still OPEN")
+    given_up = make_payment(given_up_at=clock.now(), last_error="given up: still OPEN")
     followed = make_payment()
     client = admin_client_logged_in
 

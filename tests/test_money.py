@@ -19,9 +19,9 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.urls import reverse
-from django.utils import timezone
 
 import athm_sync
+from athm_sync import clock
 from athm_sync.client import ATHMovilClient
 from athm_sync.models import Payment, PaymentEvent, WebhookEvent
 from tests.commands import call
@@ -54,7 +54,7 @@ def paid_at_ath(sandbox, total: str, metadata1: str = "") -> str:
 
 
 def later(seconds: float):
-    return timezone.now() + timedelta(seconds=seconds)
+    return clock.now() + timedelta(seconds=seconds)
 
 
 # -- 1. the answer is about this payment ---------------------------------------------------
@@ -322,7 +322,7 @@ def test_given_up_is_explicit_and_never_the_schedule_of_a_new_row(
 
     stored = reload(payment)
     assert code == 0 and summary["given_up"] == 1
-    assert stored.given_up_at == timezone.now() and stored.next_check_at is not None
+    assert stored.given_up_at == clock.now() and stored.next_check_at is not None
     assert list(Payment.objects.given_up()) == [stored]
     assert run()[1]["checked"] == 0
 
@@ -337,12 +337,12 @@ def test_given_up_is_explicit_and_never_the_schedule_of_a_new_row(
 )
 def test_track_refuses_a_creation_time_no_clock_could_give(athm_settings, offset, message):
     with pytest.raises(ValueError, match=message):
-        Payment.objects.track(uuid.uuid4(), total="10.00", created_at=timezone.now() + offset)
+        Payment.objects.track(uuid.uuid4(), total="10.00", created_at=clock.now() + offset)
     assert not Payment.objects.exists()
 
 
 def test_track_accepts_a_browser_clock_a_little_ahead(athm_settings):
-    created = timezone.now() + timedelta(minutes=4)
+    created = clock.now() + timedelta(minutes=4)
     payment = Payment.objects.track(uuid.uuid4(), total="10.00", created_at=created)
     assert payment.created_at == created
 

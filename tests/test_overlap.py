@@ -25,9 +25,8 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
-from django.utils import timezone
 
-from athm_sync import signals
+from athm_sync import clock, signals
 from athm_sync.models import Payment, PaymentEvent, SyncRun
 from athm_sync.sandbox import SandboxServer
 
@@ -239,7 +238,7 @@ def test_a_claim_whose_holder_died_expires_and_the_next_run_checks_it(
 ) -> None:
     sandbox = athm_settings
     dead, alive = track_completed(sandbox, 2)
-    now = timezone.now()
+    now = clock.now()
     # A run claimed both; the holder of the first died and its lease ran out, the second's
     # holder is still within its lease.
     Payment.objects.filter(pk=dead).update(

@@ -17,10 +17,9 @@ from types import SimpleNamespace
 import pytest
 from django.db import OperationalError, connection, transaction
 from django.dispatch import receiver
-from django.utils import timezone
 
 import athm_sync
-from athm_sync import reconcile, signals
+from athm_sync import clock, reconcile, signals
 from athm_sync.client import ATHMovilClient
 from athm_sync.models import Payment, PaymentEvent, Refund
 from athm_sync.normalize import local_datetime
@@ -79,7 +78,7 @@ def sweep() -> tuple[int, int]:
 
 
 def later(seconds: float):
-    return timezone.now() + timedelta(seconds=seconds)
+    return clock.now() + timedelta(seconds=seconds)
 
 
 # -- the mapping table, one row each -------------------------------------------------------
@@ -674,11 +673,11 @@ def test_a_payment_that_never_finishes_is_given_up_after_max_age(
     stored = reload(payment)
     assert sandbox.payment(str(payment.pk))["status"] == "OPEN"
     assert outcome.given_up
-    assert stored.status == S.OPEN and stored.given_up_at == timezone.now()
+    assert stored.status == S.OPEN and stored.given_up_at == clock.now()
     assert list(Payment.objects.given_up()) == [stored]
     assert "given up" in stored.last_error
     assert "Gave up on payment" in caplog.text and str(payment.pk) in caplog.text
-    assert list(Payment.objects.due(timezone.now() + timedelta(days=365))) == []
+    assert list(Payment.objects.due(clock.now() + timedelta(days=365))) == []
     assert received == []
 
 

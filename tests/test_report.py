@@ -13,6 +13,7 @@ import pytest
 from django.utils import timezone
 
 import athm_sync
+from athm_sync import clock
 from athm_sync.models import Payment, Refund, ReportScan
 from athm_sync.normalize import local_datetime
 from tests.commands import call
@@ -41,7 +42,7 @@ def run() -> dict:
 
 
 def later(time_machine, seconds: float) -> None:
-    time_machine.move_to(timezone.now() + timedelta(seconds=seconds), tick=False)
+    time_machine.move_to(clock.now() + timedelta(seconds=seconds), tick=False)
 
 
 def test_a_refund_made_in_the_business_app_is_found_by_the_next_scan(
@@ -237,7 +238,7 @@ def test_the_window_is_a_setting(athm_settings, settings):
 def today() -> str:
     from athm_sync.normalize import PUERTO_RICO
 
-    return timezone.now().astimezone(PUERTO_RICO).date().isoformat()
+    return clock.now().astimezone(PUERTO_RICO).date().isoformat()
 
 
 def backfill(*extra: str, start: str | None = None, end: str | None = None) -> tuple[int, dict]:
@@ -364,7 +365,7 @@ def test_a_long_range_is_read_a_week_at_a_time(athm_settings, time_machine):
     sandbox = athm_settings
     history(sandbox)
     sandbox.reset_counts()
-    start = (timezone.now() - timedelta(days=20)).date().isoformat()
+    start = (clock.now() - timedelta(days=20)).date().isoformat()
 
     code, summary = backfill(start=start)
 
@@ -412,7 +413,7 @@ def test_a_backfill_shows_progress_on_a_terminal(athm_settings):
             return True
 
     history(athm_settings)
-    start = (timezone.now() - timedelta(days=20)).date().isoformat()
+    start = (clock.now() - timedelta(days=20)).date().isoformat()
     stderr = TTY()
 
     code, out, _ = call("athm_sync", "--from-date", start, "--to-date", today(), stderr=stderr)

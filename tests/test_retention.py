@@ -8,9 +8,8 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.utils import timezone
 
-from athm_sync import retention
+from athm_sync import clock, retention
 from athm_sync.conf import get_settings
 from athm_sync.models import Payment, PaymentEvent, Refund, SyncRun, WebhookEvent
 from tests.commands import call
@@ -35,7 +34,7 @@ def test_a_run_prunes_old_history_and_keeps_payments_and_refunds(athm_settings, 
     sandbox = athm_settings
     history(sandbox, 5)
     assert PaymentEvent.objects.count() == 10 and SyncRun.objects.count() == 1
-    time_machine.move_to(timezone.now() + timedelta(days=91), tick=False)
+    time_machine.move_to(clock.now() + timedelta(days=91), tick=False)
 
     code, out, _ = call("athm_sync", "--json")
 
@@ -55,7 +54,7 @@ def test_pending_and_unsent_rows_are_never_pruned(athm_settings):
     unsent = PaymentEvent.objects.create(payment=payment, kind="completed")
     SyncRun.objects.create()  # never finished: it died, long before the cutoff
 
-    pruned = retention.prune(get_settings(), timezone.now() + timedelta(days=365))
+    pruned = retention.prune(get_settings(), clock.now() + timedelta(days=365))
 
     assert pruned == {"webhook_events": 0, "payment_events": 0, "sync_runs": 1}
     assert WebhookEvent.objects.get() == pending and PaymentEvent.objects.get() == unsent
@@ -66,7 +65,7 @@ def test_pruning_is_bounded_per_run(athm_settings, time_machine):
         WebhookEvent.objects.create(
             payload={}, transaction_type="donation", idempotency_key=f"d-{n}", outcome="ignored"
         )
-    now = timezone.now() + timedelta(days=91)
+    now = clock.now() + timedelta(days=91)
     conf = get_settings()
 
     first = retention.prune(conf, now, batch=10)
@@ -90,7 +89,7 @@ def test_nothing_younger_than_the_retention_is_pruned(athm_settings, settings):
     settings.ATHM_SYNC = {**settings.ATHM_SYNC, "HISTORY_RETENTION": timedelta(days=7)}
     history(athm_settings, 2)
 
-    pruned = retention.prune(get_settings(), timezone.now() + timedelta(days=6))
+    pruned = retention.prune(get_settings(), clock.now() + timedelta(days=6))
 
     assert pruned == {"webhook_events": 0, "payment_events": 0, "sync_runs": 0}
-    assert retention.prune(get_settings(), timezone.now() + timedelta(days=8))["sync_runs"] == 1
+    assert retention.prune(get_settings(), clock.now() + timedelta(days=8))["sync_runs"] == 1

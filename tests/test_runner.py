@@ -14,10 +14,9 @@ from decimal import Decimal
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 
 import athm_sync
-from athm_sync import reconcile
+from athm_sync import clock, reconcile
 from athm_sync.client import ATHMovilClient
 from athm_sync.conf import get_settings
 from athm_sync.models import Payment, SyncRun
@@ -47,7 +46,7 @@ def stored_in_bulk(sandbox: SandboxServer, count: int, *, completed: int = 0) ->
                 total=Decimal("10.00"),
                 metadata_1=f"order-{index}",
                 auth_token=auth_token,
-                next_check_at=timezone.now() - timedelta(seconds=1),
+                next_check_at=clock.now() - timedelta(seconds=1),
             )
         )
     return Payment.objects.bulk_create(rows)
@@ -128,7 +127,7 @@ def test_a_door_that_checks_a_claimed_payment_meanwhile_wins_over_the_bulk_write
     (claimed,) = reconcile.claim_due("run-a", limit=10, lease=timedelta(minutes=5))
     observation = reconcile.observe(client, claimed.pk)  # OPEN: nothing to change
     conf = get_settings()
-    settled = reconcile.settle_unchanged(claimed, observation, now=timezone.now(), conf=conf)
+    settled = reconcile.settle_unchanged(claimed, observation, now=clock.now(), conf=conf)
     assert settled is not None
 
     # Before the run writes its batch, the customer pays and a webhook's check applies it.
@@ -148,7 +147,7 @@ def test_a_door_that_checks_a_claimed_payment_meanwhile_wins_over_the_bulk_write
 def test_a_bulk_written_check_leaves_the_row_as_apply_would(athm_settings, client):
     one, other = stored_in_bulk(athm_settings, 2)
     Payment.objects.update(failures=3, last_error="ATH Móvil timed out")
-    now = timezone.now()
+    now = clock.now()
     conf = get_settings()
     by_apply = reconcile.apply(reconcile.observe(client, one.pk), now=now).payment
 
@@ -183,7 +182,7 @@ def test_a_bulk_written_check_leaves_the_row_as_apply_would(athm_settings, clien
 def test_answers_that_are_not_plain_go_through_apply(athm_settings, client):
     """A capture, a refund, new customer fields or an error are never written in bulk."""
     conf = get_settings()
-    now = timezone.now()
+    now = clock.now()
     confirmed, refunded, failing = stored_in_bulk(athm_settings, 3)
     athm_settings.confirm(str(confirmed.pk))  # CONFIRM, with the customer's name now
     athm_settings.complete(str(refunded.pk))

@@ -16,12 +16,11 @@ import pytest
 from django.db import OperationalError
 from django.test import Client
 from django.urls import reverse
-from django.utils import timezone
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from athm_sync import inbox, reconcile, views
+from athm_sync import clock, inbox, reconcile, views
 from athm_sync.models import Payment, PaymentEvent, Refund, WebhookEvent
 from athm_sync.normalize import local_datetime
 from tests.commands import call
@@ -63,7 +62,7 @@ def reload(payment: Payment) -> Payment:
 
 
 def later(seconds: float):
-    return timezone.now() + timedelta(seconds=seconds)
+    return clock.now() + timedelta(seconds=seconds)
 
 
 def find_calls(sandbox) -> int:
@@ -683,11 +682,11 @@ def test_an_event_held_by_a_verifier_that_died_waits_for_its_lease(athm, web, re
     payment = track(sandbox)
     sandbox.complete(str(payment.pk))
     notice = inbox.parse(sandbox.webhook_payload(str(payment.pk)))
-    inbox.record(notice, claim_until=timezone.now() + timedelta(minutes=1))  # then "killed"
+    inbox.record(notice, claim_until=clock.now() + timedelta(minutes=1))  # then "killed"
     Payment.objects.filter(pk=payment.pk).update(next_check_at=later(86400))
 
     assert run_sync()["webhooks"]["applied"] == 0
-    WebhookEvent.objects.update(processing_until=timezone.now() - timedelta(seconds=1))
+    WebhookEvent.objects.update(processing_until=clock.now() - timedelta(seconds=1))
     assert run_sync()["webhooks"]["applied"] == 1
     assert names(received) == ["payment_completed"]
 
