@@ -19,6 +19,11 @@ Decisions:
   told the server) creates the payment from ATH Móvil's answer; its signal fires. An event
   ATH Móvil does not bear out is rejected, but if it names an untracked payment that is still
   OPEN or CONFIRM, that payment (real, and the business's own) is tracked from then on.
+- An eCommerce webhook without an ecommerceId (the shape Evertec documents) is a "look now"
+  for the stored payments it can be (:func:`candidates`: OPEN or CONFIRM, its total and the
+  stored metadata); at most ``MAX_CANDIDATE_CHECKS`` of them, the most recent, are checked
+  with findPayment and what ATH Móvil says is applied; the others are made due for the next
+  run. One that no stored payment can be is ``ignored``, with the reason.
 - A refund webhook names no ecommerceId: it is matched to the stored payment with its reference
   number and verified by the refunded amount findPayment reports. A refund of a payment the
   shop does not track is ``ignored``.
@@ -45,11 +50,12 @@ from ipaddress import ip_address
 from typing import Any, NamedTuple
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 
 from athm_sync import clock, normalize, reconcile
 from athm_sync.client import ATHMovilClient, AuthenticationError, TransientError
-from athm_sync.conf import AthmSyncSettings, get_settings
+from athm_sync.conf import MAX_PAYMENT_TIMEOUT, AthmSyncSettings, get_settings
+from athm_sync.managers import StatusIn
 from athm_sync.models import Payment, WebhookEvent
 
 logger = logging.getLogger("athm_sync.inbox")
@@ -175,7 +181,7 @@ def _parse(payload: Mapping[str, Any]) -> Notice:
     reference_number = normalize.text(payload.get("referenceNumber"), "referenceNumber")[:100]
     if transaction_type == ECOMMERCE:
         if payload.get("ecommerceId") in (None, ""):
-            raise InvalidWebhook("ecommerceId is missing")
+            return _parse_unidentified(payload, reference_number)
         ecommerce_id = normalize.ecommerce_id(payload.get("ecommerceId"))
         status = _webhook_status(payload.get("status"))
         amount = normalize.money(payload.get("total"), "total")
@@ -195,6 +201,29 @@ def _parse(payload: Mapping[str, Any]) -> Notice:
         return Notice(REFUND, "completed", None, reference_number, amount, key, dict(payload))
     key = f"{transaction_type}:{_digest(payload)}"
     return Notice(transaction_type, "", None, reference_number, None, key, dict(payload))
+
+
+def _parse_unidentified(payload: Mapping[str, Any], reference_number: str) -> Notice:
+    """An eCommerce webhook without ``ecommerceId``, as Evertec documents them: its total (and
+    metadata) is what finds the payments it can be (:func:`candidates`)."""
+    if payload.get("total") in (None, ""):
+        raise InvalidWebhook("ecommerceId is missing, and so is total: nothing says which payment")
+    status = _webhook_status(payload.get("status"))
+    amount = normalize.money(payload.get("total"), "total")
+    if amount <= 0:
+        raise InvalidWebhook("total must be more than 0 (no ecommerceId to find the payment by)")
+    identity = [
+        str(amount),
+        normalize.text(payload.get("metadata1"), "metadata1"),
+        normalize.text(payload.get("metadata2"), "metadata2"),
+        reference_number,
+        normalize.daily_transaction_id(
+            normalize.pick(payload, "dailyTransactionID", "dailyTransactionId")
+        ),
+        normalize.text(normalize.pick(payload, "date", "transactionDate"), "date"),
+    ]
+    key = f"{ECOMMERCE}:{status}:{_digest(identity)}"
+    return Notice(ECOMMERCE, status, None, reference_number, amount, key, dict(payload))
 
 
 def _webhook_status(value: Any) -> str:
@@ -430,9 +459,18 @@ def _ask(
 
 
 def _process_ecommerce(
-    event: WebhookEvent, client: ATHMovilClient, conf: AthmSyncSettings
+    event: WebhookEvent,
+    client: ATHMovilClient,
+    conf: AthmSyncSettings,
+    ecommerce_id: uuid.UUID | None = None,
 ) -> _Verdict:
-    observation, unsettled = _ask(client, event.ecommerce_id)
+    """Verify an eCommerce event on its ``ecommerceId`` (or ``ecommerce_id``, the payment an
+    event without one was found to be), and apply it; one without either goes to
+    :func:`_process_unidentified`."""
+    ecommerce_id = ecommerce_id or event.ecommerce_id
+    if ecommerce_id is None:
+        return _process_unidentified(event, client, conf)
+    observation, unsettled = _ask(client, ecommerce_id)
     if unsettled is not None:
         return unsettled
     snapshot = observation.snapshot
@@ -457,6 +495,190 @@ def _process_ecommerce(
         return _Verdict(Outcome.REJECTED, "ATH Móvil describes a payment that cannot be stored")
     result = reconcile.apply(observation, hint, source="webhook", conf=conf)
     return _verdict_of(result, "created from the verified webhook" if adopted else "")
+
+
+# -- eCommerce events without an ecommerceId -----------------------------------------------
+
+# The most findPayment calls one eCommerce webhook without an ecommerceId makes: its most
+# recent candidates are checked, the others are made due for the next run.
+MAX_CANDIDATE_CHECKS = 5
+# How far outside a payment's life (created_at to created_at + the longest timeout) the
+# webhook's date may fall: the clocks of ATH Móvil and this server differ a little.
+CANDIDATE_DATE_MARGIN = timedelta(minutes=5)
+
+
+def candidates(event: WebhookEvent) -> QuerySet[Payment]:
+    """The stored payments an eCommerce event without an ``ecommerceId`` can be about, the
+    most recent first.
+
+    Those ATH Móvil may still change (OPEN or CONFIRM, not given up) with the event's total,
+    whose stored metadata (each one the shop stored: blank matches anything) equals the
+    event's, and, when the event is dated, created no later than that date and no earlier than
+    the longest timeout before it (``CANDIDATE_DATE_MARGIN`` either side). A stored CANCEL or
+    EXPIRED payment is never one: ATH Móvil said CANCEL for it (or never knew it), and it
+    does not complete a payment it cancelled.
+    """
+    payload = event.payload
+    found = Payment.objects.filter(
+        StatusIn(Payment.ACTIVE_STATUSES), given_up_at__isnull=True, total=event.amount
+    )
+    for name, key in (("metadata_1", "metadata1"), ("metadata_2", "metadata2")):
+        value = normalize.text(payload.get(key), key)
+        found = found.filter(Q(**{name: ""}) | Q(**{name: value}))
+    window = _created_window(payload)
+    if window is not None:
+        found = found.filter(created_at__range=window)
+    return found.order_by("-created_at", "-pk")
+
+
+def _created_window(payload: Mapping[str, Any]) -> tuple[datetime, datetime] | None:
+    """When a payment the event is about was created, by the webhook's date; ``None`` when it
+    is not dated (or not readably: the date only narrows the candidates)."""
+    longest = timedelta(seconds=MAX_PAYMENT_TIMEOUT)
+    try:
+        moment = normalize.local_datetime(normalize.pick(payload, "date", "transactionDate"))
+        if moment is None:
+            return None
+        return (moment - longest - CANDIDATE_DATE_MARGIN, moment + CANDIDATE_DATE_MARGIN)
+    except (ValueError, OverflowError):  # OverflowError: a date at the end of the calendar
+        return None
+
+
+def _describe(event: WebhookEvent) -> str:
+    """The event's total and metadata, as a reason quotes them."""
+    payload = event.payload
+    parts = [f"total {event.amount}"]
+    for key in ("metadata1", "metadata2"):
+        value = normalize.text(payload.get(key), key)
+        if value:
+            parts.append(f"{key} {value[:40]!r}")
+    return ", ".join(parts)
+
+
+def _process_unidentified(
+    event: WebhookEvent, client: ATHMovilClient, conf: AthmSyncSettings
+) -> _Verdict:
+    """An eCommerce event without an ``ecommerceId``: a "look now" for the payments it can be.
+
+    A completion whose reference number one stored payment holds is that payment's, verified
+    as if the event named it. Otherwise the ``MAX_CANDIDATE_CHECKS`` most recent
+    :func:`candidates` are checked (:func:`_look`) and what ATH Móvil says of each is applied
+    (:func:`_apply_looks`); the other candidates are made due now. The outcome is about the
+    event's claim: ``applied`` (or ``unchanged``) when a payment checked is in the state it
+    claims, ``rejected`` when none is, ``pending`` when ATH Móvil could not tell, ``ignored``
+    when no stored payment can be it.
+    """
+    if event.status == "completed" and event.reference_number:
+        known = list(Payment.objects.filter(reference_number=event.reference_number)[:2])
+        if len(known) == 1:
+            return _process_ecommerce(event, client, conf, ecommerce_id=known[0].pk)
+    found = candidates(event)
+    checked = list(found[:MAX_CANDIDATE_CHECKS])
+    if not checked:
+        return _Verdict(
+            Outcome.IGNORED,
+            f"no OPEN or CONFIRM payment can be it ({_describe(event)}): the poll may have "
+            "settled it already, or the shop never tracked it",
+        )
+    made_due = 0
+    if len(checked) == MAX_CANDIDATE_CHECKS:
+        now = clock.now()
+        rest = found.exclude(pk__in=[payment.pk for payment in checked])
+        made_due = reconcile.run_locked(lambda: rest.make_due(now))
+    observations, failure, asked = _look(event, checked, client)
+    confirmed, transitions, failure = _apply_looks(event, observations, failure, conf)
+    checks = f"checked {asked} of the {len(checked)} payments it can be"
+    if asked == len(checked):
+        checks = f"checked {asked} payment{'s' if asked != 1 else ''} it can be"
+    if made_due:
+        checks += f"; {made_due} more made due for the next run"
+    done = ", ".join(transitions)
+    if confirmed:
+        first = next((result for result in confirmed if result.events), confirmed[0])
+        outcome = Outcome.APPLIED if first.events else Outcome.UNCHANGED
+        return _Verdict(outcome, f"{done or 'already known'}; {checks}", first.payment, first)
+    recorded = f"; recorded: {done}" if done else ""
+    if failure is not None:
+        reason = f"could not verify: {failure}; {checks}{recorded}"
+        return _Verdict(Outcome.PENDING, reason, unreachable=isinstance(failure, TransientError))
+    said = " or ".join(
+        sorted({o.snapshot.status if o.snapshot else "not found" for o in observations})
+    )
+    reason = f"the webhook says {event.status} but ATH Móvil says {said}; {checks}{recorded}"
+    return _Verdict(Outcome.REJECTED, reason, checked[0] if len(checked) == 1 else None)
+
+
+_CANCELS = (Payment.Status.CANCEL, Payment.Status.EXPIRED)
+
+
+def _look(
+    event: WebhookEvent, payments: list[Payment], client: ATHMovilClient
+) -> tuple[list[reconcile.Observation], Any, int]:
+    """findPayment for each of ``payments`` in turn: the answers, the first error and how
+    many were asked.
+
+    Stops at an error ATH Móvil may get over (the next calls would wait out the same), and
+    after the completion under the event's reference number (that one is the event's).
+    """
+    observations: list[reconcile.Observation] = []
+    failure: Any = None
+    asked = 0
+    for payment in payments:
+        asked += 1
+        observation = reconcile.observe(client, payment.pk, capture=False)
+        if observation.error is not None:
+            failure = failure or observation.error
+            if isinstance(observation.error, TransientError):
+                break
+            continue
+        observations.append(observation)
+        if _is_the_completion(event, observation):
+            break
+    return observations, failure, asked
+
+
+def _is_the_completion(event: WebhookEvent, observation: reconcile.Observation) -> bool:
+    """Whether ATH Móvil completed this payment under the completed event's reference number."""
+    snapshot = observation.snapshot
+    return (
+        event.status == "completed"
+        and bool(event.reference_number)
+        and snapshot is not None
+        and snapshot.status == Payment.Status.COMPLETED
+        and snapshot.reference_number == event.reference_number
+    )
+
+
+def _apply_looks(
+    event: WebhookEvent,
+    observations: list[reconcile.Observation],
+    failure: Any,
+    conf: AthmSyncSettings,
+) -> tuple[list[reconcile.Outcome], list[str], Any]:
+    """Apply each answer, as a poll would; returns the results in the state the event claims,
+    the transitions recorded and the first error (``failure``, or one storing an answer).
+
+    The event's cancelled/expired breaks findPayment's CANCEL tie only for a payment ATH
+    Móvil says CANCEL for when it is the only one: of two, the event cannot say which.
+    """
+    said_cancel = [o for o in observations if o.snapshot and o.snapshot.status in _CANCELS]
+    claimed = (Payment.Status.COMPLETED,) if event.status == "completed" else _CANCELS
+    confirmed: list[reconcile.Outcome] = []
+    transitions: list[str] = []
+    for observation in observations:
+        hint = None
+        if event.status in reconcile.HINTS and said_cancel == [observation]:
+            hint = event.status
+        try:
+            result = reconcile.apply(observation, hint, source="webhook", conf=conf)
+        except Payment.DoesNotExist:  # deleted meanwhile: nothing of it to follow
+            continue
+        transitions += [f"{each.kind} ({observation.ecommerce_id})" for each in result.events]
+        if result.error:
+            failure = failure or result.error
+        elif observation.snapshot is not None and observation.snapshot.status in claimed:
+            confirmed.append(result)
+    return confirmed, transitions, failure
 
 
 def _adopt(snapshot: Any) -> tuple[Payment | None, bool]:

@@ -259,6 +259,13 @@ class PaymentQuerySet(models.QuerySet):
             next_check_at__lte=now,
         ).order_by("next_check_at", "pk")
 
+    def make_due(self, now: datetime | None = None) -> int:
+        """Bring the next check of these payments forward to ``now``, never back; returns how
+        many rows moved. For payments something says may have changed (a webhook that could
+        be about them) but that were not checked then: the next run checks them first."""
+        now = clock.now() if now is None else now
+        return self.filter(next_check_at__gt=now).update(next_check_at=now)
+
     def given_up(self) -> PaymentQuerySet:
         """Payments still OPEN or CONFIRM after ``MAX_AGE``, no longer checked."""
         return self.active().filter(given_up_at__isnull=False)

@@ -22,6 +22,7 @@ import requests
 from athm_sync.sandbox import FAULT_KINDS, SandboxServer, fee_for
 from athm_sync.sandbox.__main__ import main
 from athm_sync.sandbox.formats import float32
+from tests import documented_webhooks as documented
 
 PUBLIC = "sandbox-public-token"
 PRIVATE = "sandbox-private-token"
@@ -916,3 +917,39 @@ def test_tamper_replaces_fields_of_find_payments_answer_until_undone(sandbox):
     assert sandbox.state.payment_data(ecommerce_id)["total"] == 10
     sandbox.reset()
     assert control(sandbox, "POST", f"/payments/{ecommerce_id}/tamper").status_code == 404
+
+
+# -- the documented webhook shape ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["completed", "cancelled", "expired"])
+def test_the_documented_shape_is_evertecs_sample_without_an_ecommerce_id(sandbox, status):
+    payment = completed(sandbox, "3.00") if status == "completed" else create(sandbox, total="3")
+    if status != "completed":
+        getattr(sandbox, {"cancelled": "cancel", "expired": "expire"}[status])(
+            payment["ecommerceId"]
+        )
+    captured = sandbox.webhook_payload(payment["ecommerceId"])
+    assert captured["ecommerceId"] == payment["ecommerceId"]  # the default: as captured
+
+    sandbox.state.webhook_shape = "documented"
+    body = sandbox.webhook_payload(payment["ecommerceId"])
+
+    reference = documented.sample(f"ecommerce_{status}")
+    assert list(body) == list(reference)  # the documented fields, in the documented order
+    assert body["status"] == status
+    assert all(isinstance(body[key], str) for key in ("total", "fee", "netAmount", "phoneNumber"))
+    assert (body["total"], body["tax"], body["totalRefundedAmount"]) == ("3.00", "0.00", "0.00")
+    if status != "completed":
+        assert (body["name"], body["phoneNumber"], body["referenceNumber"]) == ("", "", "")
+
+
+def test_the_webhook_shape_is_chosen_over_the_control_api_and_reset(sandbox):
+    assert control(sandbox, "GET", "/webhooks").json()["shape"] == "captured"
+    response = control(sandbox, "POST", "/webhooks/shape", shape="documented")
+    assert response.status_code == 200 and response.json() == {"shape": "documented"}
+    assert sandbox.state.webhook_shape == "documented"
+    wrong = control(sandbox, "POST", "/webhooks/shape", shape="signed")
+    assert wrong.status_code == 400 and "captured, documented" in wrong.json()["error"]
+    sandbox.reset()
+    assert sandbox.state.webhook_shape == "captured"

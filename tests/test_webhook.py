@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from athm_sync import clock, inbox, reconcile, views
 from athm_sync.models import Payment, PaymentEvent, Refund, WebhookEvent
 from athm_sync.normalize import local_datetime
+from tests import documented_webhooks as documented
 from tests.commands import call
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -482,6 +483,11 @@ def test_a_body_over_64_kib_is_413_and_stores_nothing(athm, web):
         (b'{"transactionType": {"a": 1}}', "transactionType must be text"),
         (b'{"transactionType": "ecommerce", "status": "completed"}', "ecommerceId is missing"),
         (
+            b'{"transactionType": "ecommerce", "status": "completed", "total": 0}',
+            "total must be more than 0",
+        ),
+        (b'{"transactionType": "ecommerce", "total": 3}', "status is missing"),
+        (
             b'{"transactionType": "ecommerce", "status": "completed", "ecommerceId": "42"}',
             "ecommerceId must be a UUID",
         ),
@@ -756,3 +762,268 @@ def test_a_database_that_cannot_store_the_event_is_503_not_500(athm, web, monkey
 
     assert response.status_code == 503
     assert response.json() == {"error": "the event could not be stored; send it again later"}
+
+
+# -- eCommerce webhooks without an ecommerceId (Evertec's documented shape) ----------------
+
+
+@pytest.mark.parametrize("name", documented.ECOMMERCE)
+def test_each_documented_ecommerce_sample_checks_and_transitions_its_payment(
+    athm, web, received, time_machine, name
+):
+    """Evertec's samples, verbatim: no ecommerceId, so their total and metadata find the
+    payment, which findPayment verifies before anything changes."""
+    sandbox = athm
+    payment = documented.arrange_ecommerce(sandbox, name, time_machine)
+    other = track(sandbox, total="3.00")  # same total, other metadata: not the sample's
+    sandbox.reset_counts()
+
+    response = post(web, documented.sample(name))
+
+    _, status, signal = documented.OUTCOMES[name]
+    event = WebhookEvent.objects.get()
+    assert response.status_code == 200
+    assert response.json() == {"outcome": "applied", "event": event.pk, "duplicate": False}
+    assert reload(payment).status == status
+    assert names(received) == [signal]
+    assert received[0][2]["payment"].pk == payment.pk
+    assert find_calls(sandbox) == 1  # the one payment the sample can be
+    assert reload(other).status == S.OPEN and reload(other).check_count == 0
+    assert event.ecommerce_id is None and event.payment_id == payment.pk
+    assert event.payload == documented.sample(name)  # stored as received
+    assert PaymentEvent.objects.get().source == "webhook"
+
+
+def test_the_documented_refund_sample_takes_the_refund_path(athm, web, received):
+    sandbox = athm
+    payment = documented.arrange_refund(sandbox)
+    received.clear()
+
+    response = post(web, documented.sample("refund"))
+
+    assert response.json()["outcome"] == "applied"
+    assert names(received) == ["refund_sent"]
+    refund = Refund.objects.get()
+    assert refund.payment_id == payment.pk and refund.amount == Decimal("1.00")
+    assert WebhookEvent.objects.get().payment_id == payment.pk
+
+
+@pytest.mark.parametrize("name", documented.IGNORED)
+def test_the_documented_payment_donation_and_simulated_samples_are_ignored(
+    athm, web, received, name
+):
+    sandbox = athm
+    track(sandbox, total="1.00")
+    sandbox.reset_counts()
+
+    response = post(web, documented.sample(name))
+
+    assert response.status_code == 200 and response.json()["outcome"] == "ignored"
+    assert sum(sandbox.counts().values()) == 0 and names(received) == []
+
+
+def documented_webhook(sandbox, payment: Payment, status: str | None = None) -> dict:
+    """The sandbox's webhook for ``payment`` in Evertec's documented shape (no ecommerceId)."""
+    sandbox.state.webhook_shape = "documented"
+    body = sandbox.webhook_payload(str(payment.pk), status)
+    assert "ecommerceId" not in body
+    return body
+
+
+def open_payment(sandbox, total: str = "10.00", metadata_1: str = "", **created) -> Payment:
+    ecommerce_id, _ = sandbox.create_payment(total, metadata1=metadata_1)
+    return Payment.objects.track(ecommerce_id, total=total, metadata_1=metadata_1, **created)
+
+
+def test_only_the_payment_whose_stored_metadata_matches_is_checked(athm, web, received):
+    sandbox = athm
+    ours = open_payment(sandbox, metadata_1="order-1")
+    theirs = open_payment(sandbox, metadata_1="order-2")  # same total, newer
+    sandbox.complete(str(ours.pk))
+    body = documented_webhook(sandbox, ours)
+    sandbox.reset_counts()
+
+    assert post(web, body).json()["outcome"] == "applied"
+
+    assert find_calls(sandbox) == 1
+    assert reload(ours).status == S.COMPLETED and names(received) == ["payment_completed"]
+    assert reload(theirs).check_count == 0
+
+
+def test_the_candidates_are_the_open_payments_it_can_be_most_recent_first(athm, time_machine):
+    sandbox = athm
+    time_machine.move_to(documented.MOMENT - timedelta(minutes=30), tick=False)
+    too_old = open_payment(sandbox, total="3.00")  # created 30 minutes before the date
+    time_machine.move_to(documented.MOMENT - timedelta(minutes=2), tick=False)
+    blank = open_payment(sandbox, total="3.00")  # no metadata stored: it can be any
+    time_machine.move_to(documented.MOMENT - timedelta(minutes=1), tick=False)
+    matching = open_payment(sandbox, total="3.00", metadata_1="This is metadata1")
+    open_payment(sandbox, total="3.00", metadata_1="another order")
+    open_payment(sandbox, total="4.00", metadata_1="This is metadata1")
+    cancelled = open_payment(sandbox, total="3.00")
+    Payment.objects.filter(pk=cancelled.pk).update(status=S.CANCEL)
+    given_up = open_payment(sandbox, total="3.00")
+    Payment.objects.filter(pk=given_up.pk).update(given_up_at=timezone.now())
+    event, _ = inbox.record(inbox.parse(documented.sample("ecommerce_completed")))
+
+    assert list(inbox.candidates(event)) == [matching, blank]
+
+    # Undated, or dated where no clock goes: the date narrows nothing.
+    for date in ["", "9999-12-31 23:59:59"]:
+        undated = {**documented.sample("ecommerce_completed"), "date": date}
+        event, _ = inbox.record(inbox.parse(undated))
+        assert list(inbox.candidates(event)) == [matching, blank, too_old]
+
+
+def test_more_candidates_than_the_bound_are_checked_up_to_it_and_the_rest_made_due(
+    athm, web, received
+):
+    sandbox = athm
+    payments = [open_payment(sandbox, created_at=later(-60 + i)) for i in range(8)]
+    oldest = payments[0]  # the one ATH Móvil completed: the last in line
+    sandbox.complete(str(oldest.pk))
+    Payment.objects.update(next_check_at=later(86400))  # none due for the poll
+    body = documented_webhook(sandbox, oldest)
+    sandbox.reset_counts()
+
+    response = post(web, body)
+
+    assert find_calls(sandbox) == inbox.MAX_CANDIDATE_CHECKS == 5
+    assert response.json()["outcome"] == "rejected"  # none of those checked has completed
+    assert WebhookEvent.objects.get().reason == (
+        "the webhook says completed but ATH Móvil says OPEN; "
+        "checked 5 payments it can be; 3 more made due for the next run"
+    )
+    assert set(Payment.objects.due(later(1))) == set(payments[:3])  # the oldest three
+    assert names(received) == []
+
+    summary = run_sync()  # the poll checks what was made due, and finds the completion
+
+    assert summary["checked"] == 3 and summary["transitions"]["completed"] == 1
+    assert reload(oldest).status == S.COMPLETED and names(received) == ["payment_completed"]
+
+
+def test_a_completion_found_under_its_reference_number_ends_the_look(athm, web, received):
+    sandbox = athm
+    oldest, paid, newest = (open_payment(sandbox, created_at=later(-60 + i)) for i in range(3))
+    sandbox.complete(str(paid.pk))
+    body = documented_webhook(sandbox, paid)
+    sandbox.reset_counts()
+
+    assert post(web, body).json()["outcome"] == "applied"
+
+    assert find_calls(sandbox) == 2  # the newest (still OPEN), then the one it is about
+    assert reload(paid).status == S.COMPLETED and names(received) == ["payment_completed"]
+    assert reload(newest).check_count == 1 and reload(oldest).check_count == 0
+    assert WebhookEvent.objects.get().reason == (
+        f"completed ({paid.pk}); checked 2 of the 3 payments it can be"
+    )
+
+
+def test_a_forged_webhook_without_an_id_changes_nothing(athm, web, received):
+    sandbox = athm
+    payment = open_payment(sandbox, metadata_1="order-7")  # ATH Móvil says OPEN
+    body = documented_webhook(sandbox, payment, "completed")
+
+    response = post(web, body)
+
+    assert response.status_code == 200 and response.json()["outcome"] == "rejected"
+    assert reload(payment).status == S.OPEN
+    assert not PaymentEvent.objects.exists() and names(received) == []
+    assert WebhookEvent.objects.get().reason == (
+        "the webhook says completed but ATH Móvil says OPEN; checked 1 payment it can be"
+    )
+
+
+def test_the_same_webhook_without_an_id_twice_fires_once(athm, web, received):
+    sandbox = athm
+    payment = open_payment(sandbox, metadata_1="order-7")
+    sandbox.complete(str(payment.pk))
+    body = documented_webhook(sandbox, payment)
+    assert post(web, body).json()["outcome"] == "applied"
+    sandbox.reset_counts()
+
+    again = post(web, body).json()
+
+    assert again["duplicate"] is True and again["outcome"] == "applied"
+    assert names(received) == ["payment_completed"]
+    assert find_calls(sandbox) == 0
+    assert WebhookEvent.objects.get().deliveries == 2
+
+
+def test_a_webhook_without_an_id_that_no_payment_can_be_is_recorded_as_ignored(
+    athm, web, received, admin_client
+):
+    sandbox = athm
+    open_payment(sandbox, total="3.00", metadata_1="another order")
+    sandbox.reset_counts()
+
+    response = post(web, documented.sample("ecommerce_completed"))
+
+    event = WebhookEvent.objects.get()
+    assert response.status_code == 200
+    assert response.json() == {"outcome": "ignored", "event": event.pk, "duplicate": False}
+    assert find_calls(sandbox) == 0
+    assert event.reason.startswith(
+        "no OPEN or CONFIRM payment can be it (total 3.00, metadata1 'This is metadata1', "
+        "metadata2 'This is metadata2')"
+    )
+    listing = admin_client.get("/admin/athm_sync/webhookevent/", {"outcome__exact": "ignored"})
+    page = admin_client.get(f"/admin/athm_sync/webhookevent/{event.pk}/change/")
+    assert listing.status_code == 200 and "Ignored" in listing.content.decode()
+    assert "no OPEN or CONFIRM payment can be it" in page.content.decode()
+
+
+def test_a_completion_the_poll_already_stored_is_found_by_its_reference_number(athm, web, received):
+    sandbox = athm
+    payment = open_payment(sandbox)
+    sandbox.complete(str(payment.pk))
+    reconcile.check_payment(payment.pk, source="poll")
+    open_payment(sandbox)  # same total, still open: not what the webhook is about
+    received.clear()
+    body = documented_webhook(sandbox, payment)
+    sandbox.reset_counts()
+
+    response = post(web, body)
+
+    assert response.json()["outcome"] == "unchanged"
+    assert find_calls(sandbox) == 1  # the completed payment, not the open one
+    assert WebhookEvent.objects.get().payment_id == payment.pk
+    assert names(received) == []
+
+
+def test_a_webhook_without_an_id_breaks_the_cancel_tie_only_for_the_one_cancel_seen(
+    athm, web, received, time_machine
+):
+    """An "expired" 20 s before the deadline: believed when one payment it can be says
+    CANCEL; when two do, it cannot say which, and the deadline decides for both."""
+    sandbox = athm
+    alone = open_payment(sandbox, total="5.00")
+    first, second = open_payment(sandbox, total="7.00"), open_payment(sandbox, total="7.00")
+    for payment in (alone, first, second):
+        sandbox.cancel(str(payment.pk))
+    time_machine.move_to(alone.expires_at - timedelta(seconds=20), tick=False)
+
+    assert post(web, documented_webhook(sandbox, alone, "expired")).json()["outcome"] == "applied"
+    assert post(web, documented_webhook(sandbox, first, "expired")).json()["outcome"] == "applied"
+
+    assert reload(alone).status == S.EXPIRED
+    assert (reload(first).status, reload(second).status) == (S.CANCEL, S.CANCEL)
+    assert sorted(names(received)) == ["payment_cancelled"] * 2 + ["payment_expired"]
+
+
+def test_a_webhook_without_an_id_waits_pending_while_ath_movil_is_down(
+    athm, web, received, short_budget
+):
+    sandbox = athm
+    payment = open_payment(sandbox, metadata_1="order-7")
+    sandbox.complete(str(payment.pk))
+    sandbox.inject_fault("http503", "findPayment", times=100)
+
+    assert post(web, documented_webhook(sandbox, payment)).json()["outcome"] == "pending"
+    assert reload(payment).status == S.OPEN and names(received) == []
+
+    sandbox.clear_faults()
+    Payment.objects.filter(pk=payment.pk).update(next_check_at=later(86400))
+    assert run_sync()["webhooks"] == webhook_counts(applied=1)
+    assert reload(payment).status == S.COMPLETED and names(received) == ["payment_completed"]

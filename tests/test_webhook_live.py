@@ -16,6 +16,7 @@ from django.urls import reverse
 from athm_sync import reconcile
 from athm_sync.client import ATHMovilClient
 from athm_sync.models import Payment, PaymentEvent, WebhookEvent
+from tests import documented_webhooks as documented
 
 S = Payment.Status
 SECRET = "w" * 40  # tests/settings.py
@@ -192,3 +193,74 @@ def test_the_same_webhook_delivered_twice_at_once_fires_once(athm_settings, list
     assert names(received) == ["payment_completed"] * len(payments)
     assert WebhookEvent.objects.count() == len(payments)
     assert set(WebhookEvent.objects.values_list("deliveries", flat=True)) == {2}
+
+
+# -- eCommerce webhooks without an ecommerceId, as Evertec documents them ------------------
+
+
+@pytest.fixture
+def documented_shape(subscribed):
+    """The sandbox posting its eCommerce webhooks as Evertec's README shows them."""
+    subscribed.state.webhook_shape = "documented"
+    return subscribed
+
+
+def test_a_completion_without_an_id_is_found_checked_and_fires_once(documented_shape, received):
+    sandbox = documented_shape
+    other = track(sandbox, total="25.00")  # another total: never checked
+    payment = track(sandbox)
+    sandbox.reset_counts()
+
+    sandbox.complete(str(payment.pk))  # ATH Móvil posts its webhook, without the id
+
+    delivery = last_delivery(sandbox)
+    assert delivery["status"] == 200 and "ecommerceId" not in delivery["payload"]
+    assert names(received) == ["payment_completed"]
+    assert received[0][2]["payment"].pk == payment.pk
+    assert Payment.objects.get(pk=payment.pk).status == S.COMPLETED
+    event = WebhookEvent.objects.get()
+    assert (event.outcome, event.ecommerce_id, event.payment_id) == ("applied", None, payment.pk)
+    assert sandbox.counts()["findPayment"] == 1
+    assert Payment.objects.get(pk=other.pk).check_count == 0
+
+
+def test_cancel_and_expiry_without_an_id_are_told_apart(documented_shape, received, time_machine):
+    sandbox = documented_shape
+    cancelled, expired = track(sandbox), track(sandbox)  # the same total: both candidates
+
+    sandbox.cancel(str(cancelled.pk))
+    time_machine.move_to(expired.expires_at, tick=False)
+    sandbox.advance(0)
+
+    assert names(received) == ["payment_cancelled", "payment_expired"]
+    assert Payment.objects.get(pk=cancelled.pk).status == S.CANCEL
+    assert Payment.objects.get(pk=expired.pk).status == S.EXPIRED
+    assert set(WebhookEvent.objects.values_list("outcome", flat=True)) == {"applied"}
+
+
+@pytest.mark.parametrize("name", documented.NAMES)
+def test_each_documented_sample_posted_over_http(
+    athm_settings, listener, received, time_machine, name
+):
+    """Evertec's samples verbatim, posted by the sandbox to the live view."""
+    sandbox = athm_settings
+    payment = None
+    if name in documented.ECOMMERCE:
+        payment = documented.arrange_ecommerce(sandbox, name, time_machine)
+    elif name == "refund":
+        payment = documented.arrange_refund(sandbox)
+        received.clear()
+
+    assert sandbox.send_webhook(documented.sample(name), listener) == 200
+
+    event = WebhookEvent.objects.get(transaction_type=documented.sample(name)["transactionType"])
+    if name in documented.IGNORED:
+        assert event.outcome == "ignored" and names(received) == []
+        return
+    assert event.outcome == "applied" and event.payment_id == payment.pk
+    if name == "refund":
+        assert names(received) == ["refund_sent"]
+    else:
+        _, status, signal = documented.OUTCOMES[name]
+        assert names(received) == [signal]
+        assert Payment.objects.get(pk=payment.pk).status == status

@@ -416,6 +416,7 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, {
                 "subscription": state.subscription,
                 "autoWebhooks": state.auto_webhooks,
+                "shape": state.webhook_shape,
                 "deliveries": state.deliveries,
             }
         if route == ("POST", "/sandbox/webhooks"):
@@ -423,6 +424,9 @@ class _Handler(BaseHTTPRequestHandler):
         if route == ("POST", "/sandbox/webhooks/auto"):
             state.auto_webhooks = bool(data.get("enabled", True))
             return 200, {"autoWebhooks": state.auto_webhooks}
+        if route == ("POST", "/sandbox/webhooks/shape"):
+            state.webhook_shape = str(data.get("shape", ""))
+            return 200, {"shape": state.webhook_shape}
         return 404, {"error": f"No such sandbox route: {method} {path}"}
 
     def _payment_action(self, ecommerce_id: str, action: str, data: dict[str, Any]) -> Any:

@@ -305,6 +305,17 @@ class SandboxState:
         self.webhooks.auto_webhooks = bool(value)
 
     @property
+    def webhook_shape(self) -> str:
+        """``"captured"`` (the default: eCommerce webhooks carry ``ecommerceId``, as payloads
+        captured from production do) or ``"documented"`` (as Evertec's README shows them,
+        without it)."""
+        return self.webhooks.shape
+
+    @webhook_shape.setter
+    def webhook_shape(self, value: str) -> None:
+        self.webhooks.shape = value
+
+    @property
     def deliveries(self) -> list[dict[str, Any]]:
         """The last 100 webhooks posted: url, payload, and the listener's status or error."""
         return self.webhooks.deliveries

@@ -5,9 +5,15 @@ The payloads reproduce the real ones' quirks on purpose: lower-case ``transactio
 ``.0`` suffix, and a refund payload that names no ``ecommerceId`` (its ``total`` is the refunded
 amount). Webhooks are not signed, as the real ones are not.
 
-:class:`Webhooks` holds the subscription (what ``webhookSubscribe`` stored), the automatic
-webhooks waiting to be posted (only when ``auto_webhooks`` is on: a test asks for them) and the
-last 100 deliveries with the listener's answer.
+eCommerce webhooks come in two shapes (:attr:`Webhooks.shape`): ``"captured"`` (the default),
+as payloads captured from production show them, with an ``ecommerceId``; and ``"documented"``,
+as Evertec's README (github.com/evertec/athmovil-webhooks, "List of Events") shows them: no
+``ecommerceId`` nor the other fields only captured payloads carry, amounts as strings with
+cents, and no customer on a cancel or an expiry.
+
+:class:`Webhooks` holds the subscription (what ``webhookSubscribe`` stored), the shape, the
+automatic webhooks waiting to be posted (only when ``auto_webhooks`` is on: a test asks for
+them) and the last 100 deliveries with the listener's answer.
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import requests
 
 from athm_sync.sandbox.errors import SandboxError, StateConflict
-from athm_sync.sandbox.formats import BUSINESS_NAME, float32, json_number, pr_local
+from athm_sync.sandbox.formats import BUSINESS_NAME, CENT, float32, json_number, pr_local
 from athm_sync.sandbox.ledger import COMPLETED, refund_parties
 
 if TYPE_CHECKING:
@@ -47,6 +54,18 @@ SUBSCRIPTION_FLAGS = (
     "ecommercePaymentCancelledEvent",
     "ecommercePaymentExpiredEvent",
 )
+CAPTURED, DOCUMENTED = "captured", "documented"
+SHAPES = (CAPTURED, DOCUMENTED)
+# Fields of captured eCommerce webhooks that Evertec's documented samples do not show.
+CAPTURED_ONLY = (
+    "ecommerceId",
+    "transactionDate",
+    "businessName",
+    "isNonProfit",
+    "referenceTransactionId",
+)
+_AMOUNTS = ("total", "tax", "subtotal", "fee", "netAmount", "totalRefundedAmount")
+_CUSTOMER = ("name", "phoneNumber", "email")
 
 
 def ecommerce_payload(payment: Payment, status: str, now: datetime) -> dict[str, Any]:
@@ -81,6 +100,19 @@ def ecommerce_payload(payment: Payment, status: str, now: datetime) -> dict[str,
         "isNonProfit": False,
         "referenceTransactionId": payment.reference_number if done else "",
     }
+
+
+def documented_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """An eCommerce webhook (:func:`ecommerce_payload`) in the shape of Evertec's documented
+    samples: without :data:`CAPTURED_ONLY`, amounts as strings (``"3.00"``), the phone number
+    as text, and the customer blank on a cancel or an expiry."""
+    documented = {key: value for key, value in payload.items() if key not in CAPTURED_ONLY}
+    for key in _AMOUNTS:
+        documented[key] = f"{Decimal(str(documented[key])).quantize(CENT)}"
+    documented["phoneNumber"] = str(documented["phoneNumber"] or "")
+    if documented["status"] != "completed":
+        documented.update(dict.fromkeys(_CUSTOMER, ""))
+    return documented
 
 
 def refund_payload(payment: Payment, refund: Refund) -> dict[str, Any]:
@@ -131,8 +163,21 @@ class Webhooks:
         with self._lock:
             self.subscription: dict[str, Any] | None = None
             self.auto_webhooks = False
+            self._shape = CAPTURED
             self.deliveries: list[dict[str, Any]] = []
             self._outbox: list[dict[str, Any]] = []
+
+    @property
+    def shape(self) -> str:
+        """``"captured"`` (eCommerce webhooks carry ``ecommerceId``) or ``"documented"``."""
+        return self._shape
+
+    @shape.setter
+    def shape(self, value: str) -> None:
+        if value not in SHAPES:
+            raise ValueError(f"the webhook shape must be one of {', '.join(SHAPES)}, not {value!r}")
+        with self._lock:
+            self._shape = value
 
     def subscribe(self, body: dict[str, Any]) -> dict[str, Any]:
         """Store the webhook subscription from the subscribe API's body."""
@@ -150,8 +195,10 @@ class Webhooks:
         return dict(subscription)
 
     def payment_payload(self, payment: Payment, status: str) -> dict[str, Any]:
-        """The eCommerce webhook for ``payment`` with this status, dated by the sandbox clock."""
-        return ecommerce_payload(payment, status, self._clock.now())
+        """The eCommerce webhook for ``payment`` with this status, dated by the sandbox clock,
+        in the current :attr:`shape`."""
+        payload = ecommerce_payload(payment, status, self._clock.now())
+        return documented_payload(payload) if self._shape == DOCUMENTED else payload
 
     def wants(self, event: str) -> bool:
         """Whether an automatic webhook is owed for ``event`` (auto on, subscribed to it)."""
