@@ -863,7 +863,7 @@ def test_the_candidates_are_the_open_payments_it_can_be_most_recent_first(athm, 
     cancelled = open_payment(sandbox, total="3.00")
     Payment.objects.filter(pk=cancelled.pk).update(status=S.CANCEL)
     given_up = open_payment(sandbox, total="3.00")
-    Payment.objects.filter(pk=given_up.pk).update(given_up_at=timezone.now())
+    Payment.objects.filter(pk=given_up.pk).update(given_up_at=clock.now())
     event, _ = inbox.record(inbox.parse(documented.sample("ecommerce_completed")))
 
     assert list(inbox.candidates(event)) == [matching, blank]
