@@ -53,6 +53,11 @@ DEFAULTS: dict[str, Any] = {
     # Seconds the webhook view may spend verifying an event with ATH Móvil before it answers
     # 200 and leaves the event pending for the next run (retries included).
     "WEBHOOK_VERIFY_TIMEOUT": 4.0,
+    # The checkout's status endpoint asks ATH Móvil about a payment at most once per this many
+    # seconds, however many tabs poll; and a customer may send the push to another phone at
+    # most CHECKOUT_MAX_PHONE_CHANGES times per payment.
+    "CHECKOUT_POLL_INTERVAL": 2.0,
+    "CHECKOUT_MAX_PHONE_CHANGES": 3,
 }
 
 # (name, smallest allowed value, whole numbers only)
@@ -65,6 +70,8 @@ _NUMBERS: tuple[tuple[str, float, bool], ...] = (
     ("WORKERS", 1, True),
     ("PAYMENT_TIMEOUT", MIN_PAYMENT_TIMEOUT, True),
     ("WEBHOOK_VERIFY_TIMEOUT", 0.001, False),
+    ("CHECKOUT_POLL_INTERVAL", 0.001, False),
+    ("CHECKOUT_MAX_PHONE_CHANGES", 0, True),
 )
 _DURATIONS = (
     "MAX_AGE",
@@ -116,6 +123,8 @@ class AthmSyncSettings:
     history_retention: timedelta
     auto_capture: bool
     webhook_verify_timeout: float
+    checkout_poll_interval: float
+    checkout_max_phone_changes: int
 
     def __repr__(self) -> str:  # never print tokens, even in a debugger or a traceback
         return f"AthmSyncSettings(api_base_url={self.api_base_url!r}, workers={self.workers})"
@@ -242,6 +251,8 @@ def get_settings() -> AthmSyncSettings:
         history_retention=_as_timedelta(values["HISTORY_RETENTION"]),
         auto_capture=values["AUTO_CAPTURE"],
         webhook_verify_timeout=float(values["WEBHOOK_VERIFY_TIMEOUT"]),
+        checkout_poll_interval=float(values["CHECKOUT_POLL_INTERVAL"]),
+        checkout_max_phone_changes=values["CHECKOUT_MAX_PHONE_CHANGES"],
     )
 
 

@@ -466,3 +466,7 @@ class RunLock(models.Model):
         if not self.holder:
             return f"{self.name} (free)"
         return f"{self.name} (held by {self.holder} until {self.expires_at:%Y-%m-%d %H:%M:%S})"
+
+
+# The checkout's model lives beside its code; imported here so Django registers it with the app.
+from athm_sync.checkout.models import Checkout  # noqa: E402, F401
