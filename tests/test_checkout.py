@@ -505,3 +505,35 @@ def test_a_get_on_an_action_is_refused(rf, athm_settings):
 
     assert Client().get(action_url(the_checkout(), "cancel")).status_code == 405
     assert Payment.objects.get().status == S.OPEN
+
+
+def test_no_answer_is_logged_with_the_token(rf, athm_settings, caplog):
+    begin(rf)
+    checkout = the_checkout()
+    wrong = {"checkout_id": checkout.pk, "token": checkout.token[:-1] + "x"}
+    client = Client(enforce_csrf_checks=True)
+
+    with caplog.at_level("DEBUG"):
+        client.get(reverse("athm_sync:checkout_wait", kwargs=wrong))
+        client.post(action_url(checkout, "cancel"))  # no CSRF token: 403
+        client.get(action_url(checkout, "phone"))  # 405
+        client.get(flow.wait_url(checkout))
+
+    assert caplog.records
+    assert not [r for r in caplog.records if checkout.token[:20] in r.getMessage()]
+
+
+def test_with_locale_middleware_the_page_follows_its_choice(rf, athm_settings, settings):
+    settings.MIDDLEWARE = [
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.locale.LocaleMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+    ]
+    location = begin(rf)["Location"]
+
+    spanish = Client().get(location, HTTP_ACCEPT_LANGUAGE="es")
+    english = Client().get(location, HTTP_ACCEPT_LANGUAGE="en-US")
+
+    assert "Cancelar el pago" in spanish.content.decode()
+    assert "Cancel payment" in english.content.decode()
