@@ -150,7 +150,9 @@ def test_a_paid_order_is_never_charged_again(rf, athm_customer):
 
 
 def test_start_refuses_a_bad_phone_number_before_asking_ath_movil(rf, athm_settings):
-    with pytest.raises(flow.InvalidPhoneNumber) as error:
+    from athm_sync.checkout import InvalidPhoneNumber
+
+    with pytest.raises(InvalidPhoneNumber) as error:
         begin(rf, phone_number="555-12")
 
     assert "10-digit" in str(error.value.message)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["start"]
+__all__ = ["CheckoutError", "InvalidPhoneNumber", "Unavailable", "start"]
+_ERRORS = ("CheckoutError", "InvalidPhoneNumber", "Unavailable")
 
 
 def start(request: Any, **kwargs: Any) -> Any:
@@ -20,3 +21,12 @@ def start(request: Any, **kwargs: Any) -> Any:
     from athm_sync.checkout.flow import start as start_checkout
 
     return start_checkout(request, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    """The errors of :mod:`athm_sync.checkout.flow`, imported when first asked for."""
+    if name in _ERRORS:
+        from athm_sync.checkout import flow
+
+        return getattr(flow, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
