@@ -12,6 +12,16 @@ INSTALLED_APPS = [
     "athm_sync",
     "orders",
 ]
+# The checkout's pages: templates, the CSRF cookie their forms need, the language the
+# customer asks for, and the URL their script is served under.
+MIDDLEWARE = [
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+]
+TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}]
+STATIC_URL = "static/"
+LANGUAGES = [("en", "English"), ("es", "Español")]
 ROOT_URLCONF = "shop_site.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 DATABASES = {
