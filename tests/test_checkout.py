@@ -168,9 +168,15 @@ def test_start_when_ath_movil_is_down_answers_a_try_again_page_and_keeps_nothing
     assert response.status_code == 503
     assert b"try again" in response.content.lower()
     assert CANCELLED.encode() in response.content
-    assert not Checkout.objects.exists() and not Payment.objects.exists()
-    begin(rf)  # and the next try starts afresh
-    assert Checkout.objects.get().payment is not None
+    assert not Payment.objects.exists()
+    failed = Checkout.objects.get()
+    assert not failed.order_open  # not the order's checkout: the next try starts afresh
+    answer = poll(Client(), failed)  # where a concurrent start() sent its customer
+    assert answer["state"] == "failed" and answer["next"] == CANCELLED
+
+    begin(rf)
+
+    assert Checkout.objects.get(order_open=True).payment.status == S.OPEN
 
 
 # -- the waiting page ----------------------------------------------------------------------
@@ -539,3 +545,24 @@ def test_with_locale_middleware_the_page_follows_its_choice(rf, athm_settings, s
 
     assert "Cancelar el pago" in spanish.content.decode()
     assert "Cancel payment" in english.content.decode()
+
+
+def test_a_minute_of_three_tabs_polling_twice_a_second_costs_30_calls(
+    rf, athm_settings, time_machine
+):
+    """The issue's budget: at most 30 ATH Móvil calls per waiting customer per minute."""
+    from datetime import timedelta
+
+    from athm_sync import clock
+
+    begin(rf)
+    checkout = the_checkout()
+    started = clock.now()
+    tabs = [Client() for _ in range(3)]
+
+    for half_second in range(120):
+        time_machine.move_to(started + timedelta(seconds=half_second / 2), tick=False)
+        for tab in tabs:
+            poll(tab, checkout)
+
+    assert athm_settings.counts()["findPayment"] == 30

@@ -270,6 +270,21 @@ def _reuse(existing: Checkout, order: _Order, conf: AthmSyncSettings) -> bool:
 
 def _close(checkout: Checkout) -> None:
     Checkout.objects.filter(pk=checkout.pk, order_open=True).update(order_open=False)
+    checkout.order_open = False
+
+
+def never_started(checkout: Checkout) -> bool:
+    """Whether the checkout's payment was never created (ATH Móvil refused or failed, or its
+    start() died), so its page can only send the customer back."""
+    if checkout.payment_id is not None:
+        return False
+    if not checkout.order_open:
+        return True
+    try:
+        lifetime = _reservation_lifetime(get_settings())
+    except ImproperlyConfigured:  # nothing can be started then either
+        return True
+    return clock.now() >= checkout.created_at + lifetime
 
 
 def _create_payment(checkout: Checkout, order: _Order) -> Checkout:
@@ -285,12 +300,13 @@ def _create_payment(checkout: Checkout, order: _Order) -> Checkout:
             phone_number=order.phone,
             timeout=amounts.timeout,
         )
-    except (ATHMovilError, ImproperlyConfigured) as error:
-        Checkout.objects.filter(pk=checkout.pk).delete()
-        logger.warning("Checkout of order %s not started: %s", order.key, error)
-        raise Unavailable() from error
-    except BaseException:
-        Checkout.objects.filter(pk=checkout.pk).delete()
+    except BaseException as error:
+        # Closed, not deleted: a concurrent start() may have sent its customer to this page,
+        # which now says the payment could not be started.
+        _close(checkout)
+        if isinstance(error, ATHMovilError | ImproperlyConfigured):
+            logger.warning("Checkout of order %s not started: %s", order.key, error)
+            raise Unavailable() from error
         raise
     attached = Checkout.objects.filter(
         pk=checkout.pk, payment__isnull=True, order_open=True
@@ -300,7 +316,6 @@ def _create_payment(checkout: Checkout, order: _Order) -> Checkout:
         # order exists. This payment is withdrawn, and the customer goes to the newer one.
         logger.warning("Checkout %s started too late; cancelling payment %s", checkout.pk, payment)
         _cancel_payment(payment)
-        Checkout.objects.filter(pk=checkout.pk).delete()
         newer = Checkout.objects.filter(order_key=order.key, order_open=True).first()
         if newer is None:
             raise Unavailable()

@@ -146,14 +146,17 @@ def describe(checkout: Checkout, *, reached: bool = True) -> dict[str, Any]:
     payment = checkout.payment
     now = clock.now()
     if payment is None:
+        failed = flow.never_started(checkout)
         return {
-            "state": "starting",
-            "message": _("Sending the payment request to your phone…"),
+            "state": "failed" if failed else "starting",
+            "message": _("The payment could not be started. Please go back and try again.")
+            if failed
+            else _("Sending the payment request to your phone…"),
             "total": "",
             "phone": flow.mask_phone(checkout.phone_number),
             "seconds_left": None,
             "deadline": None,
-            "next": None,
+            "next": (checkout.cancel_url or None) if failed else None,
             "notice": "",
         }
     seconds_left = max(0, int((payment.deadline - now).total_seconds()))

@@ -64,6 +64,9 @@
         }
         show(message, data.message);
         show(notice, data.notice);
+        if (data.state === "failed") {
+          return; // never started: nothing more will change
+        }
         if (typeof data.seconds_left === "number") {
           deadline = Date.now() + data.seconds_left * 1000;
         }
