@@ -566,3 +566,19 @@ def test_a_minute_of_three_tabs_polling_twice_a_second_costs_30_calls(
             poll(tab, checkout)
 
     assert athm_settings.counts()["findPayment"] == 30
+
+
+def test_a_poll_that_does_not_ask_ath_movil_costs_two_queries(rf, athm_settings):
+    from django.test.utils import CaptureQueriesContext
+
+    begin(rf)
+    checkout = the_checkout()
+    client = Client()
+    with CaptureQueriesContext(connection) as asking:
+        poll(client, checkout)
+    with CaptureQueriesContext(connection) as answering:
+        poll(client, checkout)
+
+    assert len(answering) == 2  # read the checkout and its payment; lose the election
+    assert len([q for q in asking if not q["sql"].startswith(("BEGIN", "COMMIT"))]) <= 6
+    assert athm_settings.counts()["findPayment"] == 1
