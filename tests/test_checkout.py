@@ -582,3 +582,20 @@ def test_a_poll_that_does_not_ask_ath_movil_costs_two_queries(rf, athm_settings)
     assert len(answering) == 2  # read the checkout and its payment; lose the election
     assert len([q for q in asking if not q["sql"].startswith(("BEGIN", "COMMIT"))]) <= 6
     assert athm_settings.counts()["findPayment"] == 1
+
+
+def test_with_unusable_settings_the_customer_gets_try_again_never_a_500(
+    rf, athm_settings, settings
+):
+    begin(rf)
+    checkout = the_checkout()
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "PUBLIC_TOKEN": ""}
+
+    started = begin(rf, order="order-8")
+    page = Client().get(flow.wait_url(checkout))
+    answer = poll(Client(), checkout)
+
+    assert started.status_code == 503
+    assert page.status_code == 200
+    assert answer["state"] == "waiting" and "could not reach ATH Móvil" in answer["notice"]
+    assert athm_settings.counts()["findPayment"] == 0

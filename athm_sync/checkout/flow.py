@@ -155,6 +155,13 @@ def start(
     """
     from django.http import HttpResponseRedirect
 
+    from athm_sync.checkout.views import unavailable_page
+
+    try:
+        get_settings()
+    except ImproperlyConfigured as error:  # the shop's to fix (manage.py check says how)
+        logger.error("Checkout not started: %s", error)
+        return unavailable_page(request, Unavailable())
     order = _clean_order(
         order_key=order_key,
         total=total,
@@ -171,8 +178,6 @@ def start(
     try:
         checkout = begin(order)
     except Unavailable as error:
-        from athm_sync.checkout.views import unavailable_page
-
         return unavailable_page(request, error, back_url=order.cancel_url)
     return HttpResponseRedirect(wait_url(checkout))
 
@@ -213,9 +218,14 @@ def begin(order: _Order) -> Checkout:
     A new checkout row is inserted first (the order's one open row: a unique index), then ATH
     Móvil is asked; so of two concurrent calls one inserts and creates the payment, and the
     other finds that row and returns it (its page says "sending" until the payment is there).
-    Raises :class:`Unavailable` when ATH Móvil cannot create the payment; nothing is kept then.
+    Raises :class:`Unavailable` when ATH Móvil cannot create the payment (or ``ATHM_SYNC``
+    is unusable); no payment is stored then, and the new row is closed.
     """
-    conf = get_settings()
+    try:
+        conf = get_settings()
+    except ImproperlyConfigured as error:
+        logger.error("Checkout of order %s not started: %s", order.key, error)
+        raise Unavailable() from error
     checkout = None
     for _round in range(_START_ROUNDS):
         existing = (
