@@ -599,3 +599,16 @@ def test_with_unusable_settings_the_customer_gets_try_again_never_a_500(
     assert page.status_code == 200
     assert answer["state"] == "waiting" and "could not reach ATH Móvil" in answer["notice"]
     assert athm_settings.counts()["findPayment"] == 0
+
+
+def test_cancel_while_ath_movil_is_down_says_try_again_and_changes_nothing(rf, athm_settings):
+    begin(rf)
+    checkout = the_checkout()
+    athm_settings.inject_fault("http503", endpoint="cancel")
+
+    response = Client().post(action_url(checkout, "cancel"), HTTP_ACCEPT_LANGUAGE="es")
+
+    assert response.status_code == 503
+    assert "No es posible comunicarse con ATH Móvil" in response.content.decode()
+    assert Payment.objects.get().status == S.OPEN
+    assert athm_settings.payment(str(checkout.payment.pk))["status"] == "OPEN"
