@@ -612,3 +612,27 @@ def test_cancel_while_ath_movil_is_down_says_try_again_and_changes_nothing(rf, a
     assert "No es posible comunicarse con ATH Móvil" in response.content.decode()
     assert Payment.objects.get().status == S.OPEN
     assert athm_settings.payment(str(checkout.payment.pk))["status"] == "OPEN"
+
+
+def test_tabs_polling_at_the_same_moment_elect_one_asker(rf, athm_settings):
+    begin(rf)
+    checkout = the_checkout()
+    athm_settings.set_latency(0.2)  # the asker's call is still out when the others arrive
+    barrier = threading.Barrier(6)
+    answers: list[dict] = []
+
+    def tab():
+        try:
+            barrier.wait()
+            answers.append(poll(Client(), checkout))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=tab) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(answers) == 6 and {a["state"] for a in answers} == {"waiting"}
+    assert athm_settings.counts()["findPayment"] == 1
