@@ -636,3 +636,16 @@ def test_tabs_polling_at_the_same_moment_elect_one_asker(rf, athm_settings):
 
     assert len(answers) == 6 and {a["state"] for a in answers} == {"waiting"}
     assert athm_settings.counts()["findPayment"] == 1
+
+
+def test_start_in_a_project_without_the_apps_urls_says_what_to_add_and_creates_nothing(
+    rf, athm_settings, settings
+):
+    from django.core.exceptions import ImproperlyConfigured
+
+    settings.ROOT_URLCONF = "tests.urls_without_athm"
+
+    with pytest.raises(ImproperlyConfigured, match=r'include\("athm_sync.urls"\)'):
+        begin(rf)
+    assert athm_settings.counts()["payment"] == 0
+    assert not Checkout.objects.exists()

@@ -162,6 +162,7 @@ def start(
     except ImproperlyConfigured as error:  # the shop's to fix (manage.py check says how)
         logger.error("Checkout not started: %s", error)
         return unavailable_page(request, Unavailable())
+    _require_urls()
     order = _clean_order(
         order_key=order_key,
         total=total,
@@ -201,6 +202,19 @@ def _clean_order(
         success_url=_check_url("success_url", success_url, required=True),
         cancel_url=_check_url("cancel_url", cancel_url, required=False),
     )
+
+
+def _require_urls() -> None:
+    """Refuse to start a payment whose page could not be linked to (a project bug)."""
+    from django.urls import NoReverseMatch, reverse
+
+    try:
+        reverse("athm_sync:checkout_wait", kwargs={"checkout_id": "x", "token": "x"})
+    except NoReverseMatch:
+        raise ImproperlyConfigured(
+            'The checkout\'s pages have no URL: add path("athm/", include("athm_sync.urls")) '
+            "to your urlpatterns."
+        ) from None
 
 
 def wait_url(checkout: Checkout) -> str:
