@@ -160,7 +160,9 @@ def test_start_refuses_a_bad_phone_number_before_asking_ath_movil(rf, athm_setti
     assert not Checkout.objects.exists()
 
 
-def test_start_when_ath_movil_is_down_answers_a_try_again_page_and_keeps_nothing(rf, athm_settings):
+def test_start_when_ath_movil_is_down_answers_a_try_again_page_and_stores_no_payment(
+    rf, athm_settings
+):
     athm_settings.inject_fault("http503", endpoint="payment")
 
     response = begin(rf, cancel_url=CANCELLED)
