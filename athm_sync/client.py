@@ -727,6 +727,10 @@ class ATHMovilClient:
                 proxies=self._proxies[base],
             )
             content = self._read_answer(endpoint, response, deadline)
+            if deadline.expired:
+                # Cut by the watchdog: http.client takes the end of the stream for the end of
+                # the headers (or of a body without a length), so what was read is not whole.
+                raise requests.Timeout("the whole-answer deadline passed")
         except requests.RequestException as error:
             within = f"within {_seconds(deadline.seconds)} s"
             # Whatever the exception says: only a failure while connecting, before a byte of
@@ -901,7 +905,10 @@ def _error_text(value: Any) -> str:
 
 
 def _seconds(value: float) -> str:
-    """Seconds as people write them: 2.0, 0.2, 0.05."""
+    """Seconds as people write them: 2.0, 0.3 (for 0.2999), 0.05."""
+    if value < 0.1:
+        return f"{value:.2g}"
+    value = round(value, 2)
     return f"{value:.1f}" if round(value, 1) == value else f"{value:g}"
 
 
