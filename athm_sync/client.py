@@ -772,7 +772,7 @@ class ATHMovilClient:
         try:
             if declared.isdigit() and int(declared) > limit:
                 raise InvalidResponseError(
-                    f"the answer announces {declared} bytes, more than the {limit} read",
+                    f"the answer announces {declared} bytes, more than the {limit} a call reads",
                     call=endpoint.name,
                     http_status=response.status_code,
                 )
