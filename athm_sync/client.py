@@ -737,14 +737,15 @@ class ATHMovilClient:
             # the request was written, is known not to have reached ATH Móvil.
             if _progress.stage == _CONNECTING:
                 reason = f"no connection {within}" if deadline.passed() else _describe(error)
-                raise _NotSent(f"could not connect: {reason}") from None
+                raise _NotSent(self._scrub(f"could not connect: {reason}", auth_token)) from None
             if deadline.passed() or isinstance(error, requests.Timeout):
                 message = f"no whole answer {within}"
             elif isinstance(error, requests.ConnectionError):
                 message = f"the connection failed: {_describe(error)}"
             else:
                 message = _describe(error)
-            raise TransientError(message, call=endpoint.name) from None
+            # What urllib3 says can quote the server's bytes (a bad chunk length, a header).
+            raise TransientError(self._scrub(message, auth_token), call=endpoint.name) from None
         finally:
             _progress.stage = None
             _progress.deadline = None

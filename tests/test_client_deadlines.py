@@ -58,8 +58,10 @@ class DripServer(socketserver.ThreadingTCPServer):
     ``drip_headers``: the status line, then one header's bytes one at a time;
     ``drip_body``: whole headers announcing a large body, then its bytes one at a time;
     ``stall_body``: whole headers and a part of the body, then silence until the client hangs
-    up. ``requests`` counts requests read; ``sent`` the dripped bytes of each; ``cut`` whether
-    the client hung up before the answer was over.
+    up; ``echo_chunk``: a chunked body whose chunk size is the private token, echoed.
+
+    ``requests`` counts requests read; ``sent`` the dripped bytes of each; ``cut`` whether the
+    client hung up before the answer was over.
     """
 
     daemon_threads = True
@@ -125,6 +127,14 @@ class _DripHandler(socketserver.BaseRequestHandler):
             with server._done:
                 server.requests += 1
             body = json.dumps({"status": "success", "data": CAPTURED}).encode()
+            if server.behaviour == "echo_chunk":
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + PRIVATE.encode()
+                    + b"\r\n"
+                )
+                cut = conn.recv(1) == b""
+                return
             if server.behaviour == "drip_headers":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Drip: ")
                 drip = b"a"
@@ -267,6 +277,16 @@ def test_retries_of_drips_stay_within_the_call_deadline(
     else:
         assert server.requests == 1 and sleeps == []
     assert all(server.cut) and len(server.cut) == server.requests
+
+
+def test_what_the_connection_layer_quotes_of_an_answer_is_scrubbed(serve, make_client):
+    # urllib3 quotes the bad chunk size it read: here, the private token.
+    server = serve("echo_chunk")
+    with pytest.raises(TransientError) as caught:
+        make_client(server.url).refund("215070443-abc", Decimal("1.00"))
+    server.settle()
+    assert PRIVATE not in str(caught.value)
+    assert "***" in str(caught.value) and server.requests == 1
 
 
 # -- the webhook view --------------------------------------------------------------------------
