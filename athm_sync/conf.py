@@ -28,10 +28,12 @@ DEFAULTS: dict[str, Any] = {
     "WEBHOOK_SECRET": "",
     # The secret being replaced, still accepted while ATH Móvil switches to the new URL.
     "WEBHOOK_PREVIOUS_SECRET": "",
-    # HTTP: seconds to connect and to wait for an answer, per attempt.
+    # HTTP, per attempt: seconds to connect, and for the whole answer (connecting, headers
+    # and body included, however slowly it comes).
     "CONNECT_TIMEOUT": 3.05,
     "READ_TIMEOUT": 15.0,
-    # Retries of transient failures: attempts per call and the total seconds one call may take.
+    # Retries of transient failures: attempts per call and the total seconds one call may take
+    # (all attempts and the waits between them).
     "MAX_ATTEMPTS": 4,
     "RETRY_DEADLINE": 30.0,
     "POOL_SIZE": 10,
@@ -50,8 +52,8 @@ DEFAULTS: dict[str, Any] = {
     # by the sync itself, a bounded batch per run. Payments and refunds are never deleted.
     "HISTORY_RETENTION": timedelta(days=90),
     "AUTO_CAPTURE": True,
-    # Seconds the webhook view may spend verifying an event with ATH Móvil before it answers
-    # 200 and leaves the event pending for the next run (retries included).
+    # Seconds the webhook view may spend verifying an event with ATH Móvil, in total (retries
+    # and the whole answer included), before it answers 200 and leaves the event pending.
     "WEBHOOK_VERIFY_TIMEOUT": 4.0,
 }
 

@@ -138,7 +138,7 @@ def _send(
 ) -> reconcile.Observation:
     """Call the refund API once; the observation to apply (what ATH Móvil shows after it)."""
     try:
-        result = client.refund(payment.reference_number, amount, message)
+        result = client.refund(payment.reference_number, amount, message, ecommerce_id=payment.pk)
     except _REFUSALS as error:
         raise RefundError(f"ATH Móvil refused the refund: {error}") from None
     except ATHMovilError as error:

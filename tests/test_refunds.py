@@ -15,6 +15,7 @@ import pytest
 
 import athm_sync
 from athm_sync.models import Payment, PaymentEvent, Refund
+from athm_sync.normalize import local_datetime
 from athm_sync.refunds import RefundError, RefundUncertain
 from tests.commands import call
 
@@ -58,6 +59,26 @@ def test_a_full_refund_records_it_and_fires_refund_sent_once(athm_settings, rece
     _, sender, kwargs = received[0]
     assert sender is Refund and kwargs["refund"].pk == made.pk
     assert PaymentEvent.objects.get(kind="refund_sent").source == "refund"
+
+
+def test_the_documented_refund_answer_is_stored_in_full_without_asking_again(
+    athm_settings, received, caplog
+):
+    # The sandbox answers as Evertec documents: no ecommerceId in originalTransaction, dates
+    # as epoch milliseconds. The refund's own daily id, date and message come from it.
+    sandbox = athm_settings
+    payment = completed(sandbox, "10.00")
+    finds = sandbox.counts().get("findPayment", 0)
+    caplog.set_level("WARNING", logger="athm_sync")
+
+    made = athm_sync.refund(payment, "4.00", "damaged")
+
+    assert sandbox.counts().get("findPayment", 0) == finds, "the answer was enough"
+    [remote] = sandbox.payment(str(payment.pk))["refunds"]
+    assert made.daily_transaction_id == remote["dailyTransactionId"]
+    assert made.transaction_date == local_datetime(remote["date"])
+    assert made.message == "damaged" and made.amount == Decimal("4.00")
+    assert [r.getMessage() for r in caplog.records] == []
 
 
 def test_partial_refunds_accumulate_and_no_later_door_adds_one(athm_settings, client, received):

@@ -131,14 +131,49 @@ def refund_parties(p: Payment, refund: Refund) -> dict[str, Any]:
     }
 
 
+def epoch_milliseconds(moment: datetime) -> str:
+    """An instant as the refund API writes its dates: epoch milliseconds, as text.
+
+    Evertec's documented refund answer shows ``"date": "123412341234", // timestamp``; the
+    unit is not stated, and milliseconds is what its Java backend's timestamps count.
+    """
+    return str(int(moment.timestamp() * 1000))
+
+
 def refund_record(p: Payment, refund: Refund) -> dict[str, Any]:
     """The ``refund`` part of the refund API's answer."""
     return {
         "transactionType": "REFUND",
         "status": "COMPLETED",
         "refundedAmount": str(refund.amount),
-        "date": pr_local(refund.date),
+        "date": epoch_milliseconds(refund.date),
         **refund_parties(p, refund),
+    }
+
+
+def original_record(p: Payment) -> dict[str, Any]:
+    """The ``originalTransaction`` part of the refund API's answer, as Evertec documents it:
+    the payment as a ``PAYMENT`` transaction, without its ``ecommerceId``."""
+    assert p.transaction_date is not None
+    return {
+        "transactionType": "PAYMENT",
+        "status": "COMPLETED",
+        "date": epoch_milliseconds(p.transaction_date),
+        "referenceNumber": p.reference_number,
+        "dailyTransactionID": p.daily_transaction_id,
+        "name": p.customer_name,
+        "phoneNumber": p.customer_phone,
+        "email": p.customer_email,
+        "message": "",
+        "total": json_number(p.total),
+        "tax": json_number(p.tax),
+        "subtotal": json_number(p.subtotal),
+        "fee": float32(p.fee),
+        "netAmount": json_number(p.net_amount),
+        "totalRefundedAmount": json_number(p.total_refunded),
+        "metadata1": p.metadata1,
+        "metadata2": p.metadata2,
+        "items": p.items,
     }
 
 
@@ -523,7 +558,7 @@ class Ledger:
                 )
             p = matches[0]
             refund = self._refund(p, amount, message or "", "api")
-            return {"refund": refund_record(p, refund), "originalTransaction": self.data(p)}
+            return {"refund": refund_record(p, refund), "originalTransaction": original_record(p)}
 
     # -- webhook payloads --------------------------------------------------------------------
 
