@@ -56,7 +56,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import ProxyManager
 
 from athm_sync import normalize
-from athm_sync.deadlines import WATCHDOG, Deadline
+from athm_sync.deadlines import WATCHDOG, Deadline, budget_left
 from athm_sync.errors import (
     EMPTY_REPORT_CODES,
     TRANSIENT_HTTP_STATUSES,
@@ -668,11 +668,23 @@ class ATHMovilClient:
     def _request(
         self, endpoint: _Endpoint, body: dict[str, Any], auth_token: str | None = None
     ) -> Any:
-        """Send one call with retries; returns the decoded JSON of a successful answer."""
+        """Send one call with retries; returns the decoded JSON of a successful answer.
+
+        The call ends within ``retry_deadline``, or what is left of the thread's
+        :func:`athm_sync.deadlines.budget` if that is less; a spent budget sends nothing.
+        """
         started = time.monotonic()
+        call_deadline = self.retry_deadline
+        left = budget_left()
+        if left is not None:
+            if left <= 0:
+                raise TransientError(
+                    "not sent: the time allowed for these calls is spent", call=endpoint.name
+                )
+            call_deadline = min(call_deadline, left)
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.max_attempts)
-            | tenacity.stop_before_delay(self.retry_deadline),
+            | tenacity.stop_before_delay(call_deadline),
             wait=tenacity.wait_random_exponential(multiplier=0.25, max=8),
             retry=tenacity.retry_if_exception(
                 lambda error: (
@@ -685,7 +697,7 @@ class ATHMovilClient:
             reraise=True,
         )
         try:
-            return retrying(self._attempt, endpoint, body, auth_token, started)
+            return retrying(self._attempt, endpoint, body, auth_token, started, call_deadline)
         except _NotSent as not_sent:
             raise TransientError(str(not_sent), call=endpoint.name) from None
 
@@ -695,6 +707,7 @@ class ATHMovilClient:
         body: dict[str, Any],
         auth_token: str | None,
         started: float,
+        call_deadline: float,
     ) -> Any:
         base = self.report_base_url if endpoint.report else self.api_base_url
         headers = {"Content-Type": "application/json"}
@@ -702,7 +715,7 @@ class ATHMovilClient:
             headers["Authorization"] = f"Bearer {auth_token}"
         # The whole answer, connecting included, within READ_TIMEOUT and what is left of the
         # call's RETRY_DEADLINE; socket timeouts no longer than that make a stall end with it.
-        remaining = self.retry_deadline - (time.monotonic() - started)
+        remaining = call_deadline - (time.monotonic() - started)
         deadline = Deadline(max(0.001, min(self.read_timeout, remaining)))
         timeout = (min(self.connect_timeout, deadline.seconds), deadline.seconds)
         _progress.stage = None

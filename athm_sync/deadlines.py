@@ -25,6 +25,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 # How long the idle watchdog sleeps when no attempt is running.
@@ -132,3 +133,32 @@ def _shutdown(fd: int) -> None:
 
 
 WATCHDOG = Watchdog()
+
+
+# -- a budget for several calls -------------------------------------------------------------
+
+_budgets = threading.local()
+
+
+@contextlib.contextmanager
+def budget(seconds: float) -> Iterator[None]:
+    """Every ATH Móvil call this thread makes inside the block, retries included, ends within
+    ``seconds`` of the block's start, all of them together.
+
+    The webhook view's ``WEBHOOK_VERIFY_TIMEOUT``: an event without an ecommerceId may need a
+    findPayment for each payment it can be, and the web worker must still be free in time.
+    A block inside another keeps the earlier end of the two.
+    """
+    outer = getattr(_budgets, "until", None)
+    until = time.monotonic() + seconds
+    _budgets.until = until if outer is None else min(outer, until)
+    try:
+        yield
+    finally:
+        _budgets.until = outer
+
+
+def budget_left() -> float | None:
+    """Seconds left of this thread's :func:`budget` (``None`` outside one; ``<= 0`` spent)."""
+    until = getattr(_budgets, "until", None)
+    return None if until is None else until - time.monotonic()

@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 
-from athm_sync import clock, normalize, reconcile
+from athm_sync import clock, deadlines, normalize, reconcile
 from athm_sync.client import ATHMovilClient, AuthenticationError, TransientError
 from athm_sync.conf import MAX_PAYMENT_TIMEOUT, AthmSyncSettings, get_settings
 from athm_sync.managers import StatusIn
@@ -322,7 +322,9 @@ def receive(
     else:
         return event, not created
     try:
-        processed = process(event, client or verification_client(conf), conf=conf, **options)
+        # All of the verification, however many payments it asks about, within the budget.
+        with deadlines.budget(conf.webhook_verify_timeout):
+            processed = process(event, client or verification_client(conf), conf=conf, **options)
     except Exception:
         logger.exception("Webhook event %s stored but not processed; it stays pending", event.pk)
         event.refresh_from_db()

@@ -117,9 +117,9 @@ def play(sandbox) -> int:
     import json
 
     import time_machine
-    from django.utils import timezone
 
     import athm_sync
+    from athm_sync import clock
     from athm_sync.client import ATHMovilClient
     from athm_sync.models import Payment, PaymentEvent, SyncRun
 
@@ -176,7 +176,7 @@ def play(sandbox) -> int:
     say("   order-10: customer pays the $1.00 payment; the shop expects $100.00")
     say("   ... the clock moves 2 minutes on: order-3's 120-second timeout runs out")
 
-    with time_machine.travel(timezone.now() + timedelta(seconds=121), tick=True):
+    with time_machine.travel(clock.now() + timedelta(seconds=121), tick=True):
         summary = run_sync("two minutes later")
         again = run_sync("run again: nothing fires twice")
 

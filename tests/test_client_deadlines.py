@@ -322,3 +322,28 @@ def test_the_webhook_view_answers_within_its_budget_when_find_payment_drips(
     assert f"no whole answer within {BUDGET} s" in event.reason
     assert server.requests == 1 and server.cut == [True] and server.sent[0] < DRIP_BYTES
     assert Payment.objects.get().status == Payment.Status.OPEN
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_budget_bounds_every_call_of_a_webhook_that_names_no_payment(athm_settings, settings):
+    """An id-less webhook may need a findPayment per payment it can be: all of them together
+    end within WEBHOOK_VERIFY_TIMEOUT, not each (five slow answers would hold the view 5x)."""
+    sandbox = athm_settings
+    ids = []
+    for _ in range(5):
+        ecommerce_id, _ = sandbox.create_payment("10.00", metadata1="order-7")
+        Payment.objects.track(ecommerce_id, total="10.00", metadata_1="order-7")
+        ids.append(ecommerce_id)
+    body = sandbox.webhook_payload(ids[0], "completed")
+    del body["ecommerceId"]  # as Evertec documents eCommerce webhooks
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "WEBHOOK_VERIFY_TIMEOUT": 0.5}
+    sandbox.set_latency(0.2)  # each answer well within the budget, five of them not
+    sandbox.reset_counts()
+
+    url = reverse("athm_sync:webhook", kwargs={"token": SECRET})
+    answer = Client().post(url, json.dumps(body), content_type="application/json")
+
+    assert answer.status_code == 200 and answer.json()["outcome"] == "pending"
+    assert sandbox.counts()["findPayment"] < 5
+    assert WebhookEvent.objects.get().reason.startswith("could not verify")
+    assert set(Payment.objects.values_list("status", flat=True)) == {Payment.Status.OPEN}
