@@ -145,7 +145,10 @@ def local_datetime(value: Any, field: str = "date") -> datetime | None:
         raise ValueError(f"{field} must be a date like 2023-01-13 16:17:06, not {raw!r}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=PUERTO_RICO)
-    return parsed.astimezone(UTC).replace(microsecond=0)
+    try:
+        return parsed.astimezone(UTC).replace(microsecond=0)
+    except OverflowError:  # 9999-12-31 in Puerto Rico is past the calendar's end in UTC
+        raise ValueError(f"{field} {raw!r} is out of range") from None
 
 
 def _epoch(value: int | float | Decimal, field: str) -> datetime:

@@ -231,6 +231,10 @@ def test_snapshots_are_frozen_and_keep_the_raw_answer(client):
         (json.dumps(success({**CAPTURED, "total": "1e400"})), "total 1e400 is more than any"),
         (json.dumps(success({**CAPTURED, "netAmount": 10**12})), "netAmount"),
         (json.dumps(success({**CAPTURED, "transactionDate": "yesterday"})), "transactionDate"),
+        (
+            json.dumps(success({**CAPTURED, "transactionDate": "9999-12-31 23:59:59"})),
+            "transactionDate '9999-12-31 23:59:59' is out of range",
+        ),
         (json.dumps(success({**CAPTURED, "ecommerceId": None})), "ecommerceId"),
         (json.dumps(success({**CAPTURED, "items": "not json"})), "items"),
         (json.dumps(success({**CAPTURED, "name": ["a"]})), "name"),
