@@ -542,7 +542,7 @@ def _created_window(payload: Mapping[str, Any]) -> tuple[datetime, datetime] | N
         if moment is None:
             return None
         return (moment - longest - CANDIDATE_DATE_MARGIN, moment + CANDIDATE_DATE_MARGIN)
-    except (ValueError, OverflowError):  # OverflowError: a date at the end of the calendar
+    except ValueError:
         return None
 
 
