@@ -66,7 +66,12 @@ class GivenUpFilter(admin.SimpleListFilter):
 
 
 class RefundForm(forms.Form):
-    """The confirmation page's fields; the refund itself validates everything again."""
+    """The confirmation page's fields; the refund itself validates everything again.
+
+    ``refunded_so_far`` is the payment's refunded amount the page was shown with: the refund
+    is refused unless it is still the payment's, so a page submitted twice (a double click, a
+    reload, the back button) refunds once, even after a restart.
+    """
 
     amount = forms.DecimalField(
         max_digits=10,
@@ -77,6 +82,9 @@ class RefundForm(forms.Form):
     )
     message = forms.CharField(
         max_length=MAX_MESSAGE_LENGTH, required=False, help_text="Shown to the customer."
+    )
+    refunded_so_far = forms.DecimalField(
+        max_digits=10, decimal_places=2, min_value=Decimal("0.00"), widget=forms.HiddenInput
     )
 
 
@@ -195,7 +203,12 @@ class PaymentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         form = RefundForm(request.POST if "confirm" in request.POST else None)
         if form.is_bound and form.is_valid():
             try:
-                made = refund(payment, form.cleaned_data["amount"], form.cleaned_data["message"])
+                made = refund(
+                    payment,
+                    form.cleaned_data["amount"],
+                    form.cleaned_data["message"],
+                    refunded_so_far=form.cleaned_data["refunded_so_far"],
+                )
             except RefundError as error:
                 self.message_user(request, f"Not refunded: {error}", messages.ERROR)
             else:
@@ -209,7 +222,9 @@ class PaymentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
             "opts": self.model._meta,
             "payment": payment,
             "refundable": refundable_amount(payment),
-            "form": form if form.is_bound else RefundForm(),
+            "form": form
+            if form.is_bound
+            else RefundForm(initial={"refunded_so_far": payment.total_refunded_amount}),
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/athm_sync/payment/refund.html", context)
