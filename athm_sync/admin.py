@@ -18,7 +18,15 @@ from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
-from athm_sync.models import Payment, PaymentEvent, Refund, SyncRun, WebhookEvent
+from athm_sync.models import (
+    Payment,
+    PaymentEvent,
+    Refund,
+    RefundIntent,
+    SyncRun,
+    UnmatchedRefund,
+    WebhookEvent,
+)
 from athm_sync.refunds import MAX_MESSAGE_LENGTH, RefundError, refund, refundable_amount
 
 # "Check now" asks ATH Móvil about each selected payment while the page waits: a few at most.
@@ -252,6 +260,55 @@ class RefundAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         "transaction_date",
         "created_at",
     )
+    fields = readonly_fields
+
+
+@admin.register(UnmatchedRefund)
+class UnmatchedRefundAdmin(_ReadOnlyMixin, admin.ModelAdmin):
+    """Refunds ATH Móvil reported that no stored payment could be linked to, for a person to
+    look at (``athm_sync.unmatched``). Deleting one dismisses it; a scan that reads it again
+    lists it again."""
+
+    list_display = (
+        "first_seen_at",
+        "amount",
+        "reference_number",
+        "daily_transaction_id",
+        "transaction_date",
+        "source",
+        "times_seen",
+        "reason",
+    )
+    list_filter = ("source",)
+    search_fields = ("reference_number", "daily_transaction_id", "customer_name")
+    date_hierarchy = "first_seen_at"
+    readonly_fields = (
+        "amount",
+        "reference_number",
+        "daily_transaction_id",
+        "transaction_date",
+        "customer_name",
+        "customer_phone",
+        "message",
+        "source",
+        "reason",
+        "first_seen_at",
+        "last_seen_at",
+        "times_seen",
+    )
+    fields = readonly_fields
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("athm_sync.delete_unmatchedrefund")
+
+
+@admin.register(RefundIntent)
+class RefundIntentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
+    """Refunds being sent, or left half-done for the next run to settle (never re-sent)."""
+
+    list_display = ("payment", "amount", "created_at", "busy_until", "note")
+    list_select_related = ("payment",)
+    readonly_fields = ("payment", "amount", "message", "created_at", "busy_until", "note")
     fields = readonly_fields
 
 

@@ -504,7 +504,7 @@ def _apply_locked(
                 refund = Refund.objects.create(
                     payment=payment,
                     amount=part.amount,
-                    reference_number=part.reference_number or payment.reference_number,
+                    reference_number=(part.reference_number or payment.reference_number)[:100],
                     daily_transaction_id=part.daily_transaction_id[:32],
                     transaction_date=part.transaction_date,
                     message=part.message[:255],
