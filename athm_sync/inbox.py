@@ -20,8 +20,9 @@ Decisions:
   ATH Móvil does not bear out is rejected, but if it names an untracked payment that is still
   OPEN or CONFIRM, that payment (real, and the business's own) is tracked from then on.
 - A refund webhook names no ecommerceId: it is matched to the stored payment with its reference
-  number and verified by the refunded amount findPayment reports. A refund of a payment the
-  shop does not track is ``ignored``.
+  number and verified by the refunded amount findPayment reports. One whose reference names no
+  single stored payment is linked by the customer's phone and the amount
+  (:mod:`athm_sync.unmatched`); one linked to nothing is ``ignored`` and listed for review.
 - ``payment``, ``donation`` and ``simulated`` events are stored and ``ignored``.
 - A duplicate of an event that was applied, changed nothing or was ignored does nothing more.
   A duplicate of a ``rejected`` or ``pending`` one is verified again: ATH Móvil may have caught

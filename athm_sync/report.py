@@ -11,10 +11,15 @@ run reads the report's last ``REFUND_SCAN_WINDOW`` (default 2 days), at most onc
   through :func:`athm_sync.reconcile.apply`: each newly seen increase of the refunded amount
   becomes one ``Refund`` (with the row's daily id, date and message) and one ``refund_sent``;
 - a row whose refund is already recorded without those details (found by a poll) lends them
-  to it, with no API call.
+  to it, with no API call; when a poll recorded several refunds as one, that ``Refund`` is
+  split, one per row (:func:`_split_details`);
+- a row whose reference number names no single stored payment is linked by the customer's
+  phone, the amount and the date, or listed for a person (:mod:`athm_sync.unmatched`).
 
 The work of a scan does not grow with the payments ever stored: one report call (per 7 days
-of window) and at most one findPayment per payment with an unknown refund in the window.
+of window), at most one findPayment per payment with an unknown refund in the window, and at
+most ``unmatched.MAX_CANDIDATE_CALLS`` per refund row whose reference names no payment, the
+first time it is seen.
 """
 
 from __future__ import annotations
@@ -172,7 +177,7 @@ def record_refunds(
         result.refunds += sum(1 for event in outcome.events if event.refund_id)
         result.outcomes.append(outcome)
         for row in its_rows:  # not new: part of a refund recorded before without details
-            _known(payment, row) or _split_details(payment, row)
+            _known(payment, row) or _lend_details(payment, row) or _split_details(payment, row)
     for row, reason in foreign:
         linked = unmatched.link(
             client, conf, foreign_refund(row, source), reason=reason, quiet=quiet
