@@ -116,7 +116,10 @@ def refund(
         try:
             locked, intent = _reserve(ecommerce_id, wanted, text, shown, conf)
         except _Stale:
-            settle_intents(client, conf, ecommerce_ids=[ecommerce_id])
+            try:
+                settle_intents(client, conf, ecommerce_ids=[ecommerce_id])
+            except AuthenticationError as error:
+                raise RefundError(f"ATH Móvil rejected the credentials: {error}") from None
             try:
                 locked, intent = _reserve(ecommerce_id, wanted, text, shown, conf)
             except _Stale:
@@ -329,7 +332,7 @@ def _send(
     except ATHMovilError as error:
         # It may have gone through: never send it again; ask what ATH Móvil shows now.
         logger.warning("Refund of payment %s: %s; asking ATH Móvil", payment.pk, error)
-        return reconcile.observe(client, payment.pk, capture=False)
+        return _observe(client, payment.pk)
     detail = reconcile.RefundDetail(
         amount, result.daily_transaction_id, result.transaction_date, result.message or message
     )
@@ -341,11 +344,20 @@ def _send(
             logger.error("Refund of payment %s: %s; asking ATH Móvil", payment.pk, error)
             snapshot = None
     if snapshot is None:
-        found = reconcile.observe(client, payment.pk, capture=False)
+        found = _observe(client, payment.pk)
         return reconcile.Observation(
             payment.pk, found.snapshot, found.not_found, found.error, refunds=(detail,)
         )
     return reconcile.Observation(payment.pk, snapshot=snapshot, refunds=(detail,))
+
+
+def _observe(client: ATHMovilClient, ecommerce_id: Any) -> reconcile.Observation:
+    """findPayment after a refund was sent; credentials rejected now are one more reason the
+    refund is uncertain, not a reason to forget it."""
+    try:
+        return reconcile.observe(client, ecommerce_id, capture=False)
+    except AuthenticationError as error:
+        return reconcile.Observation(ecommerce_id, error=error)
 
 
 def _refund_of(outcome: reconcile.Outcome, amount: Decimal) -> Refund | None:

@@ -18,7 +18,8 @@ refund webhook) whose reference matches no stored payment is linked by :func:`li
    exactly one candidate grew, the refund's record goes onto its ``Refund``. When several
    grew, the growths are recorded without the record and the refund is listed as ambiguous.
 5. a refund still linked to nothing is listed (:class:`~athm_sync.models.UnmatchedRefund`,
-   logged once when first listed), never dropped in silence.
+   logged once when first listed), never dropped in silence. One whose candidates ATH Móvil
+   could not answer about is not listed: the next scan asks again.
 """
 
 from __future__ import annotations
@@ -116,11 +117,14 @@ def link(
     result = Linked()
     candidates = _candidates(refund)
     grown: list[tuple[Payment, reconcile.Observation]] = []
+    failed = ""
     for payment in candidates[:MAX_CANDIDATE_CALLS]:
         observation = reconcile.observe(client, payment.pk, capture=False)
         result.calls += 1
         if isinstance(observation.error, AuthenticationError):
             raise observation.error
+        if observation.error is not None:
+            failed = str(observation.error)
         snapshot = observation.snapshot
         if snapshot is None:
             continue
@@ -135,6 +139,11 @@ def link(
         result.outcomes.append(outcome)
     if len(grown) == 1:
         result.payment = grown[0][0]
+        return result
+    if failed and not grown:
+        # Not listed: the next scan asks again (it is not known to match nothing).
+        logger.warning("A refund of %s not linked yet: %s", refund.amount, failed)
+        result.reason = f"ATH Móvil could not be asked: {failed}"
         return result
     if grown:
         why = (

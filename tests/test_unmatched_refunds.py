@@ -231,3 +231,22 @@ def test_a_refund_webhook_with_its_own_reference_is_linked_or_listed(
     listed = UnmatchedRefund.objects.get()
     assert listed.source == "webhook" and listed.daily_transaction_id == "0999"
     assert Refund.objects.count() == 1 and names(received) == ["refund_sent"]
+
+
+def test_a_refund_whose_candidates_cannot_be_asked_is_not_listed_and_is_linked_later(
+    athm_settings, received, time_machine
+):
+    sandbox = athm_settings
+    sandbox.set_own_app_references(True)
+    payment = completed(sandbox)
+    sandbox.refund(str(payment.pk), "1.00")
+    received.clear()
+    sandbox.inject_fault("http503", "findPayment", times=3)  # every attempt of one check
+
+    first = run()["refund_scan"]
+
+    assert (first["linked"], first["unmatched"]) == (0, 0)
+    assert not UnmatchedRefund.objects.exists() and not Refund.objects.exists()
+    later(time_machine, 15 * 60)
+    assert run()["refund_scan"]["linked"] == 1
+    assert Refund.objects.get().amount == Decimal("1.00") and names(received) == ["refund_sent"]
