@@ -306,9 +306,17 @@ class UnmatchedRefundAdmin(_ReadOnlyMixin, admin.ModelAdmin):
 class RefundIntentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     """Refunds being sent, or left half-done for the next run to settle (never re-sent)."""
 
-    list_display = ("payment", "amount", "created_at", "busy_until", "note")
+    list_display = ("payment", "amount", "refunded_before", "created_at", "busy_until", "note")
     list_select_related = ("payment",)
-    readonly_fields = ("payment", "amount", "message", "created_at", "busy_until", "note")
+    readonly_fields = (
+        "payment",
+        "amount",
+        "message",
+        "refunded_before",
+        "created_at",
+        "busy_until",
+        "note",
+    )
     fields = readonly_fields
 
 
