@@ -7,6 +7,8 @@ reaches ATH Móvil at most once, and every door that sees it later adds nothing.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import uuid
 from datetime import timedelta
@@ -20,6 +22,7 @@ from athm_sync.client import ATHMovilClient
 from athm_sync.models import Payment, PaymentEvent, Refund, RefundIntent
 from athm_sync.refunds import RefundError, RefundUncertain, settle_intents
 from tests.commands import call
+from tests.test_overlap import child_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -435,26 +438,43 @@ def test_a_refund_after_an_unseen_app_refund_is_two_refunds_with_their_details(
     assert names(received) == ["refund_sent", "refund_sent"]
 
 
-class Crash(BaseException):
-    """The process dies (killed, out of memory) right after ATH Móvil answered."""
+# A real process that dies (as if killed) right after ATH Móvil answered its refund.
+DIES_AFTER_THE_ANSWER = """
+import os, sys
+import django
+
+django.setup()
+import athm_sync
+from athm_sync.client import ATHMovilClient
 
 
-class CrashingClient(ATHMovilClient):
+class Dies(ATHMovilClient):
     def refund(self, *args, **kwargs):
         super().refund(*args, **kwargs)
-        raise Crash
+        os._exit(9)
+
+
+athm_sync.refund(sys.argv[1], "4.00", "crashed", client=Dies.from_settings())
+"""
 
 
 def test_a_crash_between_the_reservation_and_the_answer_is_settled_by_the_next_run(
-    athm_settings, received, time_machine
+    athm_settings, received, time_machine, tmp_path
 ):
     sandbox = athm_settings
     payment = completed(sandbox, "10.00")
     received.clear()
     sandbox.reset_counts()
 
-    with pytest.raises(Crash):
-        athm_sync.refund(payment, "4.00", "crashed", client=CrashingClient.from_settings())
+    child = subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-c", DIES_AFTER_THE_ANSWER, str(payment.pk)],
+        env=child_env(sandbox, tmp_path / "signals.log"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert child.returncode == 9, child.stderr
 
     # ATH Móvil refunded it; nothing is recorded, the intent stays.
     assert sandbox.payment(str(payment.pk))["totalRefundedAmount"] == "4.00"
