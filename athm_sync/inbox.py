@@ -517,8 +517,10 @@ def _link_refund(
         source="webhook",
     )
     linked = unmatched.link(client, conf, foreign, reason=reason)
-    if linked.payment is None:
+    if linked.listed is not None:
         return _Verdict(Outcome.IGNORED, f"listed for review: {linked.reason}")
+    if linked.payment is None:  # ATH Móvil could not be asked: verified again later
+        return _Verdict(Outcome.PENDING, f"could not verify: {linked.reason}")
     for result in linked.outcomes:
         return _verdict_of(result, "linked by the customer's phone and the amount")
     return _Verdict(Outcome.UNCHANGED, "already known", linked.payment)

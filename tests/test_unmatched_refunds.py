@@ -238,3 +238,21 @@ def test_a_refund_whose_candidates_cannot_be_asked_is_not_listed_and_is_linked_l
     later(time_machine, 15 * 60)
     assert run()["refund_scan"]["linked"] == 1
     assert Refund.objects.get().amount == Decimal("1.00") and names(received) == ["refund_sent"]
+
+
+def test_a_refund_webhook_whose_candidates_cannot_be_asked_stays_pending(
+    athm_settings, client, received
+):
+    sandbox = athm_settings
+    sandbox.set_own_app_references(True)
+    payment = completed(sandbox)
+    sandbox.refund(str(payment.pk), "1.00")
+    received.clear()
+    body = json.dumps(sandbox.refund_webhook_payload(str(payment.pk)))
+    sandbox.inject_fault("http503", "findPayment", times=3)
+
+    answer = client.post(f"/athm/webhook/{SECRET}/", body, content_type="application/json")
+
+    assert answer.json()["outcome"] == "pending" and not UnmatchedRefund.objects.exists()
+    assert run()["webhooks"]["applied"] == 1  # the next run verifies it again
+    assert Refund.objects.get().payment_id == payment.pk and names(received) == ["refund_sent"]
