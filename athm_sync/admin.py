@@ -18,7 +18,15 @@ from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
-from athm_sync.models import Payment, PaymentEvent, Refund, SyncRun, WebhookEvent
+from athm_sync.models import (
+    Payment,
+    PaymentEvent,
+    Refund,
+    RefundIntent,
+    SyncRun,
+    UnmatchedRefund,
+    WebhookEvent,
+)
 from athm_sync.refunds import MAX_MESSAGE_LENGTH, RefundError, refund, refundable_amount
 
 # "Check now" asks ATH Móvil about each selected payment while the page waits: a few at most.
@@ -66,7 +74,12 @@ class GivenUpFilter(admin.SimpleListFilter):
 
 
 class RefundForm(forms.Form):
-    """The confirmation page's fields; the refund itself validates everything again."""
+    """The confirmation page's fields; the refund itself validates everything again.
+
+    ``refunded_so_far`` is the payment's refunded amount the page was shown with: the refund
+    is refused unless it is still the payment's, so a page submitted twice (a double click, a
+    reload, the back button) refunds once, even after a restart.
+    """
 
     amount = forms.DecimalField(
         max_digits=10,
@@ -77,6 +90,9 @@ class RefundForm(forms.Form):
     )
     message = forms.CharField(
         max_length=MAX_MESSAGE_LENGTH, required=False, help_text="Shown to the customer."
+    )
+    refunded_so_far = forms.DecimalField(
+        max_digits=10, decimal_places=2, min_value=Decimal("0.00"), widget=forms.HiddenInput
     )
 
 
@@ -195,7 +211,12 @@ class PaymentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         form = RefundForm(request.POST if "confirm" in request.POST else None)
         if form.is_bound and form.is_valid():
             try:
-                made = refund(payment, form.cleaned_data["amount"], form.cleaned_data["message"])
+                made = refund(
+                    payment,
+                    form.cleaned_data["amount"],
+                    form.cleaned_data["message"],
+                    refunded_so_far=form.cleaned_data["refunded_so_far"],
+                )
             except RefundError as error:
                 self.message_user(request, f"Not refunded: {error}", messages.ERROR)
             else:
@@ -209,7 +230,9 @@ class PaymentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
             "opts": self.model._meta,
             "payment": payment,
             "refundable": refundable_amount(payment),
-            "form": form if form.is_bound else RefundForm(),
+            "form": form
+            if form.is_bound
+            else RefundForm(initial={"refunded_so_far": payment.total_refunded_amount}),
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/athm_sync/payment/refund.html", context)
@@ -236,6 +259,63 @@ class RefundAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         "message",
         "transaction_date",
         "created_at",
+    )
+    fields = readonly_fields
+
+
+@admin.register(UnmatchedRefund)
+class UnmatchedRefundAdmin(_ReadOnlyMixin, admin.ModelAdmin):
+    """Refunds ATH Móvil reported that no stored payment could be linked to, for a person to
+    look at (``athm_sync.unmatched``). Deleting one dismisses it; a scan that reads it again
+    lists it again."""
+
+    list_display = (
+        "first_seen_at",
+        "amount",
+        "reference_number",
+        "daily_transaction_id",
+        "transaction_date",
+        "source",
+        "times_seen",
+        "reason",
+    )
+    list_filter = ("source",)
+    search_fields = ("reference_number", "daily_transaction_id", "customer_name")
+    date_hierarchy = "first_seen_at"
+    readonly_fields = (
+        "amount",
+        "reference_number",
+        "daily_transaction_id",
+        "transaction_date",
+        "customer_name",
+        "customer_phone",
+        "message",
+        "source",
+        "reason",
+        "first_seen_at",
+        "last_seen_at",
+        "times_seen",
+    )
+    fields = readonly_fields
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("athm_sync.delete_unmatchedrefund")
+
+
+@admin.register(RefundIntent)
+class RefundIntentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
+    """Refunds being sent, or left half-done for the next run to settle (never re-sent)."""
+
+    list_display = ("payment", "amount", "refunded_before", "created_at", "busy_until", "note")
+    list_select_related = ("payment",)
+    readonly_fields = (
+        "payment",
+        "amount",
+        "message",
+        "refunded_before",
+        "created_at",
+        "busy_until",
+        "note",
     )
     fields = readonly_fields
 

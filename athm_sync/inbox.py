@@ -25,8 +25,9 @@ Decisions:
   with findPayment and what ATH Móvil says is applied; the others are made due for the next
   run. One that no stored payment can be is ``ignored``, with the reason.
 - A refund webhook names no ecommerceId: it is matched to the stored payment with its reference
-  number and verified by the refunded amount findPayment reports. A refund of a payment the
-  shop does not track is ``ignored``.
+  number and verified by the refunded amount findPayment reports. One whose reference names no
+  single stored payment is linked by the customer's phone and the amount
+  (:mod:`athm_sync.unmatched`); one linked to nothing is ``ignored`` and listed for review.
 - ``payment``, ``donation`` and ``simulated`` events are stored and ``ignored``.
 - A duplicate of an event that was applied, changed nothing or was ignored does nothing more.
   A duplicate of a ``rejected`` or ``pending`` one is verified again: ATH Móvil may have caught
@@ -52,7 +53,7 @@ from typing import Any, NamedTuple
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 
-from athm_sync import clock, deadlines, normalize, reconcile
+from athm_sync import clock, deadlines, normalize, reconcile, unmatched
 from athm_sync.client import ATHMovilClient, AuthenticationError, TransientError
 from athm_sync.conf import MAX_PAYMENT_TIMEOUT, AthmSyncSettings, get_settings
 from athm_sync.managers import StatusIn
@@ -698,7 +699,7 @@ def _process_refund(
     payments = list(Payment.objects.filter(reference_number=event.reference_number)[:2])
     if len(payments) != 1:
         found = "no stored payment has" if not payments else "several stored payments have"
-        return _Verdict(Outcome.IGNORED, f"{found} reference number {event.reference_number}")
+        return _link_refund(event, client, conf, f"{found} its reference number")
     payment = payments[0]
     observation, unsettled = _ask(client, payment.pk, payment)
     if unsettled is not None:
@@ -713,6 +714,40 @@ def _process_refund(
     observation = dataclasses.replace(observation, refunds=_refund_details(event))
     result = reconcile.apply(observation, source="webhook", conf=conf)
     return _verdict_of(result, "")
+
+
+def _link_refund(
+    event: WebhookEvent, client: ATHMovilClient, conf: AthmSyncSettings, reason: str
+) -> _Verdict:
+    """A refund webhook whose reference number names no single stored payment: linked by the
+    customer's phone, the amount and the date, or listed for a person (athm_sync.unmatched)."""
+    details = _refund_details(event)
+    if not details:
+        return _Verdict(Outcome.IGNORED, f"{reason}, and its record cannot be read")
+    detail = details[0]
+    try:
+        phone = normalize.digits(event.payload.get("phoneNumber"))
+        name = normalize.text(event.payload.get("name"), "name")
+    except ValueError:  # only what links it: without them it is listed
+        phone = name = ""
+    foreign = unmatched.ForeignRefund(
+        amount=event.amount or Decimal("0.00"),
+        reference_number=event.reference_number,
+        daily_transaction_id=detail.daily_transaction_id,
+        date=detail.transaction_date,
+        phone=phone,
+        name=name,
+        message=detail.message,
+        source="webhook",
+    )
+    linked = unmatched.link(client, conf, foreign, reason=reason)
+    if linked.listed is not None:
+        return _Verdict(Outcome.IGNORED, f"listed for review: {linked.reason}")
+    if linked.payment is None:  # ATH Móvil could not be asked: verified again later
+        return _Verdict(Outcome.PENDING, f"could not verify: {linked.reason}")
+    for result in linked.outcomes:
+        return _verdict_of(result, "linked by the customer's phone and the amount")
+    return _Verdict(Outcome.UNCHANGED, "already known", linked.payment)
 
 
 def _refund_details(event: WebhookEvent) -> tuple[reconcile.RefundDetail, ...]:

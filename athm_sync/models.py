@@ -466,3 +466,65 @@ class RunLock(models.Model):
         if not self.holder:
             return f"{self.name} (free)"
         return f"{self.name} (held by {self.holder} until {self.expires_at:%Y-%m-%d %H:%M:%S})"
+
+
+class RefundIntent(models.Model):
+    """A refund the shop is sending: reserved (committed) before the refund API is called and
+    deleted once ATH Móvil's answer is recorded. At most one per payment, so a second refund
+    of the payment started meanwhile is refused instead of sent.
+
+    One left behind (the process died, or the answer was lost and ATH Móvil did not show the
+    refund yet) is settled by reading the payment's refunded amount, never by calling the
+    refund API again (:func:`athm_sync.refunds.settle_intents`).
+    """
+
+    payment = models.OneToOneField(
+        Payment,
+        verbose_name=_("payment"),
+        related_name="refund_intent",
+        on_delete=models.CASCADE,
+    )
+    amount = MoneyField(_("amount"))
+    message = models.CharField(_("message"), max_length=50, blank=True)
+    # The payment's total_refunded_amount when the intent was reserved.
+    refunded_before = MoneyField(_("refunded before"))
+    created_at = AwareDateTimeField(_("created at"), default=timezone.now)
+    # Until then the process that reserved it may still be waiting for ATH Móvil's answer.
+    busy_until = AwareDateTimeField(_("in flight until"))
+    note = models.CharField(_("note"), max_length=255, blank=True)
+
+    class Meta:
+        verbose_name = _("ATH Móvil refund being sent")
+        verbose_name_plural = _("ATH Móvil refunds being sent")
+
+    def __str__(self) -> str:
+        return f"refund of ${self.amount} of payment {self.payment_id} being sent"
+
+
+class UnmatchedRefund(models.Model):
+    """A refund ATH Móvil reported (a report row, a refund webhook) that no stored payment
+    could be linked to, neither by its reference number nor by the customer's phone, the
+    amount and the date: listed for a person, never dropped in silence."""
+
+    # The refund's own record: its date and daily id name it (one business, one day, one id).
+    key = models.CharField(_("key"), max_length=200, unique=True)
+    source = models.CharField(_("seen in"), max_length=16)
+    reference_number = models.CharField(_("reference number"), max_length=100, blank=True)
+    daily_transaction_id = models.CharField(_("daily transaction id"), max_length=32, blank=True)
+    transaction_date = AwareDateTimeField(_("transaction date"), null=True, blank=True)
+    amount = MoneyField(_("amount"))
+    customer_name = models.CharField(_("customer name"), max_length=255, blank=True)
+    customer_phone = models.CharField(_("customer phone"), max_length=20, blank=True)
+    message = models.CharField(_("message"), max_length=255, blank=True)
+    reason = models.TextField(_("why it is unmatched"), blank=True)
+    first_seen_at = AwareDateTimeField(_("first seen at"), default=timezone.now)
+    last_seen_at = AwareDateTimeField(_("last seen at"), default=timezone.now)
+    times_seen = models.PositiveIntegerField(_("times seen"), default=1)
+
+    class Meta:
+        verbose_name = _("ATH Móvil refund matching no payment")
+        verbose_name_plural = _("ATH Móvil refunds matching no payment")
+        ordering = ("-first_seen_at", "-id")
+
+    def __str__(self) -> str:
+        return f"unmatched refund ${self.amount} ({self.reference_number or '-'})"

@@ -257,18 +257,26 @@ class RefundDetail:
     daily_transaction_id: str = ""
     transaction_date: datetime | None = None
     message: str = ""
+    # The refund's own reference number, when it is not the payment's.
+    reference_number: str = ""
 
 
 def refund_parts(growth: Decimal, details: tuple[RefundDetail, ...]) -> list[RefundDetail]:
     """The ``Refund`` rows one growth of the refunded amount becomes.
 
     One per detail when the details' amounts add up to the growth exactly (two refunds made
-    between two checks, each with its own record); otherwise one of the whole growth, with
-    the one detail that fits it (its amount unknown or equal), or none.
+    between two checks, each with its own record). When they add up to less, one per detail
+    and one more, without details, of the rest: refunds made elsewhere that no record told
+    of yet (the transaction report lends them their details later). Otherwise one of the
+    whole growth, with the one detail that fits it (its amount unknown or equal), or none.
     """
     amounts = [d.amount for d in details]
-    if amounts and None not in amounts and sum(amounts, Decimal("0.00")) == growth:
-        return list(details)
+    if amounts and None not in amounts:
+        known = sum(amounts, Decimal("0.00"))
+        if known == growth:
+            return list(details)
+        if Decimal("0.00") < known < growth:
+            return [RefundDetail(amount=growth - known), *details]
     fitting = [d for d in details if d.amount in (None, growth)]
     detail = fitting[0] if len(fitting) == 1 else RefundDetail()
     return [dataclasses.replace(detail, amount=growth)]
@@ -496,7 +504,7 @@ def _apply_locked(
                 refund = Refund.objects.create(
                     payment=payment,
                     amount=part.amount,
-                    reference_number=payment.reference_number,
+                    reference_number=(part.reference_number or payment.reference_number)[:100],
                     daily_transaction_id=part.daily_transaction_id[:32],
                     transaction_date=part.transaction_date,
                     message=part.message[:255],

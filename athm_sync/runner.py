@@ -32,6 +32,7 @@ from athm_sync.client import ATHMovilClient, ATHMovilError, AuthenticationError,
 from athm_sync.conf import AthmSyncSettings, get_settings
 from athm_sync.models import Payment, PaymentEvent, SyncRun
 from athm_sync.normalize import PUERTO_RICO
+from athm_sync.refunds import settle_intents
 
 logger = logging.getLogger("athm_sync.runner")
 
@@ -329,6 +330,7 @@ class Runner:
                         self._backfill(client)
                     else:
                         self._process_webhooks(client)
+                        self._settle_refunds(client)
                         if self.options.ecommerce_ids:
                             self._check_given(pool, client)
                         else:
@@ -447,6 +449,12 @@ class Runner:
             self.report.webhooks["pending"] = inbox.count_pending()
 
     # -- refunds made elsewhere ---------------------------------------------------------
+
+    def _settle_refunds(self, client: ATHMovilClient) -> None:
+        """Settle the refunds a process left half-done (reserved, no answer recorded), by
+        reading the refunded amount: the refund API is never called again."""
+        for outcome in settle_intents(client, self.conf):
+            self._record_outcome(outcome)
 
     def _scan_refunds(self, client: ATHMovilClient) -> None:
         """Read the transaction report for refunds made elsewhere, when the scan is due (at

@@ -274,8 +274,10 @@ class Command(OneLineErrorCommand):
         ]
         if report.refund_scan is not None:
             scan = report.refund_scan
+            unmatched = scan.get("unmatched") or 0
             lines.append(
                 f"  refund scan: {scan['rows']} report row(s), {scan['refunds']} new refund(s)"
+                + (f", {unmatched} matching no payment (listed in the admin)" if unmatched else "")
             )
         if report.backfill is not None:
             done = report.backfill
