@@ -11,9 +11,9 @@ from decimal import Decimal
 
 import pytest
 import requests
-from django.utils import timezone
 
 import athm_sync
+from athm_sync import clock
 from athm_sync.models import Payment, Refund, UnmatchedRefund
 from athm_sync.sandbox.formats import PR_TZ
 from athm_sync.unmatched import MAX_CANDIDATE_CALLS
@@ -46,7 +46,7 @@ def run() -> dict:
 
 
 def later(time_machine, seconds: float) -> None:
-    time_machine.move_to(timezone.now() + timedelta(seconds=seconds), tick=False)
+    time_machine.move_to(clock.now() + timedelta(seconds=seconds), tick=False)
 
 
 def test_the_sandbox_switch_gives_app_refunds_their_own_reference(sandbox):
