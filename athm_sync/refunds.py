@@ -107,8 +107,9 @@ def refund(
     ecommerce_id = payment.pk if isinstance(payment, Payment) else validate_ecommerce_id(payment)
     if connection.in_atomic_block:
         raise RefundError(
-            "refund() must be called outside a database transaction (ATOMIC_REQUESTS "
-            "included): the refund is reserved and committed before ATH Móvil is called"
+            "refund() must be called outside a database transaction, so that the refund is "
+            "reserved and committed before ATH Móvil is called (with ATOMIC_REQUESTS, decorate "
+            "the view with django.db.transaction.non_atomic_requests)"
         )
     own_client = client is None
     client = client or ATHMovilClient.from_settings()
