@@ -156,6 +156,39 @@ def test_a_receiver_that_raised_once_is_called_again_alone_after_the_backoff(
     assert run()[0] == 0 and rows() == ["flaky", "steady"]
 
 
+def test_the_runs_summary_says_how_many_receivers_are_failing(athm_settings, receivers):
+    completed_at_ath(athm_settings)
+    receivers(failures=1)
+    call("athm_sync")
+
+    code, out, _ = call("athm_sync")
+
+    since = ReceiverDelivery.objects.get().first_failed_at.isoformat()
+    assert code == 1
+    assert "failed receivers: retried 0, delivered 0, given up 0, still failing 1" in out
+    assert f"(since {since})" in out
+    assert "has failed 1 time(s) since" in out and "RuntimeError" in out
+
+
+def test_the_failed_receivers_page_costs_the_same_queries_however_many(
+    athm_settings, receivers, staff
+):
+    receivers(failures=100)
+    completed_at_ath(athm_settings, 2)
+    run()
+    few = query_count(staff, "/admin/athm_sync/receiverdelivery/")
+    completed_at_ath(athm_settings, 10)
+    run()
+    many = query_count(staff, "/admin/athm_sync/receiverdelivery/")
+    assert ReceiverDelivery.objects.count() == 12 and few == many
+
+
+def query_count(client: Any, url: str) -> int:
+    with CaptureQueriesContext(connection) as context:
+        assert client.get(url).status_code == 200
+    return len(context.captured_queries)
+
+
 def test_a_retry_that_fails_again_rolls_its_writes_back_and_backs_off(
     athm_settings, receivers, time_machine, caplog
 ):

@@ -236,7 +236,13 @@ class Command(OneLineErrorCommand):
         if self._json:
             self.stdout.write(json.dumps(report.as_json()))
             self.stdout.flush()
-        elif report.checked or report.errors or report.signals_sent:
+        elif (
+            report.checked
+            or report.signals_sent
+            or report.receivers["retried"]
+            # Receivers still failing are listed in every pass's errors: said when they change.
+            or report.error_count > report.receivers["failing"]
+        ):
             self._print_report(report)
 
     def _health(self, options: dict[str, Any]) -> NoReturn:
@@ -350,6 +356,14 @@ class Command(OneLineErrorCommand):
             f"run), receiver errors: {report.receiver_errors}",
             f"  errors: {report.error_count}",
         ]
+        receivers = report.receivers
+        if receivers["retried"] or receivers["failing"]:
+            lines.append(
+                f"  failed receivers: retried {receivers['retried']}, delivered "
+                f"{receivers['delivered']}, given up {receivers['given_up']}, still failing "
+                f"{receivers['failing']}"
+                + (f" (since {receivers['failing_since']})" if receivers["failing"] else "")
+            )
         if report.refund_scan is not None:
             scan = report.refund_scan
             lines.append(
