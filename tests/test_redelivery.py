@@ -189,6 +189,29 @@ def query_count(client: Any, url: str) -> int:
     return len(context.captured_queries)
 
 
+def retry_queries(sandbox: SandboxServer, time_machine: Any, count: int) -> int:
+    """The queries of one run that retries ``count`` failed receivers, each delivered."""
+    completed_at_ath(sandbox, count)
+    FLAKY["failures"] = count
+    run()
+    later(time_machine, minutes=1)
+    with CaptureQueriesContext(connection) as context:
+        code, summary = run()
+    assert code == 0 and summary["receivers"]["delivered"] == count
+    return len(context.captured_queries)
+
+
+def test_each_retry_costs_a_fixed_number_of_queries(athm_settings, receivers, time_machine):
+    receivers(failures=0)
+    five = retry_queries(athm_settings, time_machine, 5)
+    twenty = retry_queries(athm_settings, time_machine, 20)
+    per_retry = (twenty - five) / 15
+    print(f"\n{connection.vendor}: a run retrying 5 receivers: {five} queries, 20: {twenty}")
+    # The row locked with its event and payment, the mark, SAVEPOINT, the receiver's INSERT,
+    # RELEASE, "delivered", the event's count (on SQLite BEGIN and COMMIT are logged too).
+    assert per_retry == int(per_retry) and per_retry <= 9, (five, twenty)
+
+
 def test_a_retry_that_fails_again_rolls_its_writes_back_and_backs_off(
     athm_settings, receivers, time_machine, caplog
 ):
