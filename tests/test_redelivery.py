@@ -232,6 +232,62 @@ def test_a_retry_that_fails_again_rolls_its_writes_back_and_backs_off(
     assert warned.levelno == logging.WARNING and warned.exc_info[0] is RuntimeError
 
 
+@pytest.fixture
+def refuse_delivered_mark(db):
+    """A trigger that makes the database refuse to mark a failed receiver delivered, as a full
+    disk would at that moment: after the receiver ran, before the commit."""
+    table = ReceiverDelivery._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "CREATE FUNCTION athm_test_refuse_mark() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'could not extend file: No space left on device'; END $$ "
+                "LANGUAGE plpgsql"
+            )
+            cursor.execute(
+                f"CREATE TRIGGER athm_test_refuse_mark BEFORE UPDATE ON {table} FOR EACH ROW "
+                "WHEN (NEW.delivered_at IS NOT NULL) EXECUTE FUNCTION athm_test_refuse_mark()"
+            )
+        else:
+            cursor.execute(
+                f"CREATE TRIGGER athm_test_refuse_mark BEFORE UPDATE ON {table} "
+                "WHEN NEW.delivered_at IS NOT NULL BEGIN "
+                "SELECT RAISE(ABORT, 'database or disk is full'); END"
+            )
+
+    def remove() -> None:
+        with connection.cursor() as cursor:
+            on = f" ON {table}" if connection.vendor == "postgresql" else ""
+            cursor.execute(f"DROP TRIGGER IF EXISTS athm_test_refuse_mark{on}")
+            if connection.vendor == "postgresql":
+                cursor.execute("DROP FUNCTION IF EXISTS athm_test_refuse_mark()")
+
+    yield remove
+    remove()
+
+
+def test_the_receivers_writes_commit_only_with_the_delivered_mark(
+    athm_settings, receivers, time_machine, refuse_delivered_mark
+):
+    completed_at_ath(athm_settings)
+    receivers(failures=1)
+    run()
+    later(time_machine, minutes=1)
+
+    code, summary = run()  # flaky runs and writes, then "delivered" cannot be written
+
+    assert code == 1 and rows() == ["steady"]  # its row went with the refused mark
+    assert any("could not be retried" in error["reason"] for error in summary["errors"])
+    delivery = ReceiverDelivery.objects.get()
+    assert delivery.delivered_at is None and delivery.attempts == 1
+    assert delivery.next_attempt_at <= timezone.now()  # still due
+
+    refuse_delivered_mark()
+    code, summary = run()
+    assert code == 0 and rows() == ["flaky", "steady"]
+    assert summary["receivers"]["delivered"] == 1
+
+
 def test_a_receiver_that_keeps_failing_is_given_up_loudly_once(
     athm_settings, receivers, time_machine, caplog, settings
 ):
