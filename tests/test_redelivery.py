@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import random
 import selectors
 import signal
 import subprocess
@@ -35,6 +37,7 @@ from tests.test_overlap import child_env, start_child
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+KILL_SEED = int(os.environ.get("ATHM_TEST_KILL_SEED", "20261204"))
 RECONCILE = "athm_sync.reconcile"  # logs the first send's failure
 # How many more calls of ``flaky`` raise.
 FLAKY = {"failures": 0}
@@ -581,6 +584,38 @@ def test_a_retry_killed_inside_the_receiver_is_made_again_once(
     assert list(Fulfilment.objects.values_list("kind", flat=True)) == ["payment_completed"]
     delivery.refresh_from_db()
     assert delivery.delivered_at is not None
+
+
+def test_retries_killed_at_random_moments_deliver_each_receiver_exactly_once(
+    athm_settings: SandboxServer, time_machine: Any, tmp_path: Path
+) -> None:
+    """Runs retrying 60 failed receivers (20 ms each), SIGKILLed at seeded random moments;
+    then the next runs: every receiver's row exactly once, none lost, none doubled."""
+    failed_two_minutes_ago(athm_settings, time_machine, 60)
+    seed = f"{KILL_SEED}-{connection.vendor}"
+    rng = random.Random(seed)
+    env = {**child_env(athm_settings, tmp_path / "signals.log"), shop.RECEIVER_ENV: "slow"}
+    kills = 0
+    partly = 0  # kills after which some retries were done and some not
+    for _ in range(8):
+        if not outbox.failing().exists():
+            break
+        child = start_child(env)
+        try:
+            child.wait(timeout=rng.uniform(0.3, 1.3))
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGKILL)
+            kills += 1
+            partly += 0 < Fulfilment.objects.count() < 60
+        child.communicate(timeout=30)
+
+    retry_until_delivered(time_machine)
+
+    per_payment = Counter(Fulfilment.objects.values_list("payment_id", flat=True))
+    print(f"\n{connection.vendor}: {kills} kills ({partly} mid-batch), seed {seed}")
+    assert kills > 0, seed
+    assert len(per_payment) == 60 and set(per_payment.values()) == {1}, seed
+    assert not outbox.outstanding().exists()
 
 
 def test_two_runs_at_once_never_deliver_a_retry_twice(
