@@ -474,6 +474,7 @@ def test_redeliver_sends_now_and_refuses_bad_ids_changing_nothing(athm_settings,
         ([str(second.pk + 100)], f"no failed receiver with id {second.pk + 100}"),
         ([str(first.pk), "all"], "ids or 'all', not both"),
         (["all", "--dry-run"], "--redeliver does not go with --dry-run"),
+        (["all", "--health"], "--redeliver does not go with --health"),
     ]:
         code, out, err = call("athm_sync", "--redeliver", *bad)
         assert (code, out) == (2, "") and says in err and err.count("\n") <= 1, err

@@ -55,7 +55,8 @@ class Command(OneLineErrorCommand):
     program = PROGRAM
     help = (
         "Ask ATH Móvil about every payment that can still change, apply each transition once "
-        "and send its signal. Exit 0: all checked; 1: some could not be checked; 2: cannot run."
+        "and send its signal. Exit 0: all checked; 1: some could not be checked, or a signal "
+        "receiver is failing; 2: cannot run."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -144,10 +145,10 @@ class Command(OneLineErrorCommand):
             conf = get_settings()
         except ImproperlyConfigured as error:
             self._fail(f"bad ATHM_SYNC setting: {error}")
-        if options["health"] or options["max_age"] is not None:
-            self._health(options)
         if options["redeliver"] is not None:
             self._redeliver(options, conf)
+        if options["health"] or options["max_age"] is not None:
+            self._health(options)
         unknown = unknown_keys()
         if unknown:
             self.stderr.write(
@@ -279,6 +280,8 @@ class Command(OneLineErrorCommand):
                 ("--watch", options["watch"]),
                 ("--interval", options["interval"] is not None),
                 ("--iterations", options["iterations"] is not None),
+                ("--health", options["health"]),
+                ("--max-age", options["max_age"] is not None),
             )
             if given
         ]
