@@ -51,6 +51,9 @@ DEFAULTS: dict[str, Any] = {
     # Settled webhook events, sent payment events and sync runs older than this are deleted
     # by the sync itself, a bounded batch per run. Payments and refunds are never deleted.
     "HISTORY_RETENTION": timedelta(days=90),
+    # A signal receiver that raised is called again, alone, with backoff, for this long after
+    # it first failed; then it is given up (athm_sync.outbox).
+    "RECEIVER_GIVE_UP_AFTER": timedelta(days=3),
     "AUTO_CAPTURE": True,
     # Seconds the webhook view may spend verifying an event with ATH Móvil, in total (retries
     # and the whole answer included), before it answers 200 and leaves the event pending.
@@ -74,6 +77,7 @@ _DURATIONS = (
     "REFUND_SCAN_WINDOW",
     "REFUND_SCAN_INTERVAL",
     "HISTORY_RETENTION",
+    "RECEIVER_GIVE_UP_AFTER",
 )
 _URLS = ("API_BASE_URL", "REPORT_BASE_URL")
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
@@ -116,6 +120,7 @@ class AthmSyncSettings:
     refund_scan_window: timedelta
     refund_scan_interval: timedelta
     history_retention: timedelta
+    receiver_give_up_after: timedelta
     auto_capture: bool
     webhook_verify_timeout: float
 
@@ -242,6 +247,7 @@ def get_settings() -> AthmSyncSettings:
         refund_scan_window=_as_timedelta(values["REFUND_SCAN_WINDOW"]),
         refund_scan_interval=_as_timedelta(values["REFUND_SCAN_INTERVAL"]),
         history_retention=_as_timedelta(values["HISTORY_RETENTION"]),
+        receiver_give_up_after=_as_timedelta(values["RECEIVER_GIVE_UP_AFTER"]),
         auto_capture=values["AUTO_CAPTURE"],
         webhook_verify_timeout=float(values["WEBHOOK_VERIFY_TIMEOUT"]),
     )

@@ -309,8 +309,10 @@ class PaymentEvent(models.Model):
     )
     created_at = AwareDateTimeField(_("created at"), default=timezone.now)
     dispatched_at = AwareDateTimeField(_("dispatched at"), null=True, blank=True)
+    # Receivers that raised and have not been delivered since (still retried, or given up):
+    # each has a ReceiverDelivery; a retry that succeeds takes one off.
     receiver_errors = models.PositiveIntegerField(_("receiver errors"), default=0)
-    # Each receiver that raised when the signal was sent: {"receiver": ..., "error": ...}.
+    # Each receiver that raised when the signal was first sent: {"receiver": ..., "error": ...}.
     errors = models.JSONField(_("receiver errors, in full"), default=list, blank=True)
 
     class Meta:
@@ -330,6 +332,65 @@ class PaymentEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} ({self.payment_id})"
+
+
+class ReceiverDelivery(models.Model):
+    """One receiver of an event's signal that raised, and its retries (``athm_sync.outbox``).
+
+    Written in the transaction that sent the signal, so a failure is never lost. The receiver
+    is named by its dotted path (``module.qualname``) and found again among the signal's live
+    receivers at each retry; only it is called again, never the receivers that succeeded.
+    Outstanding while neither ``delivered_at`` nor ``given_up_at`` is set; due at
+    ``next_attempt_at``.
+    """
+
+    event = models.ForeignKey(
+        PaymentEvent,
+        verbose_name=_("event"),
+        related_name="receiver_deliveries",
+        on_delete=models.CASCADE,
+    )
+    receiver = models.CharField(_("receiver"), max_length=500)
+    # Calls that raised: the first send, then each retry that failed.
+    attempts = models.PositiveIntegerField(_("failed attempts"), default=1)
+    first_failed_at = AwareDateTimeField(_("first failed at"))
+    last_failed_at = AwareDateTimeField(_("last failed at"))
+    next_attempt_at = AwareDateTimeField(_("next attempt at"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True, default="")
+    delivered_at = AwareDateTimeField(_("delivered at"), null=True, blank=True)
+    given_up_at = AwareDateTimeField(_("given up at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("ATH Móvil failed receiver")
+        verbose_name_plural = _("ATH Móvil failed receivers")
+        ordering = ("-first_failed_at", "-id")
+        constraints = [
+            models.UniqueConstraint(fields=["event", "receiver"], name="athm_delivery_unique"),
+        ]
+        indexes = [
+            # Each run reads only the failing ones that are due, most overdue first.
+            models.Index(
+                fields=["next_attempt_at", "id"],
+                condition=Q(delivered_at__isnull=True, given_up_at__isnull=True),
+                name="athm_delivery_due_idx",
+            ),
+            # --health counts the ones given up lately; they are few.
+            models.Index(
+                fields=["given_up_at"],
+                condition=Q(given_up_at__isnull=False),
+                name="athm_delivery_given_up_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.receiver} for event {self.event_id} ({self.state})"
+
+    @property
+    def state(self) -> str:
+        """``delivered``, ``given up`` or ``failing``."""
+        if self.delivered_at is not None:
+            return "delivered"
+        return "given up" if self.given_up_at is not None else "failing"
 
 
 class SyncRun(models.Model):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import random
@@ -43,7 +44,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import AsyncToSync, async_to_sync
 from django.db import DatabaseError, OperationalError, connection, transaction
 from django.db.models import Q, QuerySet
 
@@ -735,7 +736,11 @@ def _dispatch_one(pk: int, event: PaymentEvent | None = None) -> int | None:
             return None
         errors = _send(event)
         if errors:
+            from athm_sync import outbox  # it builds on this module
+
             PaymentEvent.objects.filter(pk=pk).update(receiver_errors=len(errors), errors=errors)
+            # In this same transaction: a failure recorded is a failure retried, by later runs.
+            outbox.record_failures(event, errors, clock.now())
     return len(errors)
 
 
@@ -766,8 +771,9 @@ def dispatch_pending() -> Dispatched:
     return result
 
 
-def _signal_of(event: PaymentEvent) -> tuple[Any, type, dict[str, Any]]:
-    """The signal an event sends, its sender and its arguments."""
+def signal_of(event: PaymentEvent) -> tuple[Any, type, dict[str, Any]]:
+    """The signal an event sends, its sender and its arguments (its payment and refund as
+    loaded with it)."""
     payment = event.payment
     kind = PaymentEvent.Kind
     if event.kind == kind.REFUND_SENT:
@@ -780,34 +786,70 @@ def _signal_of(event: PaymentEvent) -> tuple[Any, type, dict[str, Any]]:
             "reason": payment.mismatch_reason,
         }
         return signals.payment_mismatched, Payment, arguments
-    signal = {
-        kind.COMPLETED: signals.payment_completed,
-        kind.CANCELLED: signals.payment_cancelled,
-        kind.EXPIRED: signals.payment_expired,
-    }[event.kind]
-    return signal, Payment, {"payment": payment}
+    return signal_for_kind(event.kind), Payment, {"payment": payment}
+
+
+def signal_for_kind(kind: str) -> Any:
+    """The signal an event of ``kind`` sends."""
+    return {
+        PaymentEvent.Kind.COMPLETED: signals.payment_completed,
+        PaymentEvent.Kind.CANCELLED: signals.payment_cancelled,
+        PaymentEvent.Kind.EXPIRED: signals.payment_expired,
+        PaymentEvent.Kind.REFUND_SENT: signals.refund_sent,
+        PaymentEvent.Kind.MISMATCHED: signals.payment_mismatched,
+    }[kind]
 
 
 def _send(event: PaymentEvent) -> list[dict[str, str]]:
     """Call each receiver of the event's signal in a savepoint; returns the failures."""
-    signal, sender, arguments = _signal_of(event)
+    signal, sender, arguments = signal_of(event)
     errors = []
-    for receiver in _receivers(signal, sender):
-        try:
-            with transaction.atomic():
-                receiver(signal=signal, sender=sender, **arguments)
-        except Exception as error:
-            name = _name_of(receiver)
-            errors.append({"receiver": name, "error": f"{type(error).__name__}: {error}"[:500]})
-            logger.error(
-                "Receiver %s of %s failed for payment %s; its database writes were rolled back",
-                name,
-                event.kind,
-                event.payment_id,
-                exc_info=(type(error), error, error.__traceback__),
-            )
+    for name, receiver in named_receivers(signal, sender):
+        error = call_receiver(receiver, signal, sender, arguments)
+        if error is None:
+            continue
+        errors.append({"receiver": name, "error": describe_error(error)})
+        logger.error(
+            "Receiver %s of %s failed for payment %s; its database writes were rolled back",
+            name,
+            event.kind,
+            event.payment_id,
+            exc_info=(type(error), error, error.__traceback__),
+        )
     logger.debug("Sent %s for payment %s (sender %s)", event.kind, event.payment_id, sender)
     return errors
+
+
+def call_receiver(
+    receiver: Callable[..., Any], signal: Any, sender: type, arguments: dict[str, Any]
+) -> Exception | None:
+    """Call one receiver in a savepoint; returns what it raised (its writes rolled back), or
+    ``None`` when it returned."""
+    try:
+        with transaction.atomic():
+            receiver(signal=signal, sender=sender, **arguments)
+    except Exception as error:
+        return error
+    return None
+
+
+def describe_error(error: BaseException) -> str:
+    """A receiver's error as it is recorded: its type and message, cut to 500 characters."""
+    return f"{type(error).__name__}: {error}"[:500]
+
+
+def named_receivers(signal: Any, sender: type) -> list[tuple[str, Callable[..., Any]]]:
+    """The live receivers of ``signal`` for ``sender``, in the order they are called, each with
+    the name a failure is recorded under (:func:`_name_of`). A second receiver of the same
+    name (closures made in a loop) is named ``name#2``, a third ``name#3``..., so that a retry
+    calls the very one that failed."""
+    named = []
+    seen: dict[str, int] = {}
+    for receiver in _receivers(signal, sender):
+        name = _name_of(receiver)
+        seen[name] = seen.get(name, 0) + 1
+        named.append((name if seen[name] == 1 else f"{name}#{seen[name]}", receiver))
+    return named
 
 
 def _receivers(signal: Any, sender: type) -> list[Callable[..., Any]]:
@@ -823,8 +865,17 @@ def _receivers(signal: Any, sender: type) -> list[Callable[..., Any]]:
 
 
 def _name_of(receiver: Any) -> str:
-    module = getattr(receiver, "__module__", "")
-    name = getattr(receiver, "__qualname__", None) or repr(receiver)
+    """A receiver's dotted name, ``module.qualname``: the same in every process running the
+    same code. An async receiver is named for its coroutine function, a ``partial`` for its
+    function, a callable object for its class (never a ``repr`` holding a memory address)."""
+    if isinstance(receiver, AsyncToSync):
+        receiver = receiver.awaitable
+    while isinstance(receiver, functools.partial):
+        receiver = receiver.func
+    if getattr(receiver, "__qualname__", None) is None:
+        receiver = type(receiver)
+    module = getattr(receiver, "__module__", "") or ""
+    name = receiver.__qualname__
     return f"{module}.{name}" if module else name
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from django.db import DatabaseError
 from django.db.models import Q
 
-from athm_sync import clock, inbox, reconcile, retention
+from athm_sync import clock, inbox, outbox, reconcile, retention
 from athm_sync import report as transaction_report
 from athm_sync.client import ATHMovilClient, ATHMovilError, AuthenticationError, TransientError
 from athm_sync.conf import AthmSyncSettings, get_settings
@@ -56,6 +56,11 @@ EXIT_OK, EXIT_ERRORS, EXIT_CANNOT_RUN = 0, 1, 2
 # What became of the pending webhook events a run verified; "pending": how many are still
 # waiting because ATH Móvil could not verify them.
 WEBHOOK_OUTCOMES = ("applied", "unchanged", "rejected", "ignored", "pending")
+
+
+def _no_receivers() -> dict[str, Any]:
+    """The ``receivers`` document of a run that retried none and found none failing."""
+    return {"retried": 0, "delivered": 0, "given_up": 0, "failing": 0, "failing_since": None}
 
 
 # A payment to ask ATH Móvil about, and whether it may be captured.
@@ -123,6 +128,9 @@ class RunReport:
     signals_sent: int = 0
     receiver_errors: int = 0
     redispatched: int = 0
+    # Receivers that raised earlier, called again by this run (athm_sync.outbox), and how many
+    # are still failing once it is done.
+    receivers: dict[str, Any] = field(default_factory=_no_receivers)
     webhooks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WEBHOOK_OUTCOMES, 0))
     refund_scan: dict[str, Any] | None = None
     backfill: dict[str, Any] | None = None
@@ -173,6 +181,7 @@ class RunReport:
             "signals_sent": self.signals_sent,
             "receiver_errors": self.receiver_errors,
             "redispatched": self.redispatched,
+            "receivers": dict(self.receivers),
             "webhooks": dict(self.webhooks),
             "refund_scan": self.refund_scan,
             "backfill": self.backfill,
@@ -313,6 +322,7 @@ class Runner:
         try:
             if not self.options.dry_run:
                 self._dispatch_leftovers()
+                self._retry_receivers()
                 # Retried like every write of a run: SQLite's one writer may be another run.
                 sync_run = reconcile.run_locked(
                     lambda: SyncRun.objects.create(
@@ -354,11 +364,14 @@ class Runner:
         report.duration_seconds = time.monotonic() - started
         report.unreachable = report.checked == 0 and report.only_connect_failures
         report.ath_down = report.unreachable or self._gave_up_on_ath
+        if not self.options.dry_run:
+            self._list_failing_receivers()
         if failure is not None:
             report.exit_code = EXIT_CANNOT_RUN
             report.add_error("", str(failure))
         elif report.error_count or report.receiver_errors:
-            # A receiver that raised left the shop's side of a transition undone: say so.
+            # A receiver that raised, or one still failing since an earlier run, left the
+            # shop's side of a transition undone: say so (each is listed in the errors).
             report.exit_code = EXIT_ERRORS
         if sync_run is not None:
             self._finish(sync_run)
@@ -389,6 +402,46 @@ class Runner:
         report.receiver_errors += dispatched.receiver_errors
         if dispatched.problem:
             self._record_error("", dispatched.problem)
+
+    def _retry_receivers(self) -> None:
+        """Call again the receivers that raised earlier and are due for a retry (a bounded
+        batch, ``outbox.RETRY_BATCH``). Each that fails again counts as a receiver error;
+        one given up now is listed in the errors (the failing ones are listed at the end)."""
+        try:
+            attempts = outbox.retry_due(conf=self.conf)
+        except DatabaseError as error:
+            self._record_error("", f"failed receivers could not be retried: {error}")
+            return
+        report = self.report
+        report.receivers.update(
+            retried=len(attempts.done), delivered=attempts.delivered, given_up=attempts.given_up
+        )
+        report.receiver_errors += attempts.failed
+        for attempt in attempts.done:
+            if attempt.given_up:
+                self._record_error(attempt.ecommerce_id, attempt.description)
+        for pk, reason in attempts.problems:
+            self._record_error("", f"failed receiver {pk} could not be retried: {reason}")
+
+    def _list_failing_receivers(self) -> None:
+        """List every receiver still failing in the errors (the first ``SAMPLE_SIZE``; the
+        count is exact): until it is delivered or given up, no run looks clean."""
+        try:
+            rows = list(
+                outbox.failing()
+                .select_related("event")
+                .order_by("first_failed_at", "pk")[:SAMPLE_SIZE]
+            )
+            total = len(rows) if len(rows) < SAMPLE_SIZE else outbox.failing().count()
+        except DatabaseError as error:
+            self._record_error("", f"failed receivers could not be read: {error}")
+            return
+        report = self.report
+        report.receivers["failing"] = total
+        report.receivers["failing_since"] = rows[0].first_failed_at.isoformat() if rows else None
+        for delivery in rows:
+            self._record_error(delivery.event.payment_id, outbox.describe(delivery))
+        report.error_count += total - len(rows)
 
     def _abort(self, sync_run: SyncRun, error: BaseException, started: float) -> None:
         report = self.report

@@ -7,9 +7,9 @@ that the command or the other doors decide differently.
 
 How the command's exit codes become task results:
 
-- exit 0 and exit 1 (some payments could not be checked; they are retried by the next run)
-  are a normal result: the JSON-able ``--json`` summary, with its ``exit_code``, plus
-  ``"skipped": False``;
+- exit 0 and exit 1 (some payments could not be checked, or a signal receiver is failing;
+  both are retried by the next run) are a normal result: the JSON-able ``--json`` summary,
+  with its ``exit_code``, plus ``"skipped": False``;
 - exit 2 (bad ``ATHM_SYNC`` settings or options, credentials rejected) raises
   :class:`athm_sync.runner.CannotRun` with the command's one-line message: the task fails.
   Nothing retries it by itself; the next scheduled run tries again (and fails the same way

@@ -1,8 +1,9 @@
 """``manage.py athm_sync``: check every due payment with ATH Móvil and apply what changed.
 
 Exit status: 0 when every due payment was checked, 1 when some could not be checked after
-retries (each listed in the summary), 2 when the run cannot happen (bad settings or options,
-credentials rejected). Expected failures print one line on stderr, never a traceback.
+retries or a signal receiver is failing (each listed in the summary), 2 when the run cannot
+happen (bad settings or options, credentials rejected). Expected failures print one line on
+stderr, never a traceback.
 
 The work is done by :class:`athm_sync.runner.Runner`; this module parses and prints.
 """
@@ -18,11 +19,13 @@ from typing import Any, NoReturn
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandParser
 
+from athm_sync import outbox
 from athm_sync.conf import get_settings, unknown_keys
 from athm_sync.health import check_health, parse_duration
 from athm_sync.management.base import OneLineErrorCommand
 from athm_sync.runner import (
     EXIT_CANNOT_RUN,
+    EXIT_ERRORS,
     CannotRun,
     Change,
     Runner,
@@ -52,7 +55,8 @@ class Command(OneLineErrorCommand):
     program = PROGRAM
     help = (
         "Ask ATH Móvil about every payment that can still change, apply each transition once "
-        "and send its signal. Exit 0: all checked; 1: some could not be checked; 2: cannot run."
+        "and send its signal. Exit 0: all checked; 1: some could not be checked, or a signal "
+        "receiver is failing; 2: cannot run."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -124,6 +128,13 @@ class Command(OneLineErrorCommand):
             metavar="DURATION",
             help="With --health: how recent the last successful run must be (default 10m).",
         )
+        parser.add_argument(
+            "--redeliver",
+            nargs="+",
+            metavar="ID",
+            help="Check nothing: call these failed signal receivers again now (ids from the "
+            "admin or the run's errors), or 'all' of them; exit 1 if one fails again.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._json = options["json"]
@@ -134,6 +145,8 @@ class Command(OneLineErrorCommand):
             conf = get_settings()
         except ImproperlyConfigured as error:
             self._fail(f"bad ATHM_SYNC setting: {error}")
+        if options["redeliver"] is not None:
+            self._redeliver(options, conf)
         if options["health"] or options["max_age"] is not None:
             self._health(options)
         unknown = unknown_keys()
@@ -224,7 +237,13 @@ class Command(OneLineErrorCommand):
         if self._json:
             self.stdout.write(json.dumps(report.as_json()))
             self.stdout.flush()
-        elif report.checked or report.errors or report.signals_sent:
+        elif (
+            report.checked
+            or report.signals_sent
+            or report.receivers["retried"]
+            # Receivers still failing are listed in every pass's errors: said when they change.
+            or report.error_count > report.receivers["failing"]
+        ):
             self._print_report(report)
 
     def _health(self, options: dict[str, Any]) -> NoReturn:
@@ -244,6 +263,74 @@ class Command(OneLineErrorCommand):
             write = self.stdout.write if health.healthy else self.stderr.write
             write(f"{PROGRAM}: {state}: {health.reason}")
         sys.exit(0 if health.healthy else 1)
+
+    def _redeliver(self, options: dict[str, Any], conf: Any) -> NoReturn:
+        """``--redeliver``: call failed receivers again now; exit 0 when each was delivered,
+        1 when one failed again, 2 (nothing called) for bad ids or options."""
+        others = [
+            name
+            for name, given in (
+                ("--dry-run", options["dry_run"]),
+                ("--ecommerce-id", options["ecommerce_id"]),
+                ("--limit", options["limit"] is not None),
+                ("--workers", options["workers"] is not None),
+                ("--from-date", options["from_date"] is not None),
+                ("--to-date", options["to_date"] is not None),
+                ("--no-signals", not options["signals"]),
+                ("--watch", options["watch"]),
+                ("--interval", options["interval"] is not None),
+                ("--iterations", options["iterations"] is not None),
+                ("--health", options["health"]),
+                ("--max-age", options["max_age"] is not None),
+            )
+            if given
+        ]
+        if others:
+            self._fail(f"--redeliver does not go with {', '.join(others)}")
+        try:
+            attempts = outbox.redeliver(outbox.parse_ids(options["redeliver"]), conf=conf)
+        except outbox.RedeliveryError as error:
+            self._fail(str(error))
+        if self._json:
+            self.stdout.write(
+                json.dumps(
+                    {
+                        "redelivered": len(attempts.done),
+                        "delivered": attempts.delivered,
+                        "failed": attempts.failed,
+                        "given_up": attempts.given_up,
+                        "results": [
+                            {
+                                "id": attempt.delivery_id,
+                                "receiver": attempt.receiver,
+                                "ecommerce_id": str(attempt.ecommerce_id),
+                                "delivered": attempt.delivered,
+                                "error": attempt.error,
+                            }
+                            for attempt in attempts.done
+                        ],
+                        "errors": [
+                            {"id": pk, "reason": reason} for pk, reason in attempts.problems
+                        ],
+                    }
+                )
+            )
+        elif self._verbosity >= 1 or attempts.failed or attempts.problems:
+            lines = [
+                f"{PROGRAM}: called {len(attempts.done)} failed receiver(s) again: "
+                f"{attempts.delivered} delivered, {attempts.failed} failed again"
+            ]
+            lines += [
+                f"    {attempt.ecommerce_id}: {attempt.description}"
+                for attempt in attempts.done
+                if not attempt.delivered
+            ]
+            lines += [
+                f"    -: failed receiver {pk} could not be called: {reason}"
+                for pk, reason in attempts.problems
+            ]
+            self.stdout.write("\n".join(lines))
+        sys.exit(EXIT_ERRORS if attempts.failed or attempts.problems else 0)
 
     # -- output ------------------------------------------------------------------------------
 
@@ -272,6 +359,14 @@ class Command(OneLineErrorCommand):
             f"run), receiver errors: {report.receiver_errors}",
             f"  errors: {report.error_count}",
         ]
+        receivers = report.receivers
+        if receivers["retried"] or receivers["failing"]:
+            lines.append(
+                f"  failed receivers: retried {receivers['retried']}, delivered "
+                f"{receivers['delivered']}, given up {receivers['given_up']}, still failing "
+                f"{receivers['failing']}"
+                + (f" (since {receivers['failing_since']})" if receivers["failing"] else "")
+            )
         if report.refund_scan is not None:
             scan = report.refund_scan
             unmatched = scan.get("unmatched") or 0
