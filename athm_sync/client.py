@@ -357,6 +357,8 @@ class ATHMovilClient:
 
     Safe to share between threads; ``pool_size`` should be at least the number of threads.
     ``sleep`` is how it waits between retries (tests pass a recorder instead of sleeping).
+    ``should_stop`` is asked before each retry: once it says the run is stopping, a failed
+    call is not tried again (its error is raised at once).
     """
 
     def __init__(
@@ -372,6 +374,7 @@ class ATHMovilClient:
         retry_deadline: float = 30.0,
         pool_size: int = 10,
         sleep: Callable[[float], None] = time.sleep,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         if not isinstance(public_token, str) or not public_token.strip():
             raise ValueError("public_token must be the non-blank public token of the business")
@@ -387,6 +390,7 @@ class ATHMovilClient:
         self.max_attempts = _positive("max_attempts", max_attempts, whole=True)
         self.pool_size = _positive("pool_size", pool_size, whole=True)
         self._sleep = sleep
+        self._should_stop = should_stop or (lambda: False)
         self.session = requests.Session()
         # No retries inside urllib3: tenacity decides, knowing which calls are repeatable.
         adapter = _TrackingAdapter(pool_connections=2, pool_maxsize=self.pool_size, max_retries=0)
@@ -617,7 +621,8 @@ class ATHMovilClient:
         started = time.monotonic()
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.max_attempts)
-            | tenacity.stop_before_delay(self.retry_deadline),
+            | tenacity.stop_before_delay(self.retry_deadline)
+            | (lambda state: self._should_stop()),
             wait=tenacity.wait_random_exponential(multiplier=0.25, max=8),
             retry=tenacity.retry_if_exception(
                 lambda error: (
@@ -629,8 +634,19 @@ class ATHMovilClient:
             sleep=self._sleep,
             reraise=True,
         )
+        failed: list[BaseException] = []
+
+        def attempt() -> Any:
+            if failed and self._should_stop():
+                raise failed[-1]  # the stop came while waiting to retry: no more attempts
+            try:
+                return self._attempt(endpoint, body, auth_token, started)
+            except Exception as error:
+                failed.append(error)
+                raise
+
         try:
-            return retrying(self._attempt, endpoint, body, auth_token, started)
+            return retrying(attempt)
         except _NotSent as not_sent:
             raise TransientError(str(not_sent), call=endpoint.name) from None
 
