@@ -419,7 +419,7 @@ class Runner:
             # A receiver that raised left the shop's side of a transition undone: say so.
             report.exit_code = EXIT_ERRORS
         if sync_run is not None:
-            self._finish(sync_run)
+            database.on_new_connection(lambda: self._finish(sync_run))
             self._prune()
         if failure is not None:
             raise failure
