@@ -248,6 +248,52 @@ def test_an_in_process_run_leaves_the_signal_handlers_as_they_were(athm_settings
     assert after == {signal.SIGTERM: mine, signal.SIGINT: mine}
 
 
+def test_a_task_run_in_a_worker_thread_stops_on_the_workers_shutdown(athm_settings):
+    """Celery's threads pool runs a task outside the main thread, where no signal handler can
+    be installed: the worker's ``worker_shutting_down`` stops the run between payments."""
+    pytest.importorskip("celery")
+    from celery.signals import worker_shutting_down
+
+    import athm_sync.contrib.celery  # noqa: F401 - connects its worker_shutting_down receiver
+    from athm_sync.contrib import jobs
+
+    sandbox = athm_settings
+    ids = completed_at_ath(sandbox, 20)
+    sandbox.set_latency(0.1)
+    answered = threading.Event()
+    real_count = sandbox.state.count
+
+    def count(endpoint: str) -> None:
+        real_count(endpoint)
+        if sandbox.counts().get("findPayment", 0) >= 3:
+            answered.set()
+
+    summary: dict[str, Any] = {}
+
+    def task() -> None:
+        try:
+            summary.update(jobs.sync_run(workers=2))
+        finally:
+            connection.close()
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    sandbox.state.count = count  # type: ignore[method-assign]
+    try:
+        thread = threading.Thread(target=task)
+        thread.start()
+        assert answered.wait(timeout=WAIT), "the run never asked ATH Móvil"
+        worker_shutting_down.send(sender="celery@test", sig="SIGTERM", how="Warm", exitcode=0)
+        thread.join(timeout=WAIT)
+    finally:
+        sandbox.state.count = real_count  # type: ignore[method-assign]
+
+    assert summary["stopped"] == "SIGTERM" and summary["exit_code"] == 143
+    assert summary["checked"] < len(ids)
+    assert SyncRun.objects.get(pk=summary["sync_run_id"]).exit_code == 143
+    assert claims_held() == 0
+    assert handlers == {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
 # -- a run that dies: its record is closed by the next run -----------------------------------
 
 
