@@ -327,6 +327,7 @@ class Runner:
         ) or (lambda: False)
         # The database error that showed the connection is gone, once one did.
         self._lost: BaseException | None = None
+        self._unreleased = ""  # why the claims could not be released, when they could not
         self._failing = 0  # payments in a row ATH Móvil failed to answer
         self._gave_up_on_ath = False
         self.conf = conf or get_settings()
@@ -456,14 +457,14 @@ class Runner:
             if not quietly:
                 raise
             self._unreleased = database.first_line(error)
+            if self._lost is not None:
+                return  # the run's one line says it
             logger.warning(
                 "Could not release the claims of run %s (%s); they are free again within %s",
                 self.run_id,
                 self._unreleased,
                 reconcile.CLAIM_LEASE,
             )
-        else:
-            self._unreleased = ""
 
     def _end_lost(self, sync_run: SyncRun | None, error: BaseException, started: float) -> None:
         """The database connection died: record the run's end on a new connection if the
@@ -483,7 +484,7 @@ class Runner:
             f"the run stopped after {report.checked} payment(s); the others are left for the "
             "next run",
         ]
-        if getattr(self, "_unreleased", ""):
+        if self._unreleased:
             parts.append(f"its claims are free again within {reconcile.CLAIM_LEASE}")
         if sync_run is not None:
             try:
