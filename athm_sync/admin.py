@@ -299,6 +299,7 @@ class SyncRunAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     readonly_fields = (
         "started_at",
         "finished_at",
+        "alive_until",
         "host",
         "pid",
         "options",

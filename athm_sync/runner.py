@@ -328,6 +328,9 @@ class Runner:
         # The database error that showed the connection is gone, once one did.
         self._lost: BaseException | None = None
         self._unreleased = ""  # why the claims could not be released, when they could not
+        # Whether the database answered this run once: before that, an error means it cannot
+        # be used at all (exit 2), not that a working connection was lost.
+        self._db_worked = False
         self._failing = 0  # payments in a row ATH Móvil failed to answer
         self._gave_up_on_ath = False
         self.conf = conf or get_settings()
@@ -363,6 +366,7 @@ class Runner:
         try:
             if not self.options.dry_run:
                 close_abandoned_runs(self.run_id)
+                self._db_worked = True
                 self._dispatch_leftovers()
                 # Retried like every write of a run: SQLite's one writer may be another run.
                 sync_run = reconcile.run_locked(
@@ -389,7 +393,8 @@ class Runner:
             ended = True
         except (DatabaseError, ConnectionLost) as error:
             if self._lost is None and not (
-                isinstance(error, ConnectionLost) or database.connection_lost(error)
+                self._db_worked
+                and (isinstance(error, ConnectionLost) or database.connection_lost(error))
             ):
                 self._abort(sync_run, error, started)
                 raise
