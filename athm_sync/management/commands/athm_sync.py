@@ -54,7 +54,8 @@ class Command(OneLineErrorCommand):
     program = PROGRAM
     help = (
         "Ask ATH Móvil about every payment that can still change, apply each transition once "
-        "and send its signal. Exit 0: all checked; 1: some could not be checked; 2: cannot run."
+        "and send its signal. Exit 0: all checked; 1: some could not be checked; 2: cannot run; "
+        "143/130: stopped by SIGTERM/SIGINT."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
