@@ -528,6 +528,7 @@ class SyncRunAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     readonly_fields = (
         "started_at",
         "finished_at",
+        "alive_until",
         "host",
         "pid",
         "options",

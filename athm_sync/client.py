@@ -389,6 +389,8 @@ class ATHMovilClient:
     body), ``retry_deadline`` all attempts of a call together, waits included, and
     ``connect_timeout`` the connecting alone. ``max_answer_bytes`` is the largest answer read.
     ``sleep`` is how it waits between retries (tests pass a recorder instead of sleeping).
+    ``should_stop`` is asked before each retry: once it says the run is stopping, a failed
+    call is not tried again (its error is raised at once).
     """
 
     def __init__(
@@ -405,6 +407,7 @@ class ATHMovilClient:
         pool_size: int = 10,
         max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
         sleep: Callable[[float], None] = time.sleep,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         if not isinstance(public_token, str) or not public_token.strip():
             raise ValueError("public_token must be the non-blank public token of the business")
@@ -421,6 +424,7 @@ class ATHMovilClient:
         self.pool_size = _positive("pool_size", pool_size, whole=True)
         self.max_answer_bytes = _positive("max_answer_bytes", max_answer_bytes, whole=True)
         self._sleep = sleep
+        self._should_stop = should_stop or (lambda: False)
         self.session = requests.Session()
         # No retries inside urllib3: tenacity decides, knowing which calls are repeatable.
         adapter = _TrackingAdapter(pool_connections=2, pool_maxsize=self.pool_size, max_retries=0)
@@ -684,7 +688,8 @@ class ATHMovilClient:
             call_deadline = min(call_deadline, left)
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.max_attempts)
-            | tenacity.stop_before_delay(call_deadline),
+            | tenacity.stop_before_delay(call_deadline)
+            | (lambda state: self._should_stop()),
             wait=tenacity.wait_random_exponential(multiplier=0.25, max=8),
             retry=tenacity.retry_if_exception(
                 lambda error: (
@@ -696,8 +701,19 @@ class ATHMovilClient:
             sleep=self._sleep,
             reraise=True,
         )
+        failed: list[BaseException] = []
+
+        def attempt() -> Any:
+            if failed and self._should_stop():
+                raise failed[-1]  # the stop came while waiting to retry: no more attempts
+            try:
+                return self._attempt(endpoint, body, auth_token, started, call_deadline)
+            except Exception as error:
+                failed.append(error)
+                raise
+
         try:
-            return retrying(self._attempt, endpoint, body, auth_token, started, call_deadline)
+            return retrying(attempt)
         except _NotSent as not_sent:
             raise TransientError(str(not_sent), call=endpoint.name) from None
 

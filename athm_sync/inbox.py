@@ -43,17 +43,17 @@ import logging
 import math
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from ipaddress import ip_address
 from typing import Any, NamedTuple
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 
-from athm_sync import clock, deadlines, normalize, reconcile, unmatched
+from athm_sync import clock, database, deadlines, normalize, reconcile, unmatched
 from athm_sync.client import ATHMovilClient, AuthenticationError, TransientError
 from athm_sync.conf import MAX_PAYMENT_TIMEOUT, AthmSyncSettings, get_settings
 from athm_sync.managers import StatusIn
@@ -377,6 +377,8 @@ def process(
         verdict = _Verdict(Outcome.PENDING, f"credentials rejected: {error}", unreachable=True)
         credentials_error = error
     except Exception as error:
+        if isinstance(error, DatabaseError) and database.connection_lost(error):
+            raise  # every event would fail alike: the run says it once, the event waits
         # A database error while storing what ATH Móvil said, or anything unforeseen: this
         # event alone waits (with backoff); the events and payments behind it go on.
         logger.exception("Webhook event %s could not be processed; it stays pending", event.pk)
@@ -784,7 +786,9 @@ def _verdict_of(result: reconcile.Outcome, note: str) -> _Verdict:
 
 
 def process_pending(
-    client: ATHMovilClient, conf: AthmSyncSettings | None = None
+    client: ATHMovilClient,
+    conf: AthmSyncSettings | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[Processed]:
     """Verify and apply every pending event, oldest first (the start of each ``athm_sync`` run).
 
@@ -792,7 +796,8 @@ def process_pending(
     be verified or applied (an invalid answer, a database error) stays pending with a longer
     backoff, and the others go on. The loop stops at the first event ATH Móvil cannot be asked
     about at all (it is down, or the credentials are rejected): the others would wait out the
-    same retries one by one. They stay pending for the next run.
+    same retries one by one. They stay pending for the next run, as do those left when
+    ``should_stop`` (asked before each event) says the run is stopping.
     """
     conf = conf or get_settings()
     now = clock.now()
@@ -807,6 +812,8 @@ def process_pending(
         .values_list("pk", flat=True)
     )
     for pk in pending:
+        if should_stop is not None and should_stop():
+            break
         done = process(WebhookEvent(pk=pk), client, conf=conf)
         if done is None:
             continue

@@ -408,13 +408,24 @@ class SyncRun(models.Model):
     receiver_errors = models.PositiveIntegerField(_("receiver errors"), default=0)
     errors = models.JSONField(_("errors"), default=list, blank=True, encoder=DjangoJSONEncoder)
     exit_code = models.SmallIntegerField(_("exit code"), null=True, blank=True)
+    # Renewed while the run lives (with its claims); a run that never finished and stopped
+    # renewing is closed by the next run as abandoned.
+    alive_until = AwareDateTimeField(_("alive until"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("ATH Móvil sync run")
         verbose_name_plural = _("ATH Móvil sync runs")
         ordering = ("-started_at", "-id")
         get_latest_by = "started_at"
-        indexes = [models.Index(fields=["started_at"], name="athm_run_started_idx")]
+        indexes = [
+            models.Index(fields=["started_at"], name="athm_run_started_idx"),
+            # The runs not finished: each run looks for abandoned ones, however long the history.
+            models.Index(
+                fields=["started_at"],
+                name="athm_run_unfinished_idx",
+                condition=models.Q(finished_at__isnull=True),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"athm_sync run {self.started_at:%Y-%m-%d %H:%M:%S} (exit {self.exit_code})"

@@ -33,6 +33,7 @@ import base64
 import copy
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import random
@@ -48,7 +49,7 @@ from asgiref.sync import AsyncToSync, async_to_sync
 from django.db import DatabaseError, OperationalError, connection, transaction
 from django.db.models import Q, QuerySet
 
-from athm_sync import clock, normalize, signals
+from athm_sync import clock, database, normalize, signals
 from athm_sync.client import (
     ATHMovilClient,
     ATHMovilError,
@@ -60,7 +61,7 @@ from athm_sync.client import (
     PaymentSnapshot,
 )
 from athm_sync.conf import AthmSyncSettings, get_settings
-from athm_sync.models import Payment, PaymentEvent, Refund, fit_to_column
+from athm_sync.models import Payment, PaymentEvent, Refund, SyncRun, fit_to_column
 
 logger = logging.getLogger("athm_sync.reconcile")
 
@@ -409,6 +410,7 @@ class Outcome:
     given_up: bool = False
     error: str = ""
     unsent: str = ""  # why some of its signals could not be sent (they stay pending)
+    connection_lost: bool = False  # the database connection died while they were sent
 
     @property
     def changed(self) -> bool:
@@ -430,8 +432,9 @@ def apply(
     transaction, and sends the events' signals after it commits. A database error while doing
     so (an answer no column can hold, a constraint) rolls all of it back and is recorded on
     the payment in a transaction of its own, with backoff (``outcome.error``). Raises
-    ``Payment.DoesNotExist`` for a payment that is not stored. ``quiet`` records the
-    transitions as sent without sending their signals (importing history).
+    ``Payment.DoesNotExist`` for a payment that is not stored, and the database's error when
+    the connection died (the answer was not at fault: nothing is recorded on the payment).
+    ``quiet`` records the transitions as sent without sending their signals (importing history).
     """
     conf = conf or get_settings()
     now = now or clock.now()
@@ -440,6 +443,8 @@ def apply(
     except Payment.DoesNotExist:
         raise
     except DatabaseError as error:
+        if database.connection_lost(error):
+            raise
         reason = normalize.text(f"could not store ATH Móvil's answer: {error}")[:1000]
         logger.error("Payment %s: %s", observation.ecommerce_id, reason)
         outcome = run_locked(lambda: _record_failure(observation.ecommerce_id, reason, now, conf))
@@ -608,6 +613,7 @@ def _record_dispatch(outcome: Outcome, dispatched: Dispatched) -> None:
     outcome.signals_sent = dispatched.sent
     outcome.receiver_errors = dispatched.receiver_errors
     outcome.unsent = dispatched.problem
+    outcome.connection_lost = dispatched.connection_lost
 
 
 def _copy_remote_fields(payment: Payment, snapshot: PaymentSnapshot, refresh_all: bool) -> None:
@@ -665,6 +671,8 @@ class Dispatched:
     failures: list[tuple[int, str]] = field(default_factory=list)
     # Of the events sent, how many a crash had left (not a live process's, just committed).
     leftovers: int = 0
+    # The connection died: the events not sent yet were not tried (they stay pending).
+    connection_lost: bool = False
 
     @property
     def sent(self) -> int:
@@ -693,7 +701,8 @@ def dispatch(events: Iterable[int | PaymentEvent]) -> Dispatched:
     others' work still commits. An event another process is sending is skipped (its row is
     locked: ``SKIP LOCKED`` on PostgreSQL; SQLite's write lock makes the second process wait,
     then find it sent). An event that cannot be marked (a database error) is reported in
-    ``failures`` and left pending; the others are still sent.
+    ``failures`` and left pending; the others are still sent, unless the connection died
+    (``connection_lost``): then the others are left pending too, untried.
     """
     result = Dispatched()
     for given in events:
@@ -702,6 +711,11 @@ def dispatch(events: Iterable[int | PaymentEvent]) -> Dispatched:
         try:
             failures = run_locked(lambda pk=pk, event=event: _dispatch_one(pk, event))
         except DatabaseError as error:
+            if database.connection_lost(error):
+                # Said once by the run that meets it; every other event would fail alike.
+                result.connection_lost = True
+                result.failures.append((pk, database.first_line(error)))
+                break
             reason = normalize.text(f"{type(error).__name__}: {error}")[:500]
             logger.error("Signal of event %s not sent, it stays pending: %s", pk, reason)
             result.failures.append((pk, reason))
@@ -749,11 +763,12 @@ def _dispatch_one(pk: int, event: PaymentEvent | None = None) -> int | None:
 IN_FLIGHT = timedelta(seconds=10)
 
 
-def dispatch_pending() -> Dispatched:
+def dispatch_pending(should_stop: Callable[[], bool] | None = None) -> Dispatched:
     """Send every event a crash left unsent (committed, never dispatched), at once.
 
     Events another live process is sending are skipped. Only events older than ``IN_FLIGHT``
-    that this call really sent are reported as left by an earlier run.
+    that this call really sent are reported as left by an earlier run. ``should_stop`` is
+    asked before each event: when it says so, the rest stay pending for the next run.
     """
     pending = list(
         PaymentEvent.objects.filter(dispatched_at__isnull=True)
@@ -762,7 +777,8 @@ def dispatch_pending() -> Dispatched:
     )
     if not pending:
         return Dispatched()
-    result = dispatch([pk for pk, _ in pending])
+    stop = should_stop or (lambda: False)
+    result = dispatch(itertools.takewhile(lambda _: not stop(), (pk for pk, _ in pending)))
     sent = set(result.sent_ids)
     fresh_before = clock.now() - IN_FLIGHT
     result.leftovers = sum(1 for pk, created in pending if pk in sent and created < fresh_before)
@@ -824,11 +840,14 @@ def call_receiver(
     receiver: Callable[..., Any], signal: Any, sender: type, arguments: dict[str, Any]
 ) -> Exception | None:
     """Call one receiver in a savepoint; returns what it raised (its writes rolled back), or
-    ``None`` when it returned."""
+    ``None`` when it returned. A database connection that died under it is not the
+    receiver's fault: that is raised, and the event or retry stays pending."""
     try:
         with transaction.atomic():
             receiver(signal=signal, sender=sender, **arguments)
     except Exception as error:
+        if isinstance(error, DatabaseError) and database.connection_lost(error):
+            raise
         return error
     return None
 
@@ -1063,13 +1082,18 @@ class LeaseKeeper:
 
     Claims are short (``CLAIM_LEASE``, 45 s) so that the payments of a run that died (killed,
     out of memory, its host gone) are free again within a minute; while the run lives, this
-    keeps them, however slow ATH Móvil or its receivers are. The thread uses its own database
-    connection and closes it when stopped. ``renewed`` is set after each renewal.
+    keeps them, however slow ATH Móvil or its receivers are. With ``sync_run_id`` it also
+    pushes that ``SyncRun``'s ``alive_until`` ahead: a run that never finished and stopped
+    renewing was abandoned. The thread uses its own database connection and closes it when
+    stopped. ``renewed`` is set after each renewal.
     """
 
-    def __init__(self, run_id: str, lease: timedelta = CLAIM_LEASE) -> None:
+    def __init__(
+        self, run_id: str, lease: timedelta = CLAIM_LEASE, *, sync_run_id: int | None = None
+    ) -> None:
         self.run_id = run_id
         self.lease = lease
+        self.sync_run_id = sync_run_id
         self.every = lease.total_seconds() / 3
         self.renewed = threading.Event()
         self._stop = threading.Event()
@@ -1090,12 +1114,24 @@ class LeaseKeeper:
             while not self._stop.wait(self.every):
                 try:
                     renew_claims(self.run_id, self.lease)
+                    if self.sync_run_id is not None:
+                        keep_run_alive(self.sync_run_id, self.lease)
                 except DatabaseError as error:  # the next tick tries again
                     logger.warning("Could not renew the claims of run %s: %s", self.run_id, error)
                 else:
                     self.renewed.set()
         finally:
             connection.close()
+
+
+def keep_run_alive(sync_run_id: int, lease: timedelta, now: datetime | None = None) -> int:
+    """Push an unfinished ``SyncRun``'s ``alive_until`` to ``now + lease``."""
+    until = (now or clock.now()) + lease
+    return run_locked(
+        lambda: SyncRun.objects.filter(pk=sync_run_id, finished_at__isnull=True).update(
+            alive_until=until
+        )
+    )
 
 
 def release_claims(run_id: str) -> int:

@@ -346,6 +346,7 @@ def backfill(
     quiet: bool = False,
     on_outcome: Any = None,
     progress: Any = None,
+    should_stop: Any = None,
 ) -> BackfillResult:
     """Import the report between ``start`` and ``end``, a week at a time (memory stays flat).
 
@@ -354,10 +355,15 @@ def backfill(
     their signals fire once (``quiet``: none, for history). Other types are counted and
     skipped; a row that cannot be read is named in ``unparsable`` and the others imported.
     ``on_outcome(outcome)`` sees each applied change, ``progress(done, total)`` each chunk.
+    ``should_stop()`` is asked before each chunk and each row: when it says so, the backfill
+    ends there; what it imported stands, and running it again imports the rest.
     """
     result = BackfillResult()
     ranges = list(chunks(start, end))
+    stopping = should_stop or (lambda: False)
     for done, (chunk_start, chunk_end) in enumerate(ranges, start=1):
+        if stopping():
+            break
         report = client.report_rows(chunk_start, chunk_end)
         result.chunks += 1
         result.rows += len(report.transactions) + len(report.unparsable)
@@ -369,6 +375,8 @@ def backfill(
             if row.transaction_type == REFUND:
                 refunds.setdefault(row.reference_number, []).append(row)
         for row in report.transactions:
+            if stopping():
+                return result
             if row.transaction_type == ECOMMERCE and row.status == Payment.Status.COMPLETED:
                 its_refunds = refunds.pop(row.reference_number, [])
                 outcome = _import_payment(row, its_refunds, conf, quiet, result)

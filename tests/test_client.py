@@ -355,6 +355,43 @@ def test_retries_stop_before_the_deadline(sleeps):
         assert len(sleeps) == len(mock.calls) - 1
 
 
+def test_no_retry_once_a_stop_is_asked(sleeps):
+    """A run asked to stop (SIGTERM) does not wait out RETRY_DEADLINE: the failed call is
+    not tried again, whether the stop came before the failure or during the wait after it."""
+    stopping = []
+    client = ATHMovilClient(
+        PUBLIC,
+        api_base_url=API,
+        max_attempts=10,
+        sleep=sleeps.append,
+        should_stop=lambda: bool(stopping),
+    )
+    with responses.RequestsMock() as mock:
+        mock.post(FIND, json=error("BTRA_9998"), status=503)
+        stopping.append("SIGTERM")
+        with pytest.raises(TransientError, match="BTRA_9998"):
+            client.find_payment(PAYMENT_ID)
+        assert len(mock.calls) == 1 and sleeps == []
+
+    def stop_while_waiting(seconds: float) -> None:
+        sleeps.append(seconds)
+        stopping.append("SIGTERM")
+
+    stopping.clear()
+    waiting = ATHMovilClient(
+        PUBLIC,
+        api_base_url=API,
+        max_attempts=10,
+        sleep=stop_while_waiting,
+        should_stop=lambda: bool(stopping),
+    )
+    with responses.RequestsMock() as mock:
+        mock.post(FIND, json=error("BTRA_9998"), status=503)
+        with pytest.raises(TransientError):
+            waiting.find_payment(PAYMENT_ID)
+        assert len(mock.calls) == 1 and len(sleeps) == 1
+
+
 def test_a_read_timeout_is_retried_for_find_payment(client, sleeps):
     with responses.RequestsMock() as mock:
         mock.post(FIND, body=requests.ReadTimeout("read timed out"))

@@ -40,6 +40,7 @@ JSON_KEYS = {
     "duration_seconds",
     "dry_run",
     "exit_code",
+    "stopped",
 }
 
 
@@ -204,6 +205,7 @@ def test_json_summary_is_the_only_thing_on_stdout(story, received):
         "error_count": 0,
         "dry_run": False,
         "exit_code": 0,
+        "stopped": None,
     }
     assert len(received) == 4
 

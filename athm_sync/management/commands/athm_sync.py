@@ -1,8 +1,10 @@
 """``manage.py athm_sync``: check every due payment with ATH Móvil and apply what changed.
 
 Exit status: 0 when every due payment was checked, 1 when some could not be checked after
-retries or a signal receiver is failing (each listed in the summary), 2 when the run cannot
-happen (bad settings or options, credentials rejected). Expected failures print one line on
+retries or a signal receiver is failing (each listed in the summary), or the database
+connection died mid-run, 2 when the run cannot happen (bad settings or options, credentials
+rejected); 143 (SIGTERM) or 130 (SIGINT) when a signal stopped it (:mod:`athm_sync.stopping`).
+Expected failures print one line on
 stderr, never a traceback.
 
 The work is done by :class:`athm_sync.runner.Runner`; this module parses and prints.
@@ -11,9 +13,7 @@ The work is done by :class:`athm_sync.runner.Runner`; this module parses and pri
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
 from typing import Any, NoReturn
 
 from django.core.exceptions import ImproperlyConfigured
@@ -28,12 +28,14 @@ from athm_sync.runner import (
     EXIT_ERRORS,
     CannotRun,
     Change,
+    ConnectionLost,
     Runner,
     RunOptions,
     RunReport,
     parse_date,
     parse_ecommerce_ids,
 )
+from athm_sync.stopping import StopNow, StopRequest, signals_stop
 from athm_sync.watch import DEFAULT_INTERVAL, watch
 
 PROGRAM = "athm_sync"
@@ -56,7 +58,7 @@ class Command(OneLineErrorCommand):
     help = (
         "Ask ATH Móvil about every payment that can still change, apply each transition once "
         "and send its signal. Exit 0: all checked; 1: some could not be checked, or a signal "
-        "receiver is failing; 2: cannot run."
+        "receiver is failing; 2: cannot run; 143/130: stopped by SIGTERM/SIGINT."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -169,22 +171,38 @@ class Command(OneLineErrorCommand):
             self._fail(str(error))
         if options["watch"] or options["interval"] is not None or options["iterations"]:
             self._watch(run_options, conf, options)
+        stop = StopRequest()
         runner = Runner(
             run_options,
             conf=conf,
             progress=self._progress if self._show_progress() else None,
             on_change=self._print_change if self._verbosity >= 2 and not self._json else None,
+            should_stop=stop,
         )
         try:
-            report = runner.run()
+            with signals_stop(stop):
+                report = runner.run()
         except CannotRun as error:
             self._end_progress()
             if runner.report.exit_code != EXIT_CANNOT_RUN:  # refused before anything ran
                 self._fail(str(error))
             self._print_report(runner.report)
             self._fail(str(error))
+        except ConnectionLost as error:
+            self._end_progress()
+            self._print_report(runner.report)
+            self._fail(str(error), runner.report.exit_code)
+        except StopNow as stopped:
+            self._end_progress()
+            self._print_report(runner.report)
+            self._fail(f"{stopped}; its claims were released", stopped.exit_code)
         self._end_progress()
         self._print_report(report)
+        if report.stopped:
+            self.stderr.write(
+                f"{PROGRAM}: stopped by {report.stopped} after {report.checked} payment(s); "
+                "the others are left for the next run"
+            )
         if report.unreachable:
             self.stderr.write(
                 f"{PROGRAM}: error: ATH Móvil is unreachable at {conf.api_base_url} "
@@ -207,26 +225,21 @@ class Command(OneLineErrorCommand):
             problem = "--watch does not go with --dry-run, --ecommerce-id or a backfill"
         if problem:
             self._fail(problem)
-        stop = threading.Event()
-
-        def stop_soon(signum: int, frame: Any) -> None:
-            stop.set()
-
-        previous = {sig: signal.signal(sig, stop_soon) for sig in (signal.SIGTERM, signal.SIGINT)}
+        stop = StopRequest()
         try:
-            result = watch(
-                run_options,
-                conf,
-                stop,
-                interval=DEFAULT_INTERVAL if interval is None else interval,
-                iterations=options["iterations"],
-                on_report=self._print_pass,
-            )
+            with signals_stop(stop):
+                result = watch(
+                    run_options,
+                    conf,
+                    stop,
+                    interval=DEFAULT_INTERVAL if interval is None else interval,
+                    iterations=options["iterations"],
+                    on_report=self._print_pass,
+                )
         except CannotRun as error:
             self._fail(str(error))
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        except StopNow as stopped:
+            self._fail(f"--watch {stopped}; its claims were released", stopped.exit_code)
         if not self._json and self._verbosity >= 1:
             ended = "stopped" if stop.is_set() else "done"
             self.stdout.write(f"{PROGRAM}: --watch {ended} after {result.passes} pass(es)")
@@ -334,9 +347,9 @@ class Command(OneLineErrorCommand):
 
     # -- output ------------------------------------------------------------------------------
 
-    def _fail(self, message: str) -> NoReturn:
+    def _fail(self, message: str, exit_code: int = EXIT_CANNOT_RUN) -> NoReturn:
         self._end_progress()
-        self.fail(message)
+        self.fail(message, exit_code)
 
     def _print_report(self, report: RunReport) -> None:
         if self._json:
