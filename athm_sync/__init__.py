@@ -25,7 +25,7 @@ def sync_payment(ecommerce_id):  # type: ignore[no-untyped-def]
     return check_payment(validate_ecommerce_id(ecommerce_id))
 
 
-def refund(payment, amount=None, message=""):  # type: ignore[no-untyped-def]
+def refund(payment, amount=None, message="", **options):  # type: ignore[no-untyped-def]
     """Refund ``amount`` of a completed (or held) payment, all that is left when ``None``.
 
     Validates before anything is sent, sends the refund at most once, records the ``Refund``
@@ -35,4 +35,4 @@ def refund(payment, amount=None, message=""):  # type: ignore[no-untyped-def]
     """
     from athm_sync.refunds import refund as make_refund
 
-    return make_refund(payment, amount, message)
+    return make_refund(payment, amount, message, **options)

@@ -2,7 +2,8 @@
 
 The auth token is never shown. What the admin does goes through the app's own functions:
 "Check now" asks ATH Móvil about the selected payments (:func:`athm_sync.sync_payment`),
-"Reprocess" verifies webhook events again (:func:`athm_sync.inbox.process`), and "Refund"
+"Reprocess" verifies webhook events again (:func:`athm_sync.inbox.process`), "Send again"
+calls failed signal receivers again (:func:`athm_sync.outbox.redeliver`), and "Refund"
 asks for the amount on a confirmation page, then refunds one payment through
 :func:`athm_sync.refunds.refund` (it needs the ``athm_sync.refund_payment`` permission).
 """
@@ -18,7 +19,16 @@ from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
-from athm_sync.models import Payment, PaymentEvent, Refund, SyncRun, WebhookEvent
+from athm_sync.models import (
+    Payment,
+    PaymentEvent,
+    ReceiverDelivery,
+    Refund,
+    RefundIntent,
+    SyncRun,
+    UnmatchedRefund,
+    WebhookEvent,
+)
 from athm_sync.refunds import MAX_MESSAGE_LENGTH, RefundError, refund, refundable_amount
 
 # "Check now" asks ATH Móvil about each selected payment while the page waits: a few at most.
@@ -66,7 +76,12 @@ class GivenUpFilter(admin.SimpleListFilter):
 
 
 class RefundForm(forms.Form):
-    """The confirmation page's fields; the refund itself validates everything again."""
+    """The confirmation page's fields; the refund itself validates everything again.
+
+    ``refunded_so_far`` is the payment's refunded amount the page was shown with: the refund
+    is refused unless it is still the payment's, so a page submitted twice (a double click, a
+    reload, the back button) refunds once, even after a restart.
+    """
 
     amount = forms.DecimalField(
         max_digits=10,
@@ -77,6 +92,9 @@ class RefundForm(forms.Form):
     )
     message = forms.CharField(
         max_length=MAX_MESSAGE_LENGTH, required=False, help_text="Shown to the customer."
+    )
+    refunded_so_far = forms.DecimalField(
+        max_digits=10, decimal_places=2, min_value=Decimal("0.00"), widget=forms.HiddenInput
     )
 
 
@@ -195,7 +213,12 @@ class PaymentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         form = RefundForm(request.POST if "confirm" in request.POST else None)
         if form.is_bound and form.is_valid():
             try:
-                made = refund(payment, form.cleaned_data["amount"], form.cleaned_data["message"])
+                made = refund(
+                    payment,
+                    form.cleaned_data["amount"],
+                    form.cleaned_data["message"],
+                    refunded_so_far=form.cleaned_data["refunded_so_far"],
+                )
             except RefundError as error:
                 self.message_user(request, f"Not refunded: {error}", messages.ERROR)
             else:
@@ -209,7 +232,9 @@ class PaymentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
             "opts": self.model._meta,
             "payment": payment,
             "refundable": refundable_amount(payment),
-            "form": form if form.is_bound else RefundForm(),
+            "form": form
+            if form.is_bound
+            else RefundForm(initial={"refunded_so_far": payment.total_refunded_amount}),
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/athm_sync/payment/refund.html", context)
@@ -240,9 +265,118 @@ class RefundAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     fields = readonly_fields
 
 
+@admin.register(UnmatchedRefund)
+class UnmatchedRefundAdmin(_ReadOnlyMixin, admin.ModelAdmin):
+    """Refunds ATH Móvil reported that no stored payment could be linked to, for a person to
+    look at (``athm_sync.unmatched``). Deleting one dismisses it; a scan that reads it again
+    lists it again."""
+
+    list_display = (
+        "first_seen_at",
+        "amount",
+        "reference_number",
+        "daily_transaction_id",
+        "transaction_date",
+        "source",
+        "times_seen",
+        "reason",
+    )
+    list_filter = ("source",)
+    search_fields = ("reference_number", "daily_transaction_id", "customer_name")
+    date_hierarchy = "first_seen_at"
+    readonly_fields = (
+        "amount",
+        "reference_number",
+        "daily_transaction_id",
+        "transaction_date",
+        "customer_name",
+        "customer_phone",
+        "message",
+        "source",
+        "reason",
+        "first_seen_at",
+        "last_seen_at",
+        "times_seen",
+    )
+    fields = readonly_fields
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.has_perm("athm_sync.delete_unmatchedrefund")
+
+
+@admin.register(RefundIntent)
+class RefundIntentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
+    """Refunds being sent, or left half-done for the next run to settle (never re-sent)."""
+
+    list_display = ("payment", "amount", "refunded_before", "created_at", "busy_until", "note")
+    list_select_related = ("payment",)
+    readonly_fields = (
+        "payment",
+        "amount",
+        "message",
+        "refunded_before",
+        "created_at",
+        "busy_until",
+        "note",
+    )
+    fields = readonly_fields
+
+
+def _redeliver(model_admin: admin.ModelAdmin, request, ids: list[int]) -> None:
+    """Call the failed receivers ``ids`` again now (:func:`athm_sync.outbox.redeliver`) and
+    say what came of it."""
+    from athm_sync.outbox import RedeliveryError, redeliver
+
+    if not ids:
+        model_admin.message_user(
+            request,
+            "Nothing to send again: no receiver of the selection is failing.",
+            messages.INFO,
+        )
+        return
+    try:
+        attempts = redeliver(ids)
+    except RedeliveryError as error:  # delivered meanwhile by a run
+        model_admin.message_user(request, f"Not sent: {error}.", messages.ERROR)
+        return
+    failed = attempts.failed or attempts.problems
+    model_admin.message_user(
+        request,
+        f"Called {len(attempts.done)} failed receiver(s) again: {attempts.delivered} delivered, "
+        f"{attempts.failed} failed again.",
+        messages.WARNING if failed else messages.SUCCESS,
+    )
+    for attempt in attempts.done:
+        if not attempt.delivered:
+            model_admin.message_user(request, attempt.description, messages.ERROR)
+    for pk, reason in attempts.problems:
+        model_admin.message_user(
+            request, f"Failed receiver {pk} could not be called: {reason}", messages.ERROR
+        )
+
+
+class ReceiverDeliveryInline(_ReadOnlyMixin, admin.TabularInline):
+    model = ReceiverDelivery
+    extra = 0
+    can_delete = False
+    fields = (
+        "receiver",
+        "state",
+        "attempts",
+        "first_failed_at",
+        "next_attempt_at",
+        "delivered_at",
+        "given_up_at",
+        "last_error",
+    )
+    readonly_fields = fields
+    show_change_link = True
+
+
 @admin.register(PaymentEvent)
 class PaymentEventAdmin(_ReadOnlyMixin, admin.ModelAdmin):
-    """The outbox: each transition, when its signal was sent, and the receivers that raised."""
+    """The outbox: each transition, when its signal was sent, and the receivers that raised
+    (each retried on its own until delivered or given up: the inline, and "Send again")."""
 
     list_display = (
         "created_at",
@@ -272,10 +406,105 @@ class PaymentEventAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         "errors_readable",
     )
     fields = readonly_fields
+    inlines = (ReceiverDeliveryInline,)
+    actions = ("redeliver_action",)
 
     @admin.display(description="receiver errors, in full")
     def errors_readable(self, event: PaymentEvent) -> str:
         return _pretty(event.errors)
+
+    @admin.action(description="Send again now: call the failed receivers of the selected events")
+    def redeliver_action(self, request, queryset):
+        """Call each receiver of the selected events that raised and is not delivered since
+        (failing or given up) again now; the receivers that succeeded are never called."""
+        ids = list(
+            ReceiverDelivery.objects.filter(event__in=queryset, delivered_at__isnull=True)
+            .order_by("pk")
+            .values_list("pk", flat=True)[: CHECK_NOW_LIMIT + 1]
+        )
+        if len(ids) > CHECK_NOW_LIMIT:
+            self.message_user(
+                request,
+                f"Select events with at most {CHECK_NOW_LIMIT} failed receivers; "
+                "manage.py athm_sync --redeliver all sends every one.",
+                messages.ERROR,
+            )
+            return
+        _redeliver(self, request, ids)
+
+
+class ReceiverStateFilter(admin.SimpleListFilter):
+    """Failing (still retried), given up, or delivered since."""
+
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return (("failing", "Failing"), ("given_up", "Given up"), ("delivered", "Delivered"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "failing":
+            return queryset.filter(delivered_at__isnull=True, given_up_at__isnull=True)
+        if self.value() == "given_up":
+            return queryset.filter(delivered_at__isnull=True, given_up_at__isnull=False)
+        if self.value() == "delivered":
+            return queryset.filter(delivered_at__isnull=False)
+        return queryset
+
+
+@admin.register(ReceiverDelivery)
+class ReceiverDeliveryAdmin(_ReadOnlyMixin, admin.ModelAdmin):
+    """Signal receivers that raised, and their retries: each is called again alone, with
+    backoff, until delivered or given up; "Send again" calls it now."""
+
+    list_display = (
+        "id",
+        "receiver",
+        "event",
+        "state",
+        "attempts",
+        "first_failed_at",
+        "last_failed_at",
+        "next_attempt_at",
+        "delivered_at",
+        "given_up_at",
+    )
+    list_filter = (ReceiverStateFilter, "event__kind")
+    search_fields = ("receiver", "event__payment__ecommerce_id", "event__payment__metadata_1")
+    list_select_related = ("event",)
+    ordering = ("-first_failed_at", "-id")
+    readonly_fields = (
+        "event",
+        "receiver",
+        "state",
+        "attempts",
+        "first_failed_at",
+        "last_failed_at",
+        "next_attempt_at",
+        "delivered_at",
+        "given_up_at",
+        "last_error",
+    )
+    fields = readonly_fields
+    actions = ("redeliver_action",)
+
+    @admin.action(description="Send again now: call the selected failed receivers")
+    def redeliver_action(self, request, queryset):
+        """Call the selected receivers that are not delivered (failing or given up) again now."""
+        ids = list(
+            queryset.filter(delivered_at__isnull=True)
+            .order_by("pk")
+            .values_list("pk", flat=True)[: CHECK_NOW_LIMIT + 1]
+        )
+        if len(ids) > CHECK_NOW_LIMIT:
+            self.message_user(
+                request,
+                f"Select at most {CHECK_NOW_LIMIT} failed receivers; "
+                "manage.py athm_sync --redeliver all sends every one.",
+                messages.ERROR,
+            )
+            return
+        _redeliver(self, request, ids)
 
 
 @admin.register(SyncRun)
@@ -299,6 +528,7 @@ class SyncRunAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     readonly_fields = (
         "started_at",
         "finished_at",
+        "alive_until",
         "host",
         "pid",
         "options",

@@ -1,9 +1,16 @@
 """The ATH Móvil HTTP client and the parsed, normalised answer types.
 
 One :class:`ATHMovilClient` holds one ``requests.Session`` whose connection pool is sized for
-concurrent workers, so it can be shared between threads. Every call has connect and read
-timeouts. Transient failures (the table in ATHM_API.md) are retried with exponential backoff
-and jitter, bounded by a number of attempts and by a total deadline per call.
+concurrent workers, so it can be shared between threads. Transient failures (the table in
+ATHM_API.md) are retried with exponential backoff and jitter, bounded by a number of attempts
+and by a total deadline per call.
+
+Every attempt has a deadline for its whole answer, connecting included: ``read_timeout``, or
+what is left of the call's ``retry_deadline`` if that is less. requests' own timeouts apply to
+each socket operation, so an answer that drips a byte at a time would never trip them: the
+body is read in chunks against the deadline, and :mod:`athm_sync.deadlines`'s watchdog shuts
+the attempt's sockets down when it passes, cutting a drip in the status line or the headers
+too. An answer larger than ``max_answer_bytes`` is refused.
 
 What is retried depends on whether repeating the call is safe, and on whether anything of the
 request was written to the socket. The client records that as a fact while sending (see
@@ -49,6 +56,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import ProxyManager
 
 from athm_sync import normalize
+from athm_sync.deadlines import WATCHDOG, Deadline, budget_left
 from athm_sync.errors import (
     EMPTY_REPORT_CODES,
     TRANSIENT_HTTP_STATUSES,
@@ -87,6 +95,9 @@ RETRY_LOG_MARK = "athm_retry"
 DEFAULT_API_BASE_URL = "https://payments.athmovil.com"
 DEFAULT_REPORT_BASE_URL = "https://www.athmovil.com"
 ECOMMERCE = "/api/business-transaction/ecommerce"
+# The largest answer a call reads (a long transaction report is a few MiB); more is refused.
+DEFAULT_MAX_ANSWER_BYTES = 32 * 1024 * 1024
+_CHUNK_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -148,10 +159,16 @@ class PaymentSnapshot(_Transaction):
     business_name: str
 
     @classmethod
-    def from_api(cls, data: Mapping[str, Any]) -> PaymentSnapshot:
-        """Parse findPayment's ``data`` object; raises ``ValueError`` naming a bad field."""
+    def from_api(
+        cls, data: Mapping[str, Any], ecommerce_id: uuid.UUID | None = None
+    ) -> PaymentSnapshot:
+        """Parse findPayment's ``data`` object; raises ``ValueError`` naming a bad field.
+
+        ``ecommerce_id`` is the payment's id when the answer does not name it (the refund
+        answer's ``originalTransaction``); an id in the answer always wins.
+        """
         return cls(
-            ecommerce_id=normalize.ecommerce_id(data.get("ecommerceId")),
+            ecommerce_id=normalize.ecommerce_id(data.get("ecommerceId") or ecommerce_id),
             status=normalize.status(
                 normalize.pick(data, "ecommerceStatus", "status"), "ecommerceStatus"
             ),
@@ -277,6 +294,7 @@ _MAY_HAVE_SENT = "may have sent"
 
 class _Progress(threading.local):
     stage: str | None = None
+    deadline: Deadline | None = None  # the current attempt's whole-answer deadline
 
 
 _progress = _Progress()
@@ -295,6 +313,14 @@ class _TracksSending:
 
     sock: Any
     _athm_connecting = False
+    _athm_deadline: Deadline | None = None  # the latest attempt that used this connection
+
+    def _new_conn(self) -> Any:
+        # The socket as soon as it exists, before a proxy tunnel or TLS handshake is made on it.
+        sock = super()._new_conn()  # type: ignore[misc]
+        if _progress.deadline is not None:
+            WATCHDOG.guard(_progress.deadline, self, sock)
+        return sock
 
     def connect(self) -> None:
         if _progress.stage != _MAY_HAVE_SENT:
@@ -310,6 +336,9 @@ class _TracksSending:
             if self.sock is None:
                 self.connect()  # a failure here leaves the request unsent
             _progress.stage = _MAY_HAVE_SENT
+            deadline = _progress.deadline
+            if deadline is not None and self._athm_deadline is not deadline:
+                WATCHDOG.guard(deadline, self, self.sock)  # a kept-alive connection, reused
         super().send(data)  # type: ignore[misc]
 
 
@@ -356,7 +385,12 @@ class ATHMovilClient:
     """A client for ATH Móvil's eCommerce API. Build one with :meth:`from_settings`.
 
     Safe to share between threads; ``pool_size`` should be at least the number of threads.
+    ``read_timeout`` bounds each attempt's whole answer (connecting, status line, headers and
+    body), ``retry_deadline`` all attempts of a call together, waits included, and
+    ``connect_timeout`` the connecting alone. ``max_answer_bytes`` is the largest answer read.
     ``sleep`` is how it waits between retries (tests pass a recorder instead of sleeping).
+    ``should_stop`` is asked before each retry: once it says the run is stopping, a failed
+    call is not tried again (its error is raised at once).
     """
 
     def __init__(
@@ -371,7 +405,9 @@ class ATHMovilClient:
         max_attempts: int = 4,
         retry_deadline: float = 30.0,
         pool_size: int = 10,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
         sleep: Callable[[float], None] = time.sleep,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         if not isinstance(public_token, str) or not public_token.strip():
             raise ValueError("public_token must be the non-blank public token of the business")
@@ -386,7 +422,9 @@ class ATHMovilClient:
         self.retry_deadline = _positive("retry_deadline", retry_deadline)
         self.max_attempts = _positive("max_attempts", max_attempts, whole=True)
         self.pool_size = _positive("pool_size", pool_size, whole=True)
+        self.max_answer_bytes = _positive("max_answer_bytes", max_answer_bytes, whole=True)
         self._sleep = sleep
+        self._should_stop = should_stop or (lambda: False)
         self.session = requests.Session()
         # No retries inside urllib3: tenacity decides, knowing which calls are repeatable.
         adapter = _TrackingAdapter(pool_connections=2, pool_maxsize=self.pool_size, max_retries=0)
@@ -471,7 +509,7 @@ class ATHMovilClient:
         if phone_number:
             body["phoneNumber"] = normalize.digits(phone_number)
         data = self._data(CREATE_PAYMENT, body)
-        return _parse(
+        return self._parse(
             CREATE_PAYMENT,
             lambda: CreatedPayment(
                 ecommerce_id=normalize.ecommerce_id(data.get("ecommerceId")),
@@ -484,12 +522,12 @@ class ATHMovilClient:
         """The payment as ATH Móvil sees it now; ``NotFoundError`` if it does not know it."""
         body = {"ecommerceId": str(ecommerce_id), "publicToken": self._public_token}
         data = self._data(FIND_PAYMENT, body)
-        return _parse(FIND_PAYMENT, lambda: PaymentSnapshot.from_api(data))
+        return self._parse(FIND_PAYMENT, lambda: PaymentSnapshot.from_api(data))
 
     def authorize(self, auth_token: str) -> PaymentSnapshot:
         """Capture a CONFIRM payment with its auth token; returns the completed payment."""
         data = self._data(AUTHORIZE, {}, auth_token=auth_token)
-        return _parse(AUTHORIZE, lambda: PaymentSnapshot.from_api(data))
+        return self._parse(AUTHORIZE, lambda: PaymentSnapshot.from_api(data))
 
     def update_phone_number(
         self, ecommerce_id: uuid.UUID | str, phone_number: str, auth_token: str
@@ -504,14 +542,25 @@ class ATHMovilClient:
         answer = self._request(CANCEL, body)
         data = answer.get("data") if isinstance(answer, dict) else None
         if isinstance(data, dict) and data.get("ecommerceId"):
-            return _parse(CANCEL, lambda: PaymentSnapshot.from_api(data))
+            return self._parse(CANCEL, lambda: PaymentSnapshot.from_api(data))
         return None
 
     def refund(
-        self, reference_number: str, amount: Decimal | str, message: str = ""
+        self,
+        reference_number: str,
+        amount: Decimal | str,
+        message: str = "",
+        *,
+        ecommerce_id: uuid.UUID | str | None = None,
     ) -> RefundResult:
         """Refund ``amount`` of a completed payment. Never retried once it may have been sent:
-        after a lost answer, find the payment and compare its refunded amount instead."""
+        after a lost answer, find the payment and compare its refunded amount instead.
+
+        ATH Móvil's answer describes the refunded payment (``originalTransaction``) without
+        its ``ecommerceId``: pass ``ecommerce_id`` (the payment whose ``reference_number`` is
+        refunded) to have it as ``RefundResult.payment``; without it, or when the answer is
+        about another reference number, ``payment`` is ``None``.
+        """
         if len(message) > 50:
             raise ValueError("a refund message can be at most 50 characters")
         body = {
@@ -521,8 +570,18 @@ class ATHMovilClient:
             "amount": _amount_text(amount, "amount"),
             "message": message,
         }
-        data = self._data(REFUND, body)
-        return _parse(REFUND, lambda: _refund_result(data))
+        answer = self._request(REFUND, body)
+        # The documented answer is enveloped ({"status", "data": {"refund", ...}}); the older
+        # v4 API's answer, also documented, is the bare {"refund", "originalTransaction"}.
+        data = answer.get("data") if isinstance(answer, dict) else None
+        if data is None and isinstance(answer, dict) and isinstance(answer.get("refund"), dict):
+            data = answer
+        if not isinstance(data, dict):
+            raise InvalidResponseError(
+                "the answer has no 'data' object", call=REFUND.name, http_status=200
+            )
+        known_id = None if ecommerce_id is None else normalize.ecommerce_id(ecommerce_id)
+        return self._parse(REFUND, lambda: _refund_result(data, reference_number, known_id))
 
     def transaction_report(self, from_date: datetime, to_date: datetime) -> list[ReportTransaction]:
         """Every transaction between two aware datetimes; an empty range gives ``[]``.
@@ -563,7 +622,7 @@ class ATHMovilClient:
                     raise ValueError(f"a row must be an object, not {type(row).__name__}")
                 report.transactions.append(ReportTransaction.from_api(row))
             except (ValueError, TypeError, AttributeError) as error:
-                report.unparsable.append((index, str(error)[:200]))
+                report.unparsable.append((index, self._scrub(str(error))[:200]))
         return report
 
     def subscribe_webhooks(
@@ -613,11 +672,24 @@ class ATHMovilClient:
     def _request(
         self, endpoint: _Endpoint, body: dict[str, Any], auth_token: str | None = None
     ) -> Any:
-        """Send one call with retries; returns the decoded JSON of a successful answer."""
+        """Send one call with retries; returns the decoded JSON of a successful answer.
+
+        The call ends within ``retry_deadline``, or what is left of the thread's
+        :func:`athm_sync.deadlines.budget` if that is less; a spent budget sends nothing.
+        """
         started = time.monotonic()
+        call_deadline = self.retry_deadline
+        left = budget_left()
+        if left is not None:
+            if left <= 0:
+                raise TransientError(
+                    "not sent: the time allowed for these calls is spent", call=endpoint.name
+                )
+            call_deadline = min(call_deadline, left)
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.max_attempts)
-            | tenacity.stop_before_delay(self.retry_deadline),
+            | tenacity.stop_before_delay(call_deadline)
+            | (lambda state: self._should_stop()),
             wait=tenacity.wait_random_exponential(multiplier=0.25, max=8),
             retry=tenacity.retry_if_exception(
                 lambda error: (
@@ -629,8 +701,19 @@ class ATHMovilClient:
             sleep=self._sleep,
             reraise=True,
         )
+        failed: list[BaseException] = []
+
+        def attempt() -> Any:
+            if failed and self._should_stop():
+                raise failed[-1]  # the stop came while waiting to retry: no more attempts
+            try:
+                return self._attempt(endpoint, body, auth_token, started, call_deadline)
+            except Exception as error:
+                failed.append(error)
+                raise
+
         try:
-            return retrying(self._attempt, endpoint, body, auth_token, started)
+            return retrying(attempt)
         except _NotSent as not_sent:
             raise TransientError(str(not_sent), call=endpoint.name) from None
 
@@ -640,15 +723,20 @@ class ATHMovilClient:
         body: dict[str, Any],
         auth_token: str | None,
         started: float,
+        call_deadline: float,
     ) -> Any:
         base = self.report_base_url if endpoint.report else self.api_base_url
         headers = {"Content-Type": "application/json"}
         if auth_token is not None:
             headers["Authorization"] = f"Bearer {auth_token}"
-        # A read may not outlast what is left of the call's deadline.
-        remaining = self.retry_deadline - (time.monotonic() - started)
-        timeout = (self.connect_timeout, max(0.05, min(self.read_timeout, remaining)))
+        # The whole answer, connecting included, within READ_TIMEOUT and what is left of the
+        # call's RETRY_DEADLINE; socket timeouts no longer than that make a stall end with it.
+        remaining = call_deadline - (time.monotonic() - started)
+        deadline = Deadline(max(0.001, min(self.read_timeout, remaining)))
+        timeout = (min(self.connect_timeout, deadline.seconds), deadline.seconds)
         _progress.stage = None
+        _progress.deadline = deadline
+        WATCHDOG.watch(deadline)
         sent = time.perf_counter()
         try:
             # Straight to the adapter: none of what the session adds (cookies, redirects, the
@@ -661,34 +749,86 @@ class ATHMovilClient:
                 headers={**self.session.headers, **headers},
             ).prepare()
             response = self.session.get_adapter(request.url).send(
-                request, timeout=timeout, verify=self.session.verify, proxies=self._proxies[base]
+                request,
+                stream=True,
+                timeout=timeout,
+                verify=self.session.verify,
+                proxies=self._proxies[base],
             )
+            content = self._read_answer(endpoint, response, deadline)
+            if deadline.expired:
+                # Cut by the watchdog: http.client takes the end of the stream for the end of
+                # the headers (or of a body without a length), so what was read is not whole.
+                raise requests.Timeout("the whole-answer deadline passed")
         except requests.RequestException as error:
+            within = f"within {_seconds(deadline.seconds)} s"
             # Whatever the exception says: only a failure while connecting, before a byte of
             # the request was written, is known not to have reached ATH Móvil.
             if _progress.stage == _CONNECTING:
-                raise _NotSent(f"could not connect: {_describe(error)}") from None
-            if isinstance(error, requests.ConnectionError):
+                reason = f"no connection {within}" if deadline.passed() else _describe(error)
+                raise _NotSent(self._scrub(f"could not connect: {reason}", auth_token)) from None
+            if deadline.passed() or isinstance(error, requests.Timeout):
+                message = f"no whole answer {within}"
+            elif isinstance(error, requests.ConnectionError):
                 message = f"the connection failed: {_describe(error)}"
-            elif isinstance(error, requests.Timeout):
-                message = f"no answer within {timeout[1]:g} s"
             else:
                 message = _describe(error)
-            raise TransientError(message, call=endpoint.name) from None
+            # What urllib3 says can quote the server's bytes (a bad chunk length, a header).
+            raise TransientError(self._scrub(message, auth_token), call=endpoint.name) from None
         finally:
             _progress.stage = None
+            _progress.deadline = None
+            WATCHDOG.finish(deadline)
         logger.debug(
             "ATH Móvil %s answered HTTP %s in %.0f ms",
             endpoint.name,
             response.status_code,
             (time.perf_counter() - sent) * 1000,
         )
-        return self._decode(endpoint, response)
+        return self._decode(endpoint, response.status_code, content, auth_token)
 
-    def _decode(self, endpoint: _Endpoint, response: requests.Response) -> Any:
-        status_code = response.status_code
+    def _read_answer(
+        self, endpoint: _Endpoint, response: requests.Response, deadline: Deadline
+    ) -> bytes:
+        """The body, read in chunks against the deadline and the size limit.
+
+        A drip inside one chunk's read is cut by the watchdog; this loop catches a trickle of
+        whole chunks. Raises ``requests.Timeout`` when the deadline passes, and
+        ``InvalidResponseError`` for an answer larger than ``max_answer_bytes`` (after it was
+        sent: a refund's answer that is refused is never sent again).
+        """
+        limit = self.max_answer_bytes
+        declared = response.headers.get("Content-Length", "").strip()
         try:
-            answer = response.json()
+            if declared.isdigit() and int(declared) > limit:
+                raise InvalidResponseError(
+                    f"the answer announces {declared} bytes, more than the {limit} a call reads",
+                    call=endpoint.name,
+                    http_status=response.status_code,
+                )
+            chunks = []
+            size = 0
+            for chunk in response.iter_content(_CHUNK_BYTES):
+                size += len(chunk)
+                if size > limit:
+                    raise InvalidResponseError(
+                        f"the answer is more than {limit} bytes",
+                        call=endpoint.name,
+                        http_status=response.status_code,
+                    )
+                if deadline.passed():
+                    raise requests.Timeout("the whole-answer deadline passed")
+                chunks.append(chunk)
+        except BaseException:
+            response.close()  # the rest of the answer is unread: the connection is not reused
+            raise
+        return b"".join(chunks)
+
+    def _decode(
+        self, endpoint: _Endpoint, status_code: int, content: bytes, auth_token: str | None
+    ) -> Any:
+        try:
+            answer = json.loads(content)
         except ValueError:
             cls = (
                 TransientError
@@ -703,10 +843,14 @@ class ATHMovilClient:
         if isinstance(answer, dict) and (
             str(answer.get("status", "")).lower() == "error" or answer.get("errorcode")
         ):
-            code = normalize.text(answer.get("errorcode")) or None
-            message = normalize.text(answer.get("message")) or f"HTTP {status_code}"
+            # Every field of an error answer may echo what was sent, tokens included.
+            code = self._scrub(_error_text(answer.get("errorcode")), auth_token) or None
+            message = self._scrub(_error_text(answer.get("message")), auth_token)
             raise error_class(code, status_code)(
-                self._scrub(message), errorcode=code, http_status=status_code, call=endpoint.name
+                message or f"HTTP {status_code}",
+                errorcode=code,
+                http_status=status_code,
+                call=endpoint.name,
             )
         if status_code >= 400:
             raise error_class(None, status_code)(
@@ -714,11 +858,24 @@ class ATHMovilClient:
             )
         return answer
 
-    def _scrub(self, text: str) -> str:
-        """Remove the merchant's tokens from text that came back from the server."""
-        for secret in (self._public_token, self._private_token):
-            if secret:
-                text = text.replace(secret, "***")
+    def _parse(self, endpoint: _Endpoint, build: Callable[[], Any]) -> Any:
+        """Build an answer type, turning a malformed field into ``InvalidResponseError`` (its
+        message quotes the answer, so the tokens are scrubbed from it)."""
+        try:
+            return build()
+        except (ValueError, TypeError, AttributeError) as error:
+            raise InvalidResponseError(
+                self._scrub(f"the answer is malformed: {error}"),
+                call=endpoint.name,
+                http_status=200,
+            ) from None
+
+    def _scrub(self, text: str, *others: str | None) -> str:
+        """Remove the merchant's tokens (and ``others``: a payment's auth token) from text that
+        came back from the server."""
+        for secret in (self._public_token, self._private_token, *others):
+            if secret and secret.strip():
+                text = text.replace(secret.strip(), "***")
         return text
 
     def _log_retry(self, endpoint: _Endpoint, state: tenacity.RetryCallState) -> None:
@@ -736,21 +893,24 @@ class ATHMovilClient:
         )
 
 
-def _parse(endpoint: _Endpoint, build: Callable[[], Any]) -> Any:
-    """Build an answer type, turning a malformed field into ``InvalidResponseError``."""
-    try:
-        return build()
-    except (ValueError, TypeError, AttributeError) as error:
-        raise InvalidResponseError(
-            f"the answer is malformed: {error}", call=endpoint.name, http_status=200
-        ) from None
-
-
-def _refund_result(data: Mapping[str, Any]) -> RefundResult:
+def _refund_result(
+    data: Mapping[str, Any], reference_number: str, ecommerce_id: uuid.UUID | None
+) -> RefundResult:
+    """The refund answer's ``data``. Its ``originalTransaction`` carries no ``ecommerceId`` in
+    Evertec's documented answer: it is taken as ``ecommerce_id``'s only when it names the
+    reference number that was refunded."""
     refund = data.get("refund", data)
     if not isinstance(refund, dict):
         raise ValueError("refund must be an object")
     original = data.get("originalTransaction")
+    payment = None
+    if isinstance(original, dict):
+        if original.get("ecommerceId"):
+            payment = PaymentSnapshot.from_api(original)
+        elif ecommerce_id is not None and normalize.text(
+            original.get("referenceNumber"), "referenceNumber"
+        ) == normalize.text(reference_number):
+            payment = PaymentSnapshot.from_api(original, ecommerce_id)
     return RefundResult(
         amount=normalize.money(
             normalize.pick(refund, "refundedAmount", "amount", "total"), "refundedAmount"
@@ -762,9 +922,24 @@ def _refund_result(data: Mapping[str, Any]) -> RefundResult:
         ),
         transaction_date=normalize.local_datetime(refund.get("date"), "date"),
         message=normalize.text(refund.get("message"), "message"),
-        payment=PaymentSnapshot.from_api(original) if isinstance(original, dict) else None,
+        payment=payment,
         raw=dict(data),
     )
+
+
+def _error_text(value: Any) -> str:
+    """A field of an error answer as one line of text, whatever its type."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return normalize.text(value).replace("\n", " ")[:500]
+    return "" if value is None else normalize.text(json.dumps(value, default=str))[:500]
+
+
+def _seconds(value: float) -> str:
+    """Seconds as people write them: 2.0, 0.3 (for 0.2999), 0.05."""
+    if value < 0.1:
+        return f"{value:.2g}"
+    value = round(value, 2)
+    return f"{value:.1f}" if round(value, 1) == value else f"{value:g}"
 
 
 def _required_text(data: Mapping[str, Any], name: str) -> str:

@@ -28,10 +28,12 @@ DEFAULTS: dict[str, Any] = {
     "WEBHOOK_SECRET": "",
     # The secret being replaced, still accepted while ATH Móvil switches to the new URL.
     "WEBHOOK_PREVIOUS_SECRET": "",
-    # HTTP: seconds to connect and to wait for an answer, per attempt.
+    # HTTP, per attempt: seconds to connect, and for the whole answer (connecting, headers
+    # and body included, however slowly it comes).
     "CONNECT_TIMEOUT": 3.05,
     "READ_TIMEOUT": 15.0,
-    # Retries of transient failures: attempts per call and the total seconds one call may take.
+    # Retries of transient failures: attempts per call and the total seconds one call may take
+    # (all attempts and the waits between them).
     "MAX_ATTEMPTS": 4,
     "RETRY_DEADLINE": 30.0,
     "POOL_SIZE": 10,
@@ -49,9 +51,12 @@ DEFAULTS: dict[str, Any] = {
     # Settled webhook events, sent payment events and sync runs older than this are deleted
     # by the sync itself, a bounded batch per run. Payments and refunds are never deleted.
     "HISTORY_RETENTION": timedelta(days=90),
+    # A signal receiver that raised is called again, alone, with backoff, for this long after
+    # it first failed; then it is given up (athm_sync.outbox).
+    "RECEIVER_GIVE_UP_AFTER": timedelta(days=3),
     "AUTO_CAPTURE": True,
-    # Seconds the webhook view may spend verifying an event with ATH Móvil before it answers
-    # 200 and leaves the event pending for the next run (retries included).
+    # Seconds the webhook view may spend verifying an event with ATH Móvil, in total (retries
+    # and the whole answer included), before it answers 200 and leaves the event pending.
     "WEBHOOK_VERIFY_TIMEOUT": 4.0,
     # The checkout's status endpoint asks ATH Móvil about a payment at most once per this many
     # seconds, however many tabs poll; and a customer may send the push to another phone at
@@ -79,6 +84,7 @@ _DURATIONS = (
     "REFUND_SCAN_WINDOW",
     "REFUND_SCAN_INTERVAL",
     "HISTORY_RETENTION",
+    "RECEIVER_GIVE_UP_AFTER",
 )
 _URLS = ("API_BASE_URL", "REPORT_BASE_URL")
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
@@ -121,6 +127,7 @@ class AthmSyncSettings:
     refund_scan_window: timedelta
     refund_scan_interval: timedelta
     history_retention: timedelta
+    receiver_give_up_after: timedelta
     auto_capture: bool
     webhook_verify_timeout: float
     checkout_poll_interval: float
@@ -249,6 +256,7 @@ def get_settings() -> AthmSyncSettings:
         refund_scan_window=_as_timedelta(values["REFUND_SCAN_WINDOW"]),
         refund_scan_interval=_as_timedelta(values["REFUND_SCAN_INTERVAL"]),
         history_retention=_as_timedelta(values["HISTORY_RETENTION"]),
+        receiver_give_up_after=_as_timedelta(values["RECEIVER_GIVE_UP_AFTER"]),
         auto_capture=values["AUTO_CAPTURE"],
         webhook_verify_timeout=float(values["WEBHOOK_VERIFY_TIMEOUT"]),
         checkout_poll_interval=float(values["CHECKOUT_POLL_INTERVAL"]),

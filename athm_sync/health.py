@@ -1,8 +1,10 @@
 """``manage.py athm_sync --health``: is the sync running and succeeding?
 
 For monitoring, load balancers' probes and cron's own checks: healthy when a run finished with
-exit 0 within ``max_age``. It also says how many payments were given up (still open after
-``MAX_AGE``) or held (``MISMATCHED``) within ``max_age``: both need a person.
+exit 0 within ``max_age`` and no signal receiver is failing (one that raised and is still
+retried, :mod:`athm_sync.outbox`). It also says how many payments were given up (still open
+after ``MAX_AGE``) or held (``MISMATCHED``) within ``max_age``, and how many receivers were
+given up then: they need a person.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from athm_sync import clock
+from athm_sync import clock, outbox
 from athm_sync.models import Payment, PaymentEvent, SyncRun
 
 DEFAULT_MAX_AGE = timedelta(minutes=10)
@@ -38,6 +40,9 @@ class Health:
     given_up: int
     held: int
     max_age: timedelta
+    receivers_failing: int = 0
+    receivers_failing_since: datetime | None = None
+    receivers_given_up: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -47,11 +52,17 @@ class Health:
             "given_up": self.given_up,
             "held": self.held,
             "max_age_seconds": self.max_age.total_seconds(),
+            "receivers_failing": self.receivers_failing,
+            "receivers_failing_since": (
+                self.receivers_failing_since.isoformat() if self.receivers_failing_since else None
+            ),
+            "receivers_given_up": self.receivers_given_up,
         }
 
 
 def check_health(max_age: timedelta = DEFAULT_MAX_AGE, now: datetime | None = None) -> Health:
-    """Whether a run finished with exit 0 within ``max_age``; every query uses an index."""
+    """Whether a run finished with exit 0 within ``max_age`` and no receiver is failing; four
+    queries, each through an index."""
     now = now or clock.now()
     since = now - max_age
     success = (
@@ -64,11 +75,27 @@ def check_health(max_age: timedelta = DEFAULT_MAX_AGE, now: datetime | None = No
     held = PaymentEvent.objects.filter(
         kind=PaymentEvent.Kind.MISMATCHED, created_at__gte=since
     ).count()
+    receivers = outbox.status(given_up_since=since)
     needs_a_person = f"{given_up} payment(s) given up and {held} held in the last {_words(max_age)}"
+    if receivers.given_up:
+        needs_a_person += f"; {receivers.given_up} signal receiver(s) given up in that time"
+    found = {
+        "receivers_failing": receivers.failing,
+        "receivers_failing_since": receivers.failing_since,
+        "receivers_given_up": receivers.given_up,
+    }
+    failing = ""
+    if receivers.failing:
+        first = receivers.failing_since
+        failing = (
+            f"{receivers.failing} signal receiver(s) failing, the first since "
+            f"{first:%Y-%m-%d %H:%M:%S} UTC ({_words(now - first)} ago); "
+        )
     if success is not None and success.finished_at >= since:
         ago = _words(now - success.finished_at)
-        reason = f"the last successful run finished {ago} ago; {needs_a_person}"
-        return Health(True, reason, success.finished_at, given_up, held, max_age)
+        reason = f"{failing}the last successful run finished {ago} ago; {needs_a_person}"
+        healthy = not receivers.failing
+        return Health(healthy, reason, success.finished_at, given_up, held, max_age, **found)
     latest = SyncRun.objects.order_by("-started_at").first()
     if success is None:
         reason = "no run has finished successfully yet"
@@ -77,8 +104,9 @@ def check_health(max_age: timedelta = DEFAULT_MAX_AGE, now: datetime | None = No
     reason += f", more than {_words(max_age)}" if success is not None else ""
     if latest is not None and (success is None or latest.pk != success.pk):
         reason += f"; the latest run {_describe(latest)}"
-    reason += f"; {needs_a_person}"
-    return Health(False, reason, success.finished_at if success else None, given_up, held, max_age)
+    reason = f"{failing}{reason}; {needs_a_person}"
+    last_success = success.finished_at if success else None
+    return Health(False, reason, last_success, given_up, held, max_age, **found)
 
 
 def _describe(run: SyncRun) -> str:

@@ -25,8 +25,9 @@ Decisions:
   with findPayment and what ATH Móvil says is applied; the others are made due for the next
   run. One that no stored payment can be is ``ignored``, with the reason.
 - A refund webhook names no ecommerceId: it is matched to the stored payment with its reference
-  number and verified by the refunded amount findPayment reports. A refund of a payment the
-  shop does not track is ``ignored``.
+  number and verified by the refunded amount findPayment reports. One whose reference names no
+  single stored payment is linked by the customer's phone and the amount
+  (:mod:`athm_sync.unmatched`); one linked to nothing is ``ignored`` and listed for review.
 - ``payment``, ``donation`` and ``simulated`` events are stored and ``ignored``.
 - A duplicate of an event that was applied, changed nothing or was ignored does nothing more.
   A duplicate of a ``rejected`` or ``pending`` one is verified again: ATH Móvil may have caught
@@ -42,17 +43,17 @@ import logging
 import math
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from ipaddress import ip_address
 from typing import Any, NamedTuple
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 
-from athm_sync import clock, normalize, reconcile
+from athm_sync import clock, database, deadlines, normalize, reconcile, unmatched
 from athm_sync.client import ATHMovilClient, AuthenticationError, TransientError
 from athm_sync.conf import MAX_PAYMENT_TIMEOUT, AthmSyncSettings, get_settings
 from athm_sync.managers import StatusIn
@@ -322,7 +323,9 @@ def receive(
     else:
         return event, not created
     try:
-        processed = process(event, client or verification_client(conf), conf=conf, **options)
+        # All of the verification, however many payments it asks about, within the budget.
+        with deadlines.budget(conf.webhook_verify_timeout):
+            processed = process(event, client or verification_client(conf), conf=conf, **options)
     except Exception:
         logger.exception("Webhook event %s stored but not processed; it stays pending", event.pk)
         event.refresh_from_db()
@@ -374,6 +377,8 @@ def process(
         verdict = _Verdict(Outcome.PENDING, f"credentials rejected: {error}", unreachable=True)
         credentials_error = error
     except Exception as error:
+        if isinstance(error, DatabaseError) and database.connection_lost(error):
+            raise  # every event would fail alike: the run says it once, the event waits
         # A database error while storing what ATH Móvil said, or anything unforeseen: this
         # event alone waits (with backoff); the events and payments behind it go on.
         logger.exception("Webhook event %s could not be processed; it stays pending", event.pk)
@@ -540,7 +545,7 @@ def _created_window(payload: Mapping[str, Any]) -> tuple[datetime, datetime] | N
         if moment is None:
             return None
         return (moment - longest - CANDIDATE_DATE_MARGIN, moment + CANDIDATE_DATE_MARGIN)
-    except (ValueError, OverflowError):  # OverflowError: a date at the end of the calendar
+    except ValueError:
         return None
 
 
@@ -696,7 +701,7 @@ def _process_refund(
     payments = list(Payment.objects.filter(reference_number=event.reference_number)[:2])
     if len(payments) != 1:
         found = "no stored payment has" if not payments else "several stored payments have"
-        return _Verdict(Outcome.IGNORED, f"{found} reference number {event.reference_number}")
+        return _link_refund(event, client, conf, f"{found} its reference number")
     payment = payments[0]
     observation, unsettled = _ask(client, payment.pk, payment)
     if unsettled is not None:
@@ -711,6 +716,40 @@ def _process_refund(
     observation = dataclasses.replace(observation, refunds=_refund_details(event))
     result = reconcile.apply(observation, source="webhook", conf=conf)
     return _verdict_of(result, "")
+
+
+def _link_refund(
+    event: WebhookEvent, client: ATHMovilClient, conf: AthmSyncSettings, reason: str
+) -> _Verdict:
+    """A refund webhook whose reference number names no single stored payment: linked by the
+    customer's phone, the amount and the date, or listed for a person (athm_sync.unmatched)."""
+    details = _refund_details(event)
+    if not details:
+        return _Verdict(Outcome.IGNORED, f"{reason}, and its record cannot be read")
+    detail = details[0]
+    try:
+        phone = normalize.digits(event.payload.get("phoneNumber"))
+        name = normalize.text(event.payload.get("name"), "name")
+    except ValueError:  # only what links it: without them it is listed
+        phone = name = ""
+    foreign = unmatched.ForeignRefund(
+        amount=event.amount or Decimal("0.00"),
+        reference_number=event.reference_number,
+        daily_transaction_id=detail.daily_transaction_id,
+        date=detail.transaction_date,
+        phone=phone,
+        name=name,
+        message=detail.message,
+        source="webhook",
+    )
+    linked = unmatched.link(client, conf, foreign, reason=reason)
+    if linked.listed is not None:
+        return _Verdict(Outcome.IGNORED, f"listed for review: {linked.reason}")
+    if linked.payment is None:  # ATH Móvil could not be asked: verified again later
+        return _Verdict(Outcome.PENDING, f"could not verify: {linked.reason}")
+    for result in linked.outcomes:
+        return _verdict_of(result, "linked by the customer's phone and the amount")
+    return _Verdict(Outcome.UNCHANGED, "already known", linked.payment)
 
 
 def _refund_details(event: WebhookEvent) -> tuple[reconcile.RefundDetail, ...]:
@@ -747,7 +786,9 @@ def _verdict_of(result: reconcile.Outcome, note: str) -> _Verdict:
 
 
 def process_pending(
-    client: ATHMovilClient, conf: AthmSyncSettings | None = None
+    client: ATHMovilClient,
+    conf: AthmSyncSettings | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[Processed]:
     """Verify and apply every pending event, oldest first (the start of each ``athm_sync`` run).
 
@@ -755,7 +796,8 @@ def process_pending(
     be verified or applied (an invalid answer, a database error) stays pending with a longer
     backoff, and the others go on. The loop stops at the first event ATH Móvil cannot be asked
     about at all (it is down, or the credentials are rejected): the others would wait out the
-    same retries one by one. They stay pending for the next run.
+    same retries one by one. They stay pending for the next run, as do those left when
+    ``should_stop`` (asked before each event) says the run is stopping.
     """
     conf = conf or get_settings()
     now = clock.now()
@@ -770,6 +812,8 @@ def process_pending(
         .values_list("pk", flat=True)
     )
     for pk in pending:
+        if should_stop is not None and should_stop():
+            break
         done = process(WebhookEvent(pk=pk), client, conf=conf)
         if done is None:
             continue

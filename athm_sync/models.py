@@ -309,8 +309,10 @@ class PaymentEvent(models.Model):
     )
     created_at = AwareDateTimeField(_("created at"), default=timezone.now)
     dispatched_at = AwareDateTimeField(_("dispatched at"), null=True, blank=True)
+    # Receivers that raised and have not been delivered since (still retried, or given up):
+    # each has a ReceiverDelivery; a retry that succeeds takes one off.
     receiver_errors = models.PositiveIntegerField(_("receiver errors"), default=0)
-    # Each receiver that raised when the signal was sent: {"receiver": ..., "error": ...}.
+    # Each receiver that raised when the signal was first sent: {"receiver": ..., "error": ...}.
     errors = models.JSONField(_("receiver errors, in full"), default=list, blank=True)
 
     class Meta:
@@ -332,6 +334,65 @@ class PaymentEvent(models.Model):
         return f"{self.get_kind_display()} ({self.payment_id})"
 
 
+class ReceiverDelivery(models.Model):
+    """One receiver of an event's signal that raised, and its retries (``athm_sync.outbox``).
+
+    Written in the transaction that sent the signal, so a failure is never lost. The receiver
+    is named by its dotted path (``module.qualname``) and found again among the signal's live
+    receivers at each retry; only it is called again, never the receivers that succeeded.
+    Outstanding while neither ``delivered_at`` nor ``given_up_at`` is set; due at
+    ``next_attempt_at``.
+    """
+
+    event = models.ForeignKey(
+        PaymentEvent,
+        verbose_name=_("event"),
+        related_name="receiver_deliveries",
+        on_delete=models.CASCADE,
+    )
+    receiver = models.CharField(_("receiver"), max_length=500)
+    # Calls that raised: the first send, then each retry that failed.
+    attempts = models.PositiveIntegerField(_("failed attempts"), default=1)
+    first_failed_at = AwareDateTimeField(_("first failed at"))
+    last_failed_at = AwareDateTimeField(_("last failed at"))
+    next_attempt_at = AwareDateTimeField(_("next attempt at"), null=True, blank=True)
+    last_error = models.TextField(_("last error"), blank=True, default="")
+    delivered_at = AwareDateTimeField(_("delivered at"), null=True, blank=True)
+    given_up_at = AwareDateTimeField(_("given up at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("ATH Móvil failed receiver")
+        verbose_name_plural = _("ATH Móvil failed receivers")
+        ordering = ("-first_failed_at", "-id")
+        constraints = [
+            models.UniqueConstraint(fields=["event", "receiver"], name="athm_delivery_unique"),
+        ]
+        indexes = [
+            # Each run reads only the failing ones that are due, most overdue first.
+            models.Index(
+                fields=["next_attempt_at", "id"],
+                condition=Q(delivered_at__isnull=True, given_up_at__isnull=True),
+                name="athm_delivery_due_idx",
+            ),
+            # --health counts the ones given up lately; they are few.
+            models.Index(
+                fields=["given_up_at"],
+                condition=Q(given_up_at__isnull=False),
+                name="athm_delivery_given_up_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.receiver} for event {self.event_id} ({self.state})"
+
+    @property
+    def state(self) -> str:
+        """``delivered``, ``given up`` or ``failing``."""
+        if self.delivered_at is not None:
+            return "delivered"
+        return "given up" if self.given_up_at is not None else "failing"
+
+
 class SyncRun(models.Model):
     """One run of ``manage.py athm_sync`` (dry runs are not recorded)."""
 
@@ -347,13 +408,24 @@ class SyncRun(models.Model):
     receiver_errors = models.PositiveIntegerField(_("receiver errors"), default=0)
     errors = models.JSONField(_("errors"), default=list, blank=True, encoder=DjangoJSONEncoder)
     exit_code = models.SmallIntegerField(_("exit code"), null=True, blank=True)
+    # Renewed while the run lives (with its claims); a run that never finished and stopped
+    # renewing is closed by the next run as abandoned.
+    alive_until = AwareDateTimeField(_("alive until"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("ATH Móvil sync run")
         verbose_name_plural = _("ATH Móvil sync runs")
         ordering = ("-started_at", "-id")
         get_latest_by = "started_at"
-        indexes = [models.Index(fields=["started_at"], name="athm_run_started_idx")]
+        indexes = [
+            models.Index(fields=["started_at"], name="athm_run_started_idx"),
+            # The runs not finished: each run looks for abandoned ones, however long the history.
+            models.Index(
+                fields=["started_at"],
+                name="athm_run_unfinished_idx",
+                condition=models.Q(finished_at__isnull=True),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"athm_sync run {self.started_at:%Y-%m-%d %H:%M:%S} (exit {self.exit_code})"
@@ -466,6 +538,68 @@ class RunLock(models.Model):
         if not self.holder:
             return f"{self.name} (free)"
         return f"{self.name} (held by {self.holder} until {self.expires_at:%Y-%m-%d %H:%M:%S})"
+
+
+class RefundIntent(models.Model):
+    """A refund the shop is sending: reserved (committed) before the refund API is called and
+    deleted once ATH Móvil's answer is recorded. At most one per payment, so a second refund
+    of the payment started meanwhile is refused instead of sent.
+
+    One left behind (the process died, or the answer was lost and ATH Móvil did not show the
+    refund yet) is settled by reading the payment's refunded amount, never by calling the
+    refund API again (:func:`athm_sync.refunds.settle_intents`).
+    """
+
+    payment = models.OneToOneField(
+        Payment,
+        verbose_name=_("payment"),
+        related_name="refund_intent",
+        on_delete=models.CASCADE,
+    )
+    amount = MoneyField(_("amount"))
+    message = models.CharField(_("message"), max_length=50, blank=True)
+    # The payment's total_refunded_amount when the intent was reserved.
+    refunded_before = MoneyField(_("refunded before"))
+    created_at = AwareDateTimeField(_("created at"), default=timezone.now)
+    # Until then the process that reserved it may still be waiting for ATH Móvil's answer.
+    busy_until = AwareDateTimeField(_("in flight until"))
+    note = models.CharField(_("note"), max_length=255, blank=True)
+
+    class Meta:
+        verbose_name = _("ATH Móvil refund being sent")
+        verbose_name_plural = _("ATH Móvil refunds being sent")
+
+    def __str__(self) -> str:
+        return f"refund of ${self.amount} of payment {self.payment_id} being sent"
+
+
+class UnmatchedRefund(models.Model):
+    """A refund ATH Móvil reported (a report row, a refund webhook) that no stored payment
+    could be linked to, neither by its reference number nor by the customer's phone, the
+    amount and the date: listed for a person, never dropped in silence."""
+
+    # The refund's own record: its date and daily id name it (one business, one day, one id).
+    key = models.CharField(_("key"), max_length=200, unique=True)
+    source = models.CharField(_("seen in"), max_length=16)
+    reference_number = models.CharField(_("reference number"), max_length=100, blank=True)
+    daily_transaction_id = models.CharField(_("daily transaction id"), max_length=32, blank=True)
+    transaction_date = AwareDateTimeField(_("transaction date"), null=True, blank=True)
+    amount = MoneyField(_("amount"))
+    customer_name = models.CharField(_("customer name"), max_length=255, blank=True)
+    customer_phone = models.CharField(_("customer phone"), max_length=20, blank=True)
+    message = models.CharField(_("message"), max_length=255, blank=True)
+    reason = models.TextField(_("why it is unmatched"), blank=True)
+    first_seen_at = AwareDateTimeField(_("first seen at"), default=timezone.now)
+    last_seen_at = AwareDateTimeField(_("last seen at"), default=timezone.now)
+    times_seen = models.PositiveIntegerField(_("times seen"), default=1)
+
+    class Meta:
+        verbose_name = _("ATH Móvil refund matching no payment")
+        verbose_name_plural = _("ATH Móvil refunds matching no payment")
+        ordering = ("-first_seen_at", "-id")
+
+    def __str__(self) -> str:
+        return f"unmatched refund ${self.amount} ({self.reference_number or '-'})"
 
 
 # The checkout's model lives beside its code; imported here so Django registers it with the app.

@@ -22,6 +22,9 @@ CENT = Decimal("0.01")
 # The largest amount the app stores: what a DecimalField(max_digits=10, decimal_places=2) holds.
 MAX_AMOUNT = Decimal("99999999.99")
 LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S"
+# An epoch timestamp this large or larger counts milliseconds: 10**11 seconds is the year 5138,
+# 10**11 milliseconds is March 1973, before any ATH Móvil payment.
+EPOCH_MILLISECONDS_FROM = 10**11
 
 # Remote spellings of each status, upper-cased. findPayment says CANCEL for cancelled and
 # expired alike; webhooks say which.
@@ -123,19 +126,43 @@ def status(value: Any, field: str = "status") -> str:
 def local_datetime(value: Any, field: str = "date") -> datetime | None:
     """A Puerto Rico local time (``"2023-01-13 16:17:06"``, maybe with ``.0``) as aware UTC.
 
-    Empty means not yet (ATH Móvil sends ``""`` before completion). Puerto Rico has no
-    daylight saving, so the conversion never meets an ambiguous hour.
+    An epoch timestamp (a number, or text of digits: the refund answer's ``date``) is an
+    absolute instant, in milliseconds from 10**11 up and in seconds below (see
+    ``EPOCH_MILLISECONDS_FROM``). Empty means not yet (ATH Móvil sends ``""`` before
+    completion). Puerto Rico has no daylight saving, so the conversion never meets an
+    ambiguous hour.
     """
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        return _epoch(value, field)
     raw = text(value, field)
     if not raw:
         return None
+    if raw.isascii() and raw.isdigit():
+        return _epoch(int(raw), field)
     try:
         parsed = datetime.fromisoformat(raw.replace("/", "-"))
     except ValueError:
         raise ValueError(f"{field} must be a date like 2023-01-13 16:17:06, not {raw!r}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=PUERTO_RICO)
-    return parsed.astimezone(UTC).replace(microsecond=0)
+    try:
+        return parsed.astimezone(UTC).replace(microsecond=0)
+    except OverflowError:  # 9999-12-31 in Puerto Rico is past the calendar's end in UTC
+        raise ValueError(f"{field} {raw!r} is out of range") from None
+
+
+def _epoch(value: int | float | Decimal, field: str) -> datetime:
+    """An epoch timestamp in seconds or milliseconds (by magnitude) as aware UTC."""
+    seconds = Decimal(str(value))
+    if seconds.is_finite() and abs(seconds) >= EPOCH_MILLISECONDS_FROM:
+        seconds /= 1000
+    try:
+        moment = datetime.fromtimestamp(int(seconds), UTC)
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(
+            f"{field} must be a date or an epoch timestamp, not {str(value)[:30]}"
+        ) from None
+    return moment
 
 
 def to_local_string(moment: datetime) -> str:

@@ -32,6 +32,8 @@ from __future__ import annotations
 import base64
 import copy
 import dataclasses
+import functools
+import itertools
 import json
 import logging
 import random
@@ -43,11 +45,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import AsyncToSync, async_to_sync
 from django.db import DatabaseError, OperationalError, connection, transaction
 from django.db.models import Q, QuerySet
 
-from athm_sync import clock, normalize, signals
+from athm_sync import clock, database, normalize, signals
 from athm_sync.client import (
     ATHMovilClient,
     ATHMovilError,
@@ -59,7 +61,7 @@ from athm_sync.client import (
     PaymentSnapshot,
 )
 from athm_sync.conf import AthmSyncSettings, get_settings
-from athm_sync.models import Payment, PaymentEvent, Refund, fit_to_column
+from athm_sync.models import Payment, PaymentEvent, Refund, SyncRun, fit_to_column
 
 logger = logging.getLogger("athm_sync.reconcile")
 
@@ -257,18 +259,26 @@ class RefundDetail:
     daily_transaction_id: str = ""
     transaction_date: datetime | None = None
     message: str = ""
+    # The refund's own reference number, when it is not the payment's.
+    reference_number: str = ""
 
 
 def refund_parts(growth: Decimal, details: tuple[RefundDetail, ...]) -> list[RefundDetail]:
     """The ``Refund`` rows one growth of the refunded amount becomes.
 
     One per detail when the details' amounts add up to the growth exactly (two refunds made
-    between two checks, each with its own record); otherwise one of the whole growth, with
-    the one detail that fits it (its amount unknown or equal), or none.
+    between two checks, each with its own record). When they add up to less, one per detail
+    and one more, without details, of the rest: refunds made elsewhere that no record told
+    of yet (the transaction report lends them their details later). Otherwise one of the
+    whole growth, with the one detail that fits it (its amount unknown or equal), or none.
     """
     amounts = [d.amount for d in details]
-    if amounts and None not in amounts and sum(amounts, Decimal("0.00")) == growth:
-        return list(details)
+    if amounts and None not in amounts:
+        known = sum(amounts, Decimal("0.00"))
+        if known == growth:
+            return list(details)
+        if Decimal("0.00") < known < growth:
+            return [RefundDetail(amount=growth - known), *details]
     fitting = [d for d in details if d.amount in (None, growth)]
     detail = fitting[0] if len(fitting) == 1 else RefundDetail()
     return [dataclasses.replace(detail, amount=growth)]
@@ -400,6 +410,7 @@ class Outcome:
     given_up: bool = False
     error: str = ""
     unsent: str = ""  # why some of its signals could not be sent (they stay pending)
+    connection_lost: bool = False  # the database connection died while they were sent
 
     @property
     def changed(self) -> bool:
@@ -421,8 +432,9 @@ def apply(
     transaction, and sends the events' signals after it commits. A database error while doing
     so (an answer no column can hold, a constraint) rolls all of it back and is recorded on
     the payment in a transaction of its own, with backoff (``outcome.error``). Raises
-    ``Payment.DoesNotExist`` for a payment that is not stored. ``quiet`` records the
-    transitions as sent without sending their signals (importing history).
+    ``Payment.DoesNotExist`` for a payment that is not stored, and the database's error when
+    the connection died (the answer was not at fault: nothing is recorded on the payment).
+    ``quiet`` records the transitions as sent without sending their signals (importing history).
     """
     conf = conf or get_settings()
     now = now or clock.now()
@@ -431,6 +443,8 @@ def apply(
     except Payment.DoesNotExist:
         raise
     except DatabaseError as error:
+        if database.connection_lost(error):
+            raise
         reason = normalize.text(f"could not store ATH Móvil's answer: {error}")[:1000]
         logger.error("Payment %s: %s", observation.ecommerce_id, reason)
         outcome = run_locked(lambda: _record_failure(observation.ecommerce_id, reason, now, conf))
@@ -496,7 +510,7 @@ def _apply_locked(
                 refund = Refund.objects.create(
                     payment=payment,
                     amount=part.amount,
-                    reference_number=payment.reference_number,
+                    reference_number=(part.reference_number or payment.reference_number)[:100],
                     daily_transaction_id=part.daily_transaction_id[:32],
                     transaction_date=part.transaction_date,
                     message=part.message[:255],
@@ -599,6 +613,7 @@ def _record_dispatch(outcome: Outcome, dispatched: Dispatched) -> None:
     outcome.signals_sent = dispatched.sent
     outcome.receiver_errors = dispatched.receiver_errors
     outcome.unsent = dispatched.problem
+    outcome.connection_lost = dispatched.connection_lost
 
 
 def _copy_remote_fields(payment: Payment, snapshot: PaymentSnapshot, refresh_all: bool) -> None:
@@ -656,6 +671,8 @@ class Dispatched:
     failures: list[tuple[int, str]] = field(default_factory=list)
     # Of the events sent, how many a crash had left (not a live process's, just committed).
     leftovers: int = 0
+    # The connection died: the events not sent yet were not tried (they stay pending).
+    connection_lost: bool = False
 
     @property
     def sent(self) -> int:
@@ -684,7 +701,8 @@ def dispatch(events: Iterable[int | PaymentEvent]) -> Dispatched:
     others' work still commits. An event another process is sending is skipped (its row is
     locked: ``SKIP LOCKED`` on PostgreSQL; SQLite's write lock makes the second process wait,
     then find it sent). An event that cannot be marked (a database error) is reported in
-    ``failures`` and left pending; the others are still sent.
+    ``failures`` and left pending; the others are still sent, unless the connection died
+    (``connection_lost``): then the others are left pending too, untried.
     """
     result = Dispatched()
     for given in events:
@@ -693,6 +711,11 @@ def dispatch(events: Iterable[int | PaymentEvent]) -> Dispatched:
         try:
             failures = run_locked(lambda pk=pk, event=event: _dispatch_one(pk, event))
         except DatabaseError as error:
+            if database.connection_lost(error):
+                # Said once by the run that meets it; every other event would fail alike.
+                result.connection_lost = True
+                result.failures.append((pk, database.first_line(error)))
+                break
             reason = normalize.text(f"{type(error).__name__}: {error}")[:500]
             logger.error("Signal of event %s not sent, it stays pending: %s", pk, reason)
             result.failures.append((pk, reason))
@@ -727,7 +750,11 @@ def _dispatch_one(pk: int, event: PaymentEvent | None = None) -> int | None:
             return None
         errors = _send(event)
         if errors:
+            from athm_sync import outbox  # it builds on this module
+
             PaymentEvent.objects.filter(pk=pk).update(receiver_errors=len(errors), errors=errors)
+            # In this same transaction: a failure recorded is a failure retried, by later runs.
+            outbox.record_failures(event, errors, clock.now())
     return len(errors)
 
 
@@ -736,11 +763,12 @@ def _dispatch_one(pk: int, event: PaymentEvent | None = None) -> int | None:
 IN_FLIGHT = timedelta(seconds=10)
 
 
-def dispatch_pending() -> Dispatched:
+def dispatch_pending(should_stop: Callable[[], bool] | None = None) -> Dispatched:
     """Send every event a crash left unsent (committed, never dispatched), at once.
 
     Events another live process is sending are skipped. Only events older than ``IN_FLIGHT``
-    that this call really sent are reported as left by an earlier run.
+    that this call really sent are reported as left by an earlier run. ``should_stop`` is
+    asked before each event: when it says so, the rest stay pending for the next run.
     """
     pending = list(
         PaymentEvent.objects.filter(dispatched_at__isnull=True)
@@ -749,7 +777,8 @@ def dispatch_pending() -> Dispatched:
     )
     if not pending:
         return Dispatched()
-    result = dispatch([pk for pk, _ in pending])
+    stop = should_stop or (lambda: False)
+    result = dispatch(itertools.takewhile(lambda _: not stop(), (pk for pk, _ in pending)))
     sent = set(result.sent_ids)
     fresh_before = clock.now() - IN_FLIGHT
     result.leftovers = sum(1 for pk, created in pending if pk in sent and created < fresh_before)
@@ -758,8 +787,9 @@ def dispatch_pending() -> Dispatched:
     return result
 
 
-def _signal_of(event: PaymentEvent) -> tuple[Any, type, dict[str, Any]]:
-    """The signal an event sends, its sender and its arguments."""
+def signal_of(event: PaymentEvent) -> tuple[Any, type, dict[str, Any]]:
+    """The signal an event sends, its sender and its arguments (its payment and refund as
+    loaded with it)."""
     payment = event.payment
     kind = PaymentEvent.Kind
     if event.kind == kind.REFUND_SENT:
@@ -772,34 +802,73 @@ def _signal_of(event: PaymentEvent) -> tuple[Any, type, dict[str, Any]]:
             "reason": payment.mismatch_reason,
         }
         return signals.payment_mismatched, Payment, arguments
-    signal = {
-        kind.COMPLETED: signals.payment_completed,
-        kind.CANCELLED: signals.payment_cancelled,
-        kind.EXPIRED: signals.payment_expired,
-    }[event.kind]
-    return signal, Payment, {"payment": payment}
+    return signal_for_kind(event.kind), Payment, {"payment": payment}
+
+
+def signal_for_kind(kind: str) -> Any:
+    """The signal an event of ``kind`` sends."""
+    return {
+        PaymentEvent.Kind.COMPLETED: signals.payment_completed,
+        PaymentEvent.Kind.CANCELLED: signals.payment_cancelled,
+        PaymentEvent.Kind.EXPIRED: signals.payment_expired,
+        PaymentEvent.Kind.REFUND_SENT: signals.refund_sent,
+        PaymentEvent.Kind.MISMATCHED: signals.payment_mismatched,
+    }[kind]
 
 
 def _send(event: PaymentEvent) -> list[dict[str, str]]:
     """Call each receiver of the event's signal in a savepoint; returns the failures."""
-    signal, sender, arguments = _signal_of(event)
+    signal, sender, arguments = signal_of(event)
     errors = []
-    for receiver in _receivers(signal, sender):
-        try:
-            with transaction.atomic():
-                receiver(signal=signal, sender=sender, **arguments)
-        except Exception as error:
-            name = _name_of(receiver)
-            errors.append({"receiver": name, "error": f"{type(error).__name__}: {error}"[:500]})
-            logger.error(
-                "Receiver %s of %s failed for payment %s; its database writes were rolled back",
-                name,
-                event.kind,
-                event.payment_id,
-                exc_info=(type(error), error, error.__traceback__),
-            )
+    for name, receiver in named_receivers(signal, sender):
+        error = call_receiver(receiver, signal, sender, arguments)
+        if error is None:
+            continue
+        errors.append({"receiver": name, "error": describe_error(error)})
+        logger.error(
+            "Receiver %s of %s failed for payment %s; its database writes were rolled back",
+            name,
+            event.kind,
+            event.payment_id,
+            exc_info=(type(error), error, error.__traceback__),
+        )
     logger.debug("Sent %s for payment %s (sender %s)", event.kind, event.payment_id, sender)
     return errors
+
+
+def call_receiver(
+    receiver: Callable[..., Any], signal: Any, sender: type, arguments: dict[str, Any]
+) -> Exception | None:
+    """Call one receiver in a savepoint; returns what it raised (its writes rolled back), or
+    ``None`` when it returned. A database connection that died under it is not the
+    receiver's fault: that is raised, and the event or retry stays pending."""
+    try:
+        with transaction.atomic():
+            receiver(signal=signal, sender=sender, **arguments)
+    except Exception as error:
+        if isinstance(error, DatabaseError) and database.connection_lost(error):
+            raise
+        return error
+    return None
+
+
+def describe_error(error: BaseException) -> str:
+    """A receiver's error as it is recorded: its type and message, cut to 500 characters."""
+    return f"{type(error).__name__}: {error}"[:500]
+
+
+def named_receivers(signal: Any, sender: type) -> list[tuple[str, Callable[..., Any]]]:
+    """The live receivers of ``signal`` for ``sender``, in the order they are called, each with
+    the name a failure is recorded under (:func:`_name_of`). A second receiver of the same
+    name (closures made in a loop) is named ``name#2``, a third ``name#3``..., so that a retry
+    calls the very one that failed."""
+    named = []
+    seen: dict[str, int] = {}
+    for receiver in _receivers(signal, sender):
+        name = _name_of(receiver)
+        seen[name] = seen.get(name, 0) + 1
+        named.append((name if seen[name] == 1 else f"{name}#{seen[name]}", receiver))
+    return named
 
 
 def _receivers(signal: Any, sender: type) -> list[Callable[..., Any]]:
@@ -815,8 +884,17 @@ def _receivers(signal: Any, sender: type) -> list[Callable[..., Any]]:
 
 
 def _name_of(receiver: Any) -> str:
-    module = getattr(receiver, "__module__", "")
-    name = getattr(receiver, "__qualname__", None) or repr(receiver)
+    """A receiver's dotted name, ``module.qualname``: the same in every process running the
+    same code. An async receiver is named for its coroutine function, a ``partial`` for its
+    function, a callable object for its class (never a ``repr`` holding a memory address)."""
+    if isinstance(receiver, AsyncToSync):
+        receiver = receiver.awaitable
+    while isinstance(receiver, functools.partial):
+        receiver = receiver.func
+    if getattr(receiver, "__qualname__", None) is None:
+        receiver = type(receiver)
+    module = getattr(receiver, "__module__", "") or ""
+    name = receiver.__qualname__
     return f"{module}.{name}" if module else name
 
 
@@ -1004,13 +1082,18 @@ class LeaseKeeper:
 
     Claims are short (``CLAIM_LEASE``, 45 s) so that the payments of a run that died (killed,
     out of memory, its host gone) are free again within a minute; while the run lives, this
-    keeps them, however slow ATH Móvil or its receivers are. The thread uses its own database
-    connection and closes it when stopped. ``renewed`` is set after each renewal.
+    keeps them, however slow ATH Móvil or its receivers are. With ``sync_run_id`` it also
+    pushes that ``SyncRun``'s ``alive_until`` ahead: a run that never finished and stopped
+    renewing was abandoned. The thread uses its own database connection and closes it when
+    stopped. ``renewed`` is set after each renewal.
     """
 
-    def __init__(self, run_id: str, lease: timedelta = CLAIM_LEASE) -> None:
+    def __init__(
+        self, run_id: str, lease: timedelta = CLAIM_LEASE, *, sync_run_id: int | None = None
+    ) -> None:
         self.run_id = run_id
         self.lease = lease
+        self.sync_run_id = sync_run_id
         self.every = lease.total_seconds() / 3
         self.renewed = threading.Event()
         self._stop = threading.Event()
@@ -1031,12 +1114,24 @@ class LeaseKeeper:
             while not self._stop.wait(self.every):
                 try:
                     renew_claims(self.run_id, self.lease)
+                    if self.sync_run_id is not None:
+                        keep_run_alive(self.sync_run_id, self.lease)
                 except DatabaseError as error:  # the next tick tries again
                     logger.warning("Could not renew the claims of run %s: %s", self.run_id, error)
                 else:
                     self.renewed.set()
         finally:
             connection.close()
+
+
+def keep_run_alive(sync_run_id: int, lease: timedelta, now: datetime | None = None) -> int:
+    """Push an unfinished ``SyncRun``'s ``alive_until`` to ``now + lease``."""
+    until = (now or clock.now()) + lease
+    return run_locked(
+        lambda: SyncRun.objects.filter(pk=sync_run_id, finished_at__isnull=True).update(
+            alive_until=until
+        )
+    )
 
 
 def release_claims(run_id: str) -> int:

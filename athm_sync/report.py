@@ -11,10 +11,15 @@ run reads the report's last ``REFUND_SCAN_WINDOW`` (default 2 days), at most onc
   through :func:`athm_sync.reconcile.apply`: each newly seen increase of the refunded amount
   becomes one ``Refund`` (with the row's daily id, date and message) and one ``refund_sent``;
 - a row whose refund is already recorded without those details (found by a poll) lends them
-  to it, with no API call.
+  to it, with no API call; when a poll recorded several refunds as one, that ``Refund`` is
+  split, one per row (:func:`_split_details`);
+- a row whose reference number names no single stored payment is linked by the customer's
+  phone, the amount and the date, or listed for a person (:mod:`athm_sync.unmatched`).
 
 The work of a scan does not grow with the payments ever stored: one report call (per 7 days
-of window) and at most one findPayment per payment with an unknown refund in the window.
+of window), at most one findPayment per payment with an unknown refund in the window, and at
+most ``unmatched.MAX_CANDIDATE_CALLS`` per refund row whose reference names no payment, the
+first time it is seen.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from athm_sync import reconcile
+from django.db import transaction
+
+from athm_sync import reconcile, unmatched
 from athm_sync.client import (
     ATHMovilClient,
     ATHMovilError,
@@ -47,6 +54,8 @@ CHUNK = timedelta(days=7)
 # After a scan fails, the next run tries again this soon.
 RETRY_AFTER = timedelta(minutes=1)
 _PAID = (Payment.Status.COMPLETED, Payment.Status.MISMATCHED)
+# How many unmatched refunds --json names (all are counted, and listed in the admin).
+UNMATCHED_LISTED = 20
 
 
 @dataclass
@@ -60,6 +69,10 @@ class ScanResult:
     refunds: int = 0
     checked: int = 0
     untracked: int = 0
+    # Of the untracked rows: linked to a payment by phone, amount and date (athm_sync.unmatched),
+    # and those linked to none, listed for a person (UnmatchedRefund).
+    linked: int = 0
+    unmatched: list[dict[str, Any]] = field(default_factory=list)
     unparsable: list[str] = field(default_factory=list)
     outcomes: list[reconcile.Outcome] = field(default_factory=list, repr=False)
 
@@ -72,6 +85,9 @@ class ScanResult:
             "refunds": self.refunds,
             "checked": self.checked,
             "untracked": self.untracked,
+            "linked": self.linked,
+            "unmatched": len(self.unmatched),
+            "unmatched_refunds": self.unmatched[:UNMATCHED_LISTED],
             "unparsable": len(self.unparsable),
         }
 
@@ -140,10 +156,13 @@ def record_refunds(
     for payment in Payment.objects.filter(reference_number__in=references, status__in=_PAID):
         payments.setdefault(payment.reference_number, []).append(payment)
     unknown: dict[Any, tuple[Payment, list[ReportTransaction]]] = {}
+    foreign: list[tuple[ReportTransaction, str]] = []
     for row in sorted(rows, key=lambda row: (row.date is None, row.date)):
         matches = payments.get(row.reference_number, [])
         if len(matches) != 1:
             result.untracked += 1
+            found = "no stored payment has" if not matches else "several stored payments have"
+            foreign.append((row, f"{found} its reference number"))
             continue
         payment = matches[0]
         if not (_known(payment, row) or _lend_details(payment, row)):
@@ -157,6 +176,42 @@ def record_refunds(
         result.checked += 1
         result.refunds += sum(1 for event in outcome.events if event.refund_id)
         result.outcomes.append(outcome)
+        for row in its_rows:  # not new: part of a refund recorded before without details
+            _known(payment, row) or _lend_details(payment, row) or _split_details(payment, row)
+    for row, reason in foreign:
+        linked = unmatched.link(
+            client, conf, foreign_refund(row, source), reason=reason, quiet=quiet
+        )
+        result.checked += linked.calls
+        for outcome in linked.outcomes:
+            result.refunds += sum(1 for event in outcome.events if event.refund_id)
+            result.outcomes.append(outcome)
+        if linked.payment is not None:
+            result.linked += not linked.known
+        elif linked.listed is not None:
+            result.unmatched.append(
+                {
+                    "reference_number": row.reference_number,
+                    "daily_transaction_id": row.daily_transaction_id,
+                    "date": row.date.isoformat() if row.date else None,
+                    "amount": str(row.total),
+                    "reason": linked.reason,
+                }
+            )
+
+
+def foreign_refund(row: ReportTransaction, source: str) -> unmatched.ForeignRefund:
+    """A refund row of the report as a refund to link by what else names it."""
+    return unmatched.ForeignRefund(
+        amount=row.total,
+        reference_number=row.reference_number,
+        daily_transaction_id=row.daily_transaction_id,
+        date=row.date,
+        phone=row.customer_phone,
+        name=row.customer_name,
+        message=row.message,
+        source=source,
+    )
 
 
 def details_of(rows: list[ReportTransaction]) -> tuple[reconcile.RefundDetail, ...]:
@@ -192,6 +247,41 @@ def _lend_details(payment: Payment, row: ReportTransaction) -> bool:
         lambda: bare.save(update_fields=["daily_transaction_id", "transaction_date", "message"])
     )
     return True
+
+
+def _split_details(payment: Payment, row: ReportTransaction) -> bool:
+    """Give the row's record to part of a larger refund recorded without details (a poll saw
+    two refunds made between two checks as one growth): that ``Refund`` keeps its id and its
+    ``refund_sent``, and takes the row's amount and record; the rest becomes a ``Refund`` of
+    its own without details (no signal: the money's was sent), for the next row to fill.
+    True if one was split."""
+
+    def split() -> bool:
+        with transaction.atomic():
+            bare = (
+                Refund.objects.select_for_update()
+                .filter(payment=payment, daily_transaction_id="", amount__gt=row.total)
+                .order_by("created_at", "pk")
+                .first()
+            )
+            if bare is None:
+                return False
+            Refund.objects.create(
+                payment=payment,
+                amount=bare.amount - row.total,
+                reference_number=bare.reference_number,
+                created_at=bare.created_at,
+            )
+            bare.amount = row.total
+            bare.daily_transaction_id = row.daily_transaction_id[:32]
+            bare.transaction_date = row.date
+            bare.message = row.message[:255]
+            bare.save(
+                update_fields=["amount", "daily_transaction_id", "transaction_date", "message"]
+            )
+            return True
+
+    return reconcile.run_locked(split)
 
 
 def _finish(result: ScanResult, retry_at: datetime | None, error: str) -> None:
@@ -256,6 +346,7 @@ def backfill(
     quiet: bool = False,
     on_outcome: Any = None,
     progress: Any = None,
+    should_stop: Any = None,
 ) -> BackfillResult:
     """Import the report between ``start`` and ``end``, a week at a time (memory stays flat).
 
@@ -264,10 +355,15 @@ def backfill(
     their signals fire once (``quiet``: none, for history). Other types are counted and
     skipped; a row that cannot be read is named in ``unparsable`` and the others imported.
     ``on_outcome(outcome)`` sees each applied change, ``progress(done, total)`` each chunk.
+    ``should_stop()`` is asked before each chunk and each row: when it says so, the backfill
+    ends there; what it imported stands, and running it again imports the rest.
     """
     result = BackfillResult()
     ranges = list(chunks(start, end))
+    stopping = should_stop or (lambda: False)
     for done, (chunk_start, chunk_end) in enumerate(ranges, start=1):
+        if stopping():
+            break
         report = client.report_rows(chunk_start, chunk_end)
         result.chunks += 1
         result.rows += len(report.transactions) + len(report.unparsable)
@@ -279,6 +375,8 @@ def backfill(
             if row.transaction_type == REFUND:
                 refunds.setdefault(row.reference_number, []).append(row)
         for row in report.transactions:
+            if stopping():
+                return result
             if row.transaction_type == ECOMMERCE and row.status == Payment.Status.COMPLETED:
                 its_refunds = refunds.pop(row.reference_number, [])
                 outcome = _import_payment(row, its_refunds, conf, quiet, result)

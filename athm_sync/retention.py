@@ -6,7 +6,8 @@ one run a minute), ``WebhookEvent`` and ``PaymentEvent``. Each run deletes what 
 through an index, so the cost of a run stays bounded and a backlog clears over a few runs:
 
 - webhook events that are settled (any outcome but ``pending``);
-- payment events whose signal was sent (a pending one is never lost);
+- payment events whose signal was sent (a pending one is never lost), but never one with a
+  receiver still being retried (``athm_sync.outbox``); a given-up one goes with its event;
 - sync runs (one that never finished died long before the cutoff).
 
 Payments and refunds are never deleted: they are the shop's records of money.
@@ -15,13 +16,13 @@ Payments and refunds are never deleted: they are the shop's records of money.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from django.db import models
+from django.db.models import Exists, OuterRef, Q
 
 from athm_sync import reconcile
 from athm_sync.conf import AthmSyncSettings
-from athm_sync.models import PaymentEvent, SyncRun, WebhookEvent
+from athm_sync.models import PaymentEvent, ReceiverDelivery, SyncRun, WebhookEvent
 
 BATCH = 1000
 
@@ -29,19 +30,22 @@ BATCH = 1000
 def prune(conf: AthmSyncSettings, now: datetime, batch: int = BATCH) -> dict[str, int]:
     """Delete one batch of each kind of old history; returns how many rows of each."""
     cutoff = now - conf.history_retention
-    old: dict[str, tuple[type[models.Model], dict[str, Any], str]] = {
+    retried = ReceiverDelivery.objects.filter(
+        event=OuterRef("pk"), delivered_at__isnull=True, given_up_at__isnull=True
+    )
+    old: dict[str, tuple[type[models.Model], Q, str]] = {
         "webhook_events": (
             WebhookEvent,
-            {"received_at__lt": cutoff, "outcome__in": _settled_outcomes()},
+            Q(received_at__lt=cutoff, outcome__in=_settled_outcomes()),
             "received_at",
         ),
         "payment_events": (
             PaymentEvent,
-            {"created_at__lt": cutoff, "dispatched_at__isnull": False},
+            Q(created_at__lt=cutoff, dispatched_at__isnull=False) & ~Exists(retried),
             "created_at",
         ),
         # A run that started that long ago and never finished died long ago: it goes too.
-        "sync_runs": (SyncRun, {"started_at__lt": cutoff}, "started_at"),
+        "sync_runs": (SyncRun, Q(started_at__lt=cutoff), "started_at"),
     }
     return {name: _delete_oldest(*spec, batch=batch) for name, spec in old.items()}
 
@@ -50,11 +54,9 @@ def _settled_outcomes() -> list[str]:
     return [outcome for outcome in WebhookEvent.Outcome.values if outcome != "pending"]
 
 
-def _delete_oldest(
-    model: type[models.Model], condition: dict[str, Any], by: str, *, batch: int
-) -> int:
+def _delete_oldest(model: type[models.Model], condition: Q, by: str, *, batch: int) -> int:
     ids = list(
-        model.objects.filter(**condition).order_by(by, "pk").values_list("pk", flat=True)[:batch]
+        model.objects.filter(condition).order_by(by, "pk").values_list("pk", flat=True)[:batch]
     )
     if not ids:
         return 0

@@ -26,12 +26,15 @@ from typing import Any
 from django.db import DatabaseError
 from django.db.models import Q
 
-from athm_sync import clock, inbox, reconcile, retention
+from athm_sync import clock, database, inbox, outbox, reconcile, retention
 from athm_sync import report as transaction_report
 from athm_sync.client import ATHMovilClient, ATHMovilError, AuthenticationError, TransientError
 from athm_sync.conf import AthmSyncSettings, get_settings
+from athm_sync.database import ConnectionLost
 from athm_sync.models import Payment, PaymentEvent, SyncRun
 from athm_sync.normalize import PUERTO_RICO
+from athm_sync.refunds import settle_intents
+from athm_sync.stopping import StopNow, StopRequest, exit_code_for
 
 logger = logging.getLogger("athm_sync.runner")
 
@@ -52,9 +55,19 @@ SAMPLE_SIZE = 100
 # timeouts, 5xx), the run stops early: the others would only wait out the same retries.
 STOP_AFTER_FAILURES = 5
 EXIT_OK, EXIT_ERRORS, EXIT_CANNOT_RUN = 0, 1, 2
+# The exit code a later run gives a SyncRun that never recorded its end (killed, its
+# database connection gone for good) once its heartbeat (``alive_until``) has run out.
+EXIT_ABANDONED = -1
+# At most this many abandoned runs are closed by one run (there is rarely more than one).
+ABANDONED_BATCH = 100
 # What became of the pending webhook events a run verified; "pending": how many are still
 # waiting because ATH Móvil could not verify them.
 WEBHOOK_OUTCOMES = ("applied", "unchanged", "rejected", "ignored", "pending")
+
+
+def _no_receivers() -> dict[str, Any]:
+    """The ``receivers`` document of a run that retried none and found none failing."""
+    return {"retried": 0, "delivered": 0, "given_up": 0, "failing": 0, "failing_since": None}
 
 
 # A payment to ask ATH Móvil about, and whether it may be captured.
@@ -122,6 +135,9 @@ class RunReport:
     signals_sent: int = 0
     receiver_errors: int = 0
     redispatched: int = 0
+    # Receivers that raised earlier, called again by this run (athm_sync.outbox), and how many
+    # are still failing once it is done.
+    receivers: dict[str, Any] = field(default_factory=_no_receivers)
     webhooks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(WEBHOOK_OUTCOMES, 0))
     refund_scan: dict[str, Any] | None = None
     backfill: dict[str, Any] | None = None
@@ -137,6 +153,8 @@ class RunReport:
     # ATH Móvil could not be reached, or failed for STOP_AFTER_FAILURES payments in a row.
     ath_down: bool = False
     sync_run_id: int | None = None
+    # "SIGTERM", "SIGINT" (or a caller's reason) when the run was asked to stop before its end.
+    stopped: str | None = None
     _connect_failures: int = 0
 
     def add_error(self, ecommerce_id: Any, reason: str) -> None:
@@ -172,6 +190,7 @@ class RunReport:
             "signals_sent": self.signals_sent,
             "receiver_errors": self.receiver_errors,
             "redispatched": self.redispatched,
+            "receivers": dict(self.receivers),
             "webhooks": dict(self.webhooks),
             "refund_scan": self.refund_scan,
             "backfill": self.backfill,
@@ -181,6 +200,7 @@ class RunReport:
             "duration_seconds": round(self.duration_seconds, 3),
             "dry_run": self.dry_run,
             "exit_code": self.exit_code,
+            "stopped": self.stopped,
         }
 
 
@@ -257,6 +277,39 @@ def backfill_range(options: RunOptions, now: datetime) -> tuple[datetime, dateti
     return start.astimezone(UTC), min(end - timedelta(seconds=1), now)
 
 
+def close_abandoned_runs(closed_by: str, now: datetime | None = None) -> int:
+    """Record the end of the runs that never recorded theirs and stopped renewing
+    ``alive_until`` (killed, or their database connection gone for good): exit code
+    ``EXIT_ABANDONED`` and an error saying so, so that ``--health`` and the admin never show a
+    run as running forever. A run from before ``alive_until`` existed counts from its start.
+    Returns how many were closed; one indexed query when there are none."""
+    now = now or clock.now()
+    late = now - reconcile.CLAIM_LEASE
+    abandoned = SyncRun.objects.filter(finished_at__isnull=True).filter(
+        Q(alive_until__lt=now) | Q(alive_until__isnull=True, started_at__lt=late)
+    )
+    closed = 0
+    for run in abandoned.order_by("started_at")[:ABANDONED_BATCH]:
+        seen = run.alive_until or run.started_at
+        reason = (
+            f"abandoned: the run (pid {run.pid} on {run.host or '?'}) ended without recording "
+            f"its end; last alive {seen:%Y-%m-%d %H:%M:%S} UTC, closed by run {closed_by}"
+        )
+        # Only if it is still unfinished: a live run that was late renewing finishes itself.
+        closed += reconcile.run_locked(
+            lambda run=run, reason=reason: SyncRun.objects.filter(
+                pk=run.pk, finished_at__isnull=True
+            ).update(
+                finished_at=now,
+                exit_code=EXIT_ABANDONED,
+                errors=[*(run.errors or []), {"ecommerce_id": "", "reason": reason}],
+            )
+        )
+    if closed:
+        logger.warning("Closed %d abandoned run(s) that never recorded their end", closed)
+    return closed
+
+
 def new_run_id() -> str:
     """``host:pid:random``: who holds a claim, readable in the admin."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -273,12 +326,21 @@ class Runner:
         client: ATHMovilClient | None = None,
         progress: Callable[[int, int], None] | None = None,
         on_change: Callable[[Change], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
+        should_stop: StopRequest | Callable[[], bool] | None = None,
     ) -> None:
         self.options = options
-        # Asked between payments: when it says so (SIGTERM in --watch), the run applies the
-        # answer in hand, claims nothing more, releases its claims and ends.
-        self._asked_to_stop = should_stop or (lambda: False)
+        # Asked between payments: when it says so (SIGTERM, SIGINT), the run applies the
+        # answer in hand, claims nothing more, releases its claims and ends (exit 128 + n).
+        self._stop_request = should_stop if isinstance(should_stop, StopRequest) else None
+        self._asked_to_stop: Callable[[], bool] = (
+            should_stop.is_set if isinstance(should_stop, StopRequest) else should_stop
+        ) or (lambda: False)
+        # The database error that showed the connection is gone, once one did.
+        self._lost: BaseException | None = None
+        self._unreleased = ""  # why the claims could not be released, when they could not
+        # Whether the database answered this run once: before that, an error means it cannot
+        # be used at all (exit 2), not that a working connection was lost.
+        self._db_worked = False
         self._failing = 0  # payments in a row ATH Móvil failed to answer
         self._gave_up_on_ath = False
         self.conf = conf or get_settings()
@@ -306,16 +368,24 @@ class Runner:
         rejected (the report, with exit code 2, is then in ``self.report``)."""
         validate_options(self.options)
         started = time.monotonic()
-        client = self._client or ATHMovilClient.from_settings()
+        # Once a stop is asked for, a failed call to ATH Móvil is not retried.
+        client = self._client or ATHMovilClient.from_settings(should_stop=self._asked_to_stop)
         sync_run = None
         failure: CannotRun | None = None
+        ended = False
         try:
             if not self.options.dry_run:
+                close_abandoned_runs(self.run_id)
+                self._db_worked = True
                 self._dispatch_leftovers()
+                self._retry_receivers()
                 # Retried like every write of a run: SQLite's one writer may be another run.
                 sync_run = reconcile.run_locked(
                     lambda: SyncRun.objects.create(
-                        host=socket.gethostname(), pid=os.getpid(), options=self.options.as_dict()
+                        host=socket.gethostname(),
+                        pid=os.getpid(),
+                        options=self.options.as_dict(),
+                        alive_until=clock.now() + reconcile.CLAIM_LEASE,
                     )
                 )
                 self.report.sync_run_id = sync_run.pk
@@ -325,45 +395,126 @@ class Runner:
                 try:
                     if self.options.dry_run:
                         self._dry_run(pool, client)
-                    elif self.options.backfill:
-                        self._backfill(client)
                     else:
-                        self._process_webhooks(client)
-                        if self.options.ecommerce_ids:
-                            self._check_given(pool, client)
-                        else:
-                            with reconcile.LeaseKeeper(self.run_id):
-                                self._check_due(pool, client)
-                            if not self._should_stop():
-                                self._scan_refunds(client)
+                        # Claims and the run's heartbeat, renewed while it lives.
+                        with reconcile.LeaseKeeper(self.run_id, sync_run_id=sync_run.pk):
+                            self._work(pool, client)
                 except AuthenticationError as error:
                     failure = CannotRun(f"ATH Móvil rejected the credentials: {error}")
-        except BaseException as error:
-            # Not an expected failure (a database error, Ctrl-C): record it, then let it go.
-            if sync_run is not None:
+            ended = True
+        except (DatabaseError, ConnectionLost) as error:
+            if self._lost is None and not (
+                self._db_worked
+                and (isinstance(error, ConnectionLost) or database.connection_lost(error))
+            ):
                 self._abort(sync_run, error, started)
+                raise
+            self._lost = self._lost or error
+        except BaseException as error:
+            # Not an expected failure (a second signal, Ctrl-C without the handlers, a bug):
+            # record it, then let it go.
+            self._abort(sync_run, error, started)
             raise
         finally:
-            if not self.options.dry_run:
-                reconcile.release_claims(self.run_id)
+            if sync_run is not None:  # nothing is claimed before the run is recorded
+                self._release_claims(quietly=not ended)
             if self._client is None:
                 client.close()
+        if self._lost is not None:
+            self._end_lost(sync_run, self._lost, started)
         report = self.report
         report.duration_seconds = time.monotonic() - started
         report.unreachable = report.checked == 0 and report.only_connect_failures
         report.ath_down = report.unreachable or self._gave_up_on_ath
+        if not self.options.dry_run:
+            self._list_failing_receivers()
         if failure is not None:
             report.exit_code = EXIT_CANNOT_RUN
             report.add_error("", str(failure))
+        elif self._asked_to_stop():
+            report.stopped = self._stop_reason()
+            report.exit_code = exit_code_for(report.stopped)
         elif report.error_count or report.receiver_errors:
-            # A receiver that raised left the shop's side of a transition undone: say so.
+            # A receiver that raised, or one still failing since an earlier run, left the
+            # shop's side of a transition undone: say so (each is listed in the errors).
             report.exit_code = EXIT_ERRORS
         if sync_run is not None:
-            self._finish(sync_run)
+            database.on_new_connection(lambda: self._finish(sync_run))
             self._prune()
         if failure is not None:
             raise failure
         return report
+
+    def _work(self, pool: ThreadPoolExecutor, client: ATHMovilClient) -> None:
+        """What a run that writes does: a backfill, or the webhooks left pending, the refunds
+        left half-sent, then the given or the due payments and the refund scan; each part only
+        if no stop was asked."""
+        if self.options.backfill:
+            self._backfill(client)
+            return
+        self._process_webhooks(client)
+        if self._should_stop():
+            return
+        self._settle_refunds(client)
+        if self._should_stop():
+            return
+        if self.options.ecommerce_ids:
+            self._check_given(pool, client)
+            return
+        self._check_due(pool, client)
+        if not self._should_stop():
+            self._scan_refunds(client)
+
+    def _stop_reason(self) -> str:
+        if self._stop_request is not None and self._stop_request.reason:
+            return self._stop_request.reason
+        return "requested"
+
+    def _release_claims(self, *, quietly: bool) -> None:
+        """Give back this run's claims, once more on a new connection if the old one died.
+        ``quietly``: an error is on its way out; a failure here is said in one line instead of
+        hiding it (the claims' lease frees them within ``CLAIM_LEASE``)."""
+        try:
+            database.on_new_connection(lambda: reconcile.release_claims(self.run_id))
+        except DatabaseError as error:
+            if not quietly:
+                raise
+            self._unreleased = database.first_line(error)
+            if self._lost is not None:
+                return  # the run's one line says it
+            logger.warning(
+                "Could not release the claims of run %s (%s); they are free again within %s",
+                self.run_id,
+                self._unreleased,
+                reconcile.CLAIM_LEASE,
+            )
+
+    def _end_lost(self, sync_run: SyncRun | None, error: BaseException, started: float) -> None:
+        """The database connection died: record the run's end on a new connection if the
+        database allows, then raise :class:`ConnectionLost` with the one line to show."""
+        report = self.report
+        report.duration_seconds = time.monotonic() - started
+        report.exit_code = EXIT_ERRORS
+        if self._asked_to_stop():
+            report.stopped = self._stop_reason()
+        cause = database.first_line(error)
+        message = f"the database connection was lost: {cause}"
+        # Listed even when the sample is full: it is what ended the run.
+        report.error_count += 1
+        report.errors.append({"ecommerce_id": "", "reason": message})
+        parts = [
+            message,
+            f"the run stopped after {report.checked} payment(s); the others are left for the "
+            "next run",
+        ]
+        if self._unreleased:
+            parts.append(f"its claims are free again within {reconcile.CLAIM_LEASE}")
+        if sync_run is not None:
+            try:
+                database.on_new_connection(lambda: self._finish(sync_run))
+            except DatabaseError:
+                parts.append("the next run records its end")
+        raise ConnectionLost("; ".join(parts))
 
     def _prune(self) -> None:
         """Delete a bounded batch of old history (``HISTORY_RETENTION``); a failure is logged,
@@ -371,35 +522,94 @@ class Runner:
         try:
             self.report.pruned = retention.prune(self.conf, clock.now())
         except DatabaseError as error:
-            logger.warning("Could not prune old history: %s", error)
+            logger.warning("Could not prune old history: %s", database.first_line(error))
 
     def _dispatch_leftovers(self) -> None:
         """Send the signals an earlier run left unsent; a database that refuses is an error
         of this run (exit 1), not the end of it."""
         try:
-            dispatched = reconcile.dispatch_pending()
+            dispatched = reconcile.dispatch_pending(self._asked_to_stop)
         except DatabaseError as error:
+            if database.connection_lost(error):
+                raise
             self._record_error("", f"signals left by an earlier run could not be read: {error}")
             return
         report = self.report
         report.redispatched = dispatched.leftovers
         report.signals_sent += dispatched.sent
         report.receiver_errors += dispatched.receiver_errors
+        if dispatched.connection_lost:
+            raise ConnectionLost(dispatched.failures[-1][1])
         if dispatched.problem:
             self._record_error("", dispatched.problem)
 
-    def _abort(self, sync_run: SyncRun, error: BaseException, started: float) -> None:
+    def _retry_receivers(self) -> None:
+        """Call again the receivers that raised earlier and are due for a retry (a bounded
+        batch, ``outbox.RETRY_BATCH``). Each that fails again counts as a receiver error;
+        one given up now is listed in the errors (the failing ones are listed at the end)."""
+        try:
+            attempts = outbox.retry_due(conf=self.conf)
+        except DatabaseError as error:
+            self._record_error("", f"failed receivers could not be retried: {error}")
+            return
+        report = self.report
+        report.receivers.update(
+            retried=len(attempts.done), delivered=attempts.delivered, given_up=attempts.given_up
+        )
+        report.receiver_errors += attempts.failed
+        for attempt in attempts.done:
+            if attempt.given_up:
+                self._record_error(attempt.ecommerce_id, attempt.description)
+        for pk, reason in attempts.problems:
+            self._record_error("", f"failed receiver {pk} could not be retried: {reason}")
+
+    def _list_failing_receivers(self) -> None:
+        """List every receiver still failing in the errors (the first ``SAMPLE_SIZE``; the
+        count is exact): until it is delivered or given up, no run looks clean."""
+        try:
+            rows = list(
+                outbox.failing()
+                .select_related("event")
+                .order_by("first_failed_at", "pk")[:SAMPLE_SIZE]
+            )
+            total = len(rows) if len(rows) < SAMPLE_SIZE else outbox.failing().count()
+        except DatabaseError as error:
+            self._record_error("", f"failed receivers could not be read: {error}")
+            return
+        report = self.report
+        report.receivers["failing"] = total
+        report.receivers["failing_since"] = rows[0].first_failed_at.isoformat() if rows else None
+        for delivery in rows:
+            self._record_error(delivery.event.payment_id, outbox.describe(delivery))
+        report.error_count += total - len(rows)
+
+    def _abort(self, sync_run: SyncRun | None, error: BaseException, started: float) -> None:
         report = self.report
         report.duration_seconds = time.monotonic() - started
-        report.exit_code = 130 if isinstance(error, KeyboardInterrupt) else EXIT_CANNOT_RUN
+        if isinstance(error, StopNow):
+            report.stopped = error.reason
+            report.exit_code = error.exit_code
+        elif isinstance(error, KeyboardInterrupt):
+            report.exit_code = 130
+        else:
+            report.exit_code = EXIT_CANNOT_RUN
         reason = f"run aborted: {type(error).__name__}: {error}".rstrip(": ")
         # Listed even when the sample is full: it is what ended the run.
         report.error_count += 1
         report.errors.append({"ecommerce_id": "", "reason": reason[:1000]})
+        if sync_run is None:
+            return
         try:
-            self._finish(sync_run)
-        except Exception:  # the database may be what failed; the original error matters more
-            logger.exception("Could not record the end of aborted run %s", self.run_id)
+            database.on_new_connection(lambda: self._finish(sync_run))
+        except Exception as failure:  # the original error matters more
+            if isinstance(failure, DatabaseError):
+                logger.warning(
+                    "Could not record the end of aborted run %s: %s; the next run records it",
+                    self.run_id,
+                    database.first_line(failure),
+                )
+            else:
+                logger.exception("Could not record the end of aborted run %s", self.run_id)
 
     def _finish(self, sync_run: SyncRun) -> None:
         report = self.report
@@ -435,7 +645,7 @@ class Runner:
     def _process_webhooks(self, client: ATHMovilClient) -> None:
         """Verify the webhook events the view could not (ATH Móvil was slow or down), before
         any payment is polled. Raises :class:`AuthenticationError` as polling would."""
-        processed_events = inbox.process_pending(client, self.conf)
+        processed_events = inbox.process_pending(client, self.conf, self._asked_to_stop)
         for processed in processed_events:
             if processed.event.outcome != "pending":
                 self.report.webhooks[processed.event.outcome] += 1
@@ -447,6 +657,12 @@ class Runner:
             self.report.webhooks["pending"] = inbox.count_pending()
 
     # -- refunds made elsewhere ---------------------------------------------------------
+
+    def _settle_refunds(self, client: ATHMovilClient) -> None:
+        """Settle the refunds a process left half-done (reserved, no answer recorded), by
+        reading the refunded amount: the refund API is never called again."""
+        for outcome in settle_intents(client, self.conf):
+            self._record_outcome(outcome)
 
     def _scan_refunds(self, client: ATHMovilClient) -> None:
         """Read the transaction report for refunds made elsewhere, when the scan is due (at
@@ -490,6 +706,7 @@ class Runner:
                 quiet=not self.options.signals,
                 on_outcome=counted,
                 progress=self._progress,
+                should_stop=self._asked_to_stop,
             )
         except AuthenticationError:
             raise
@@ -635,9 +852,14 @@ class Runner:
         held, self._unchanged = self._unchanged, []
         if not held:
             return
+        if self._lost is not None:
+            return  # they stay due: the run's claims are released on a new connection
         try:
             taken = reconcile.record_unchanged(self.run_id, held)
         except DatabaseError as error:
+            if database.connection_lost(error):
+                self._lost = error
+                raise
             self._record_error("", f"{len(held)} unchanged check(s) could not be stored: {error}")
             return
         # The others were deleted, or checked meanwhile by another door, whose outcome stands.
@@ -649,6 +871,10 @@ class Runner:
             outcome = reconcile.apply(observation, source=source, conf=self.conf)
         except Payment.DoesNotExist:
             logger.warning("Payment %s was deleted during the run", observation.ecommerce_id)
+        except DatabaseError as error:
+            if database.connection_lost(error):  # apply lets only that through
+                self._lost = error
+            raise
         else:
             self._count(observation, outcome)
 
@@ -704,8 +930,16 @@ class Runner:
         report = self.report
         report.signals_sent += outcome.signals_sent
         report.receiver_errors += outcome.receiver_errors
+        if outcome.connection_lost:
+            # The transition is stored; its signal stays pending for the next run.
+            self._count_transitions(outcome)
+            raise ConnectionLost(outcome.unsent)
         if outcome.unsent:
             self._record_error(outcome.payment.pk, outcome.unsent)
+        self._count_transitions(outcome)
+
+    def _count_transitions(self, outcome: reconcile.Outcome) -> None:
+        report = self.report
         payment = outcome.payment
         for event in outcome.events:
             kind = str(event.kind)
@@ -815,14 +1049,17 @@ class Runner:
 
 
 __all__ = [
+    "EXIT_ABANDONED",
     "EXIT_CANNOT_RUN",
     "EXIT_ERRORS",
     "EXIT_OK",
     "CannotRun",
     "Change",
+    "ConnectionLost",
     "RunOptions",
     "RunReport",
     "Runner",
+    "close_abandoned_runs",
     "parse_ecommerce_ids",
     "validate_options",
 ]

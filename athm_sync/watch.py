@@ -7,8 +7,8 @@ in which ATH Móvil was down (unreachable, or failing for several payments in a 
 database could not be used, the wait doubles up to ``MAX_BACKOFF`` (5 minutes), and the
 outage is logged once when it starts and once when it ends. One payment's bad answer does not
 slow the loop: that payment waits out its own backoff. SIGTERM or SIGINT ends the loop
-cleanly: the pass in progress applies the answer in hand, releases its claims and ends, and
-the command exits 0.
+cleanly: the pass in progress applies the answer in hand, releases its claims and ends
+(recorded with exit 143 or 130, as a stopped run is), and the command exits 0.
 
 Nothing grows from pass to pass: one ATH Móvil client (its connection pool) serves every
 pass, the database connection is closed after each, and each pass's report is dropped once
@@ -26,7 +26,9 @@ from django.db import DatabaseError, connection
 
 from athm_sync.client import ATHMovilClient
 from athm_sync.conf import AthmSyncSettings
+from athm_sync.database import ConnectionLost
 from athm_sync.runner import Runner, RunOptions, RunReport
+from athm_sync.stopping import StopRequest
 
 logger = logging.getLogger("athm_sync.watch")
 
@@ -45,7 +47,7 @@ class WatchResult:
 def watch(
     options: RunOptions,
     conf: AthmSyncSettings,
-    stop: threading.Event,
+    stop: StopRequest | threading.Event,
     *,
     interval: float = DEFAULT_INTERVAL,
     iterations: int | None = None,
@@ -56,13 +58,16 @@ def watch(
     result = WatchResult()
     wait = interval
     outage_since: int | None = None
-    with ATHMovilClient.from_settings() as client:
+    with ATHMovilClient.from_settings(should_stop=stop.is_set) as client:
         while not stop.is_set() and (iterations is None or result.passes < iterations):
             result.passes += 1
             trouble = ""
             try:
-                runner = Runner(options, conf=conf, client=client, should_stop=stop.is_set)
+                should_stop = stop if isinstance(stop, StopRequest) else stop.is_set
+                runner = Runner(options, conf=conf, client=client, should_stop=should_stop)
                 report = runner.run()
+            except ConnectionLost as error:
+                trouble = str(error)
             except DatabaseError as error:
                 trouble = f"the database cannot be used: {error}".splitlines()[0]
             else:

@@ -216,8 +216,8 @@ def _setup(payments_file: str, terminal: int) -> dict[str, Any]:
 
     from django.core.management import call_command
     from django.db import connection
-    from django.utils import timezone
 
+    from athm_sync import clock
     from athm_sync.models import Payment, PaymentEvent, Refund, ReportScan, SyncRun, WebhookEvent
 
     call_command("migrate", verbosity=0)
@@ -230,7 +230,7 @@ def _setup(payments_file: str, terminal: int) -> dict[str, Any]:
     else:
         for model in models:
             model.objects.all().delete()
-    now = timezone.now()
+    now = clock.now()
     # The refund scan is not measured here: it is done "a minute ago" for every run.
     ReportScan.objects.create(name="refunds", next_scan_at=now + timedelta(hours=1))
     given = json.loads(Path(payments_file).read_text())
@@ -410,12 +410,11 @@ def _baseline(payments_file: str, workers: int, sandbox_url: str) -> dict[str, A
 
 def _explain() -> dict[str, Any]:
     from django.db import connection, transaction
-    from django.utils import timezone
 
-    from athm_sync import reconcile
+    from athm_sync import clock, reconcile
     from athm_sync.models import Payment
 
-    now = timezone.now()
+    now = clock.now()
     # The query claim_due runs, for a batch of 64.
     query = reconcile.claimable(now).values_list("pk", flat=True)[:64]
     with transaction.atomic(), connection.cursor() as cursor:

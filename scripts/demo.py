@@ -7,11 +7,12 @@ receivers written as on the signals page, plays customers against the sandbox (c
 cancelling, letting one expire, confirming and walking away, a refund from the ATH Business
 app, a customer whose browser paid $1.00 for a $100.00 order, which is held, not completed),
 fast-forwards the clock and runs ``manage.py athm_sync``, printing every transition and
-signal. Then it serves the shop over HTTP, subscribes its webhook URL and lets the sandbox post
-webhooks: a tracked payment and one the shop never heard of complete with no run, a forged
-webhook is rejected, a second delivery does nothing, and the next run has nothing to poll but
-the payment still open. It ends by checking that every signal fired exactly once (exit 1 if
-not), and removes the project.
+signal, then refunds a payment through the refund API (``athm_sync.refund``). Then it serves
+the shop over HTTP, subscribes its webhook URL and lets the sandbox post webhooks: a tracked
+payment and one the shop never heard of complete with no run, a forged webhook is rejected, a
+second delivery does nothing, and the next run has nothing to poll but the payment still open.
+It ends by checking that every signal fired exactly once (exit 1 if not), and removes the
+project.
 """
 
 from __future__ import annotations
@@ -116,8 +117,9 @@ def play(sandbox) -> int:
     import json
 
     import time_machine
-    from django.utils import timezone
 
+    import athm_sync
+    from athm_sync import clock
     from athm_sync.client import ATHMovilClient
     from athm_sync.models import Payment, PaymentEvent, SyncRun
 
@@ -174,9 +176,20 @@ def play(sandbox) -> int:
     say("   order-10: customer pays the $1.00 payment; the shop expects $100.00")
     say("   ... the clock moves 2 minutes on: order-3's 120-second timeout runs out")
 
-    with time_machine.travel(timezone.now() + timedelta(seconds=121), tick=True):
+    with time_machine.travel(clock.now() + timedelta(seconds=121), tick=True):
         summary = run_sync("two minutes later")
         again = run_sync("run again: nothing fires twice")
+
+    # A refund through the refund API: its answer (Evertec's documented shape) gives the
+    # Refund its own daily id, date and message, with no findPayment after it.
+    finds = state.counts().get("findPayment", 0)
+    made_refund = athm_sync.refund(made["completes"], "2.50", "wrong size")
+    say(
+        f"   order-1: the shop refunds ${made_refund.amount} through the API: daily id "
+        f"{made_refund.daily_transaction_id}, {made_refund.transaction_date:%Y-%m-%d %H:%M} UTC, "
+        f"{made_refund.message!r} "
+        f"({plural(state.counts().get('findPayment', 0) - finds, 'findPayment')} after it)"
+    )
 
     say("\n3. Where each payment ended")
     for story, payment in made.items():
@@ -195,7 +208,8 @@ def play(sandbox) -> int:
     expected = Counter(
         [("payment_completed", f"order-{n}") for n in (1, 4, 5, 6, 7, 8)]
         + [("payment_cancelled", "order-2"), ("payment_expired", "order-3")]
-        + [("refund_sent", "order-5"), ("payment_mismatched", "order-10")]
+        + [("refund_sent", "order-5"), ("refund_sent", "order-1")]
+        + [("payment_mismatched", "order-10")]
     )
     got = Counter(received)
     problems += [
@@ -203,6 +217,8 @@ def play(sandbox) -> int:
         for signal, order in sorted(expected | got)
         if got[signal, order] != expected[signal, order]
     ]
+    if not (made_refund.daily_transaction_id and made_refund.transaction_date):
+        problems.append("the API refund lost its daily id or date")
     if again["signals_sent"] or summary["exit_code"]:
         problems.append("the runs two minutes later did not end as they should")
     if problems:

@@ -18,7 +18,7 @@ from tests.commands import call
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CHANGELISTS = ("payment", "refund", "paymentevent", "syncrun", "webhookevent")
+CHANGELISTS = ("payment", "refund", "paymentevent", "receiverdelivery", "syncrun", "webhookevent")
 WEBHOOK = f"/athm/webhook/{'w' * 40}/"  # tests/settings.py's secret
 
 

@@ -138,6 +138,28 @@ def error(code, message="nope"):
             "transaction_date",
             datetime(2024, 1, 1, 2, 30, tzinfo=UTC),
         ),
+        # Epoch timestamps are absolute (no Puerto Rico offset): seconds below 10**11,
+        # milliseconds from there up; as numbers or as text.
+        (
+            {"transactionDate": 1673641026},
+            "transaction_date",
+            datetime(2023, 1, 13, 20, 17, 6, tzinfo=UTC),
+        ),
+        (
+            {"transactionDate": "1673641026"},
+            "transaction_date",
+            datetime(2023, 1, 13, 20, 17, 6, tzinfo=UTC),
+        ),
+        (
+            {"transactionDate": 1673641026789},
+            "transaction_date",
+            datetime(2023, 1, 13, 20, 17, 6, tzinfo=UTC),
+        ),
+        (
+            {"transactionDate": "1673641026789"},
+            "transaction_date",
+            datetime(2023, 1, 13, 20, 17, 6, tzinfo=UTC),
+        ),
         (
             {"items": '[{"name": "Café", "price": "2.00"}]'},
             "items",
@@ -209,6 +231,10 @@ def test_snapshots_are_frozen_and_keep_the_raw_answer(client):
         (json.dumps(success({**CAPTURED, "total": "1e400"})), "total 1e400 is more than any"),
         (json.dumps(success({**CAPTURED, "netAmount": 10**12})), "netAmount"),
         (json.dumps(success({**CAPTURED, "transactionDate": "yesterday"})), "transactionDate"),
+        (
+            json.dumps(success({**CAPTURED, "transactionDate": "9999-12-31 23:59:59"})),
+            "transactionDate '9999-12-31 23:59:59' is out of range",
+        ),
         (json.dumps(success({**CAPTURED, "ecommerceId": None})), "ecommerceId"),
         (json.dumps(success({**CAPTURED, "items": "not json"})), "items"),
         (json.dumps(success({**CAPTURED, "name": ["a"]})), "name"),
@@ -329,6 +355,43 @@ def test_retries_stop_before_the_deadline(sleeps):
         assert len(sleeps) == len(mock.calls) - 1
 
 
+def test_no_retry_once_a_stop_is_asked(sleeps):
+    """A run asked to stop (SIGTERM) does not wait out RETRY_DEADLINE: the failed call is
+    not tried again, whether the stop came before the failure or during the wait after it."""
+    stopping = []
+    client = ATHMovilClient(
+        PUBLIC,
+        api_base_url=API,
+        max_attempts=10,
+        sleep=sleeps.append,
+        should_stop=lambda: bool(stopping),
+    )
+    with responses.RequestsMock() as mock:
+        mock.post(FIND, json=error("BTRA_9998"), status=503)
+        stopping.append("SIGTERM")
+        with pytest.raises(TransientError, match="BTRA_9998"):
+            client.find_payment(PAYMENT_ID)
+        assert len(mock.calls) == 1 and sleeps == []
+
+    def stop_while_waiting(seconds: float) -> None:
+        sleeps.append(seconds)
+        stopping.append("SIGTERM")
+
+    stopping.clear()
+    waiting = ATHMovilClient(
+        PUBLIC,
+        api_base_url=API,
+        max_attempts=10,
+        sleep=stop_while_waiting,
+        should_stop=lambda: bool(stopping),
+    )
+    with responses.RequestsMock() as mock:
+        mock.post(FIND, json=error("BTRA_9998"), status=503)
+        with pytest.raises(TransientError):
+            waiting.find_payment(PAYMENT_ID)
+        assert len(mock.calls) == 1 and len(sleeps) == 1
+
+
 def test_a_read_timeout_is_retried_for_find_payment(client, sleeps):
     with responses.RequestsMock() as mock:
         mock.post(FIND, body=requests.ReadTimeout("read timed out"))
@@ -437,6 +500,64 @@ def test_tokens_never_appear_in_errors_or_reprs(client):
     assert created.auth_token == "eyJ.jwt.sig"
 
 
+def test_tokens_are_scrubbed_from_every_field_of_an_error_answer(client, caplog):
+    caplog.set_level(logging.DEBUG, logger="athm_sync")
+    echo = {
+        "status": "error",
+        "message": f"public {PUBLIC} private {PRIVATE}",
+        "errorcode": f"BTRA_9998 {PRIVATE}",
+        "data": {"publicToken": PUBLIC},
+    }
+    with responses.RequestsMock() as mock:
+        mock.post(FIND, json=echo, status=503)  # transient: retried, and each retry logged
+        with pytest.raises(TransientError) as find_error:
+            client.find_payment(PAYMENT_ID)
+        mock.post(REFUND, json={**echo, "errorcode": {"code": PRIVATE}}, status=400)
+        with pytest.raises(InvalidRequestError) as refund_error:
+            client.refund("ref", "1.00")
+        mock.post(AUTHORIZE, json=error(f"token.expired {'the-jwt'}", "bad the-jwt"), status=401)
+        with pytest.raises(AuthenticationError) as authorize_error:
+            client.authorize("the-jwt")
+    for caught in (find_error, refund_error, authorize_error):
+        shown = " ".join([str(caught.value), caught.value.message, caught.value.errorcode or ""])
+        assert PUBLIC not in shown and PRIVATE not in shown and "the-jwt" not in shown
+        assert "***" in shown
+    assert find_error.value.errorcode == "BTRA_9998 ***"
+    logged = " ".join(record.getMessage() for record in caplog.records)
+    assert "retrying" in logged
+    assert PUBLIC not in logged and PRIVATE not in logged
+
+
+def test_tokens_are_scrubbed_from_malformed_answers(client):
+    with responses.RequestsMock() as mock:
+        mock.post(FIND, json=success({**CAPTURED, "ecommerceStatus": f"odd {PUBLIC}"}))
+        with pytest.raises(InvalidResponseError) as caught:
+            client.find_payment(PAYMENT_ID)
+        mock.get(REPORT_URL, json=[{"transactionType": "ECOMMERCE", "total": f"x{PRIVATE}"}])
+        report = client.report_rows(datetime(2023, 1, 13, tzinfo=UTC), datetime.now(UTC))
+    assert "is not a known ATH Móvil status" in str(caught.value)
+    assert PUBLIC not in str(caught.value)
+    [(_, reason)] = report.unparsable
+    assert "must be an amount" in reason and PRIVATE not in reason
+
+
+def test_an_answer_larger_than_the_limit_is_refused_and_a_refund_not_resent(sleeps):
+    client = ATHMovilClient(
+        PUBLIC, PRIVATE, api_base_url=API, max_answer_bytes=1000, sleep=sleeps.append
+    )
+    huge = success({**CAPTURED, "items": [{"name": "x" * 2000}]})
+    with responses.RequestsMock() as mock:
+        mock.post(FIND, json=huge, auto_calculate_content_length=True)
+        with pytest.raises(InvalidResponseError, match=r"announces 2\d+ bytes"):
+            client.find_payment(PAYMENT_ID)
+        # Without a Content-Length, the count of what was read decides.
+        mock.post(REFUND, body=b"{" + b" " * 2000)
+        with pytest.raises(InvalidResponseError, match="more than 1000 bytes"):
+            client.refund("ref", "1.00")
+        assert len(mock.calls) == 2
+    assert sleeps == []
+
+
 # -- the other calls -----------------------------------------------------------------------
 
 
@@ -521,6 +642,137 @@ def test_refund_parses_the_refund_and_the_original(client):
     assert result.daily_transaction_id == "0007"
     assert result.transaction_date == datetime(2023, 1, 14, 14, 0, tzinfo=UTC)
     assert result.payment.total_refunded_amount == Decimal("0.50")
+
+
+# Evertec's documented refund answer, from evertec/athmovil-javascript-api README.md, "Refund
+# Payment" (the Payment Button API's /api/business-transaction/ecommerce/refund). Verbatim but
+# for the two "// timestamp" and two "// ... transactionId" comments, which JSON cannot hold.
+DOCUMENTED_REFUND_ANSWER = """
+{
+  "status": "success",
+  "data": {
+    "refund": {
+      "transactionType": "REFUND",
+      "status": "COMPLETED",
+      "refundedAmount": 1.00,
+      "date": "123412341234",
+      "referenceNumber": "402894d56b240610016b2e6c78a6003a",
+      "dailyTransactionID": "0107",
+      "name": "Valeria Herrero",
+      "phoneNumber": "(787) 123-4567",
+      "email": "valher@gmail.com"
+    },
+    "originalTransaction": {
+      "transactionType": "PAYMENT",
+      "status": "COMPLETED",
+      "date": "123412341234",
+      "referenceNumber": "402894d56b240610016b2e6c78a6003a",
+      "dailyTransactionID": "0106",
+      "name": "Valeria Herrero",
+      "phoneNumber": "(787) 123-4567",
+      "email": "valher@gmail.com",
+      "message": "",
+      "total": 1.00,
+      "tax": 0.00,
+      "subtotal": 0.00,
+      "fee": 0.00,
+      "netAmount": 0.00,
+      "totalRefundedAmount": 1.00,
+      "metadata1": "metadata1 test",
+      "metadata2": "metadata2 test",
+      "items": []
+    }
+  }
+}
+"""
+
+# The same answer as the older v4 API documents it (evertec/athmovil-javascript-api, "Old
+# Version PB README.md", "Refund": https://www.athmovil.com/api/v4/refundTransaction):
+# verbatim, without the envelope, with local dates ending in ".0" and numeric daily ids.
+DOCUMENTED_V4_REFUND_ANSWER = """
+{
+    "refund": {
+        "transactionType": "REFUND",
+        "status": "COMPLETED",
+        "refundedAmount": 1.00,
+        "date": "2021-07-08 18:13:58.0",
+        "referenceNumber": "402894d56b240610016b2e6c78a6003a",
+        "dailyTransactionID": 107,
+        "name": " Valeria Herrero",
+        "phoneNumber": "(787) 123-4567",
+        "email": "valher@gmail.com"
+    },
+    "originalTransaction": {
+        "transactionType": "PAYMENT",
+        "status": "COMPLETED",
+        "date": "2021-07-08 18:12:00.0",
+        "referenceNumber": "402894d56b240610016b2e6c78a6003a",
+        "dailyTransactionID": 106,
+        "name": "Valeria Herrero",
+        "phoneNumber": "(787) 123-4567",
+        "email": "valher@gmail.com",
+        "message": "",
+        "total": 1.00,
+        "tax": 0.00,
+        "subtotal": 0.00,
+        "fee": 0.00,
+        "netAmount": 0.00,
+        "totalRefundedAmount": 1.00,
+        "metadata1": "metadata1 test",
+        "metadata2": "metadata2 test",
+        "items": []
+    }
+}
+"""
+DOCUMENTED_REFERENCE = "402894d56b240610016b2e6c78a6003a"
+
+
+def refund_with(client, answer, **options):
+    with responses.RequestsMock() as mock:
+        mock.post(REFUND, body=answer, content_type="application/json")
+        result = client.refund(DOCUMENTED_REFERENCE, "1.00", **options)
+        assert len(mock.calls) == 1
+    return result
+
+
+def test_the_documented_refund_answer_is_read_in_full(client):
+    result = refund_with(client, DOCUMENTED_REFUND_ANSWER, ecommerce_id=PAYMENT_ID)
+
+    assert (result.amount, result.status) == (Decimal("1.00"), "COMPLETED")
+    assert result.reference_number == DOCUMENTED_REFERENCE
+    assert result.daily_transaction_id == "0107"
+    # "123412341234" is an epoch timestamp: 10**11 or more counts milliseconds.
+    assert result.transaction_date == datetime(1973, 11, 29, 9, 12, 21, tzinfo=UTC)
+    original = result.payment
+    assert original.ecommerce_id == uuid.UUID(PAYMENT_ID)  # the caller's: the answer has none
+    assert (original.status, original.daily_transaction_id) == ("COMPLETED", "0106")
+    assert original.total == original.total_refunded_amount == Decimal("1.00")
+    assert original.transaction_date == result.transaction_date
+    assert original.metadata_1 == "metadata1 test"
+    assert original.customer_phone == "7871234567"
+    assert original.raw["transactionType"] == "PAYMENT"
+
+
+def test_the_documented_v4_refund_answer_is_read_in_full(client):
+    result = refund_with(client, DOCUMENTED_V4_REFUND_ANSWER, ecommerce_id=PAYMENT_ID)
+
+    assert result.amount == Decimal("1.00") and result.daily_transaction_id == "0107"
+    # Local Puerto Rico time with ".0": four hours behind UTC.
+    assert result.transaction_date == datetime(2021, 7, 8, 22, 13, 58, tzinfo=UTC)
+    assert result.payment.transaction_date == datetime(2021, 7, 8, 22, 12, tzinfo=UTC)
+    assert result.payment.daily_transaction_id == "0106"
+    assert result.payment.ecommerce_id == uuid.UUID(PAYMENT_ID)
+
+
+def test_a_refund_answer_without_an_ecommerce_id_names_no_payment_unless_told(client):
+    assert refund_with(client, DOCUMENTED_REFUND_ANSWER).payment is None
+    # About another reference number than the one refunded: not taken as the payment's.
+    answer = json.loads(DOCUMENTED_REFUND_ANSWER)
+    answer["data"]["originalTransaction"]["referenceNumber"] = "another-reference"
+    other = json.dumps(answer)
+    result = refund_with(client, other, ecommerce_id=PAYMENT_ID)
+    assert result.payment is None
+    assert result.daily_transaction_id == "0107"  # the refund itself is still read
 
 
 def test_refund_checks_its_arguments_before_calling(sleeps):

@@ -58,10 +58,17 @@ def test_a_payment_from_creation_to_partial_refunds(client, sandbox):
     assert completed.metadata_1 == "order-1"
 
     first = client.refund(completed.reference_number, Decimal("2.50"), "one item")
-    second = client.refund(completed.reference_number, "1.00")
+    second = client.refund(completed.reference_number, "1.00", ecommerce_id=created.ecommerce_id)
     # ATH Móvil gives refunds the payment's reference number: not a unique key.
     assert first.reference_number == second.reference_number == completed.reference_number
+    # The answer describes the payment without its ecommerceId: known only when passed in.
+    assert first.payment is None
+    assert second.payment.ecommerce_id == created.ecommerce_id
     assert second.payment.total_refunded_amount == Decimal("3.50")
+    assert second.payment.daily_transaction_id == completed.daily_transaction_id
+    assert second.payment.transaction_date == completed.transaction_date
+    assert first.message == "one item" and first.daily_transaction_id
+    assert first.transaction_date is not None
     assert client.find_payment(created.ecommerce_id).total_refunded_amount == Decimal("3.50")
 
     report = client.transaction_report(
@@ -203,7 +210,7 @@ def test_the_total_deadline_bounds_a_call_however_many_attempts_remain(sandbox, 
         sleep=sleeps.append,
     )
     sandbox.inject_fault("timeout", "findPayment", times=50, delay=2.0)
-    with pytest.raises(TransientError, match="no answer within"):
+    with pytest.raises(TransientError, match="no whole answer within"):
         client.find_payment(UNKNOWN_ID)
     # 0.3 s reads within a 1 s deadline: a handful of attempts, nowhere near 50.
     assert 2 <= sandbox.counts()["findPayment"] <= 4

@@ -400,7 +400,7 @@ def test_a_request_read_and_never_answered(serve, make_client, sleeps, call, att
     counts = server.settle()
     assert (counts["connections"], counts["handshakes"], counts["requests"]) == (attempts,) * 3
     assert server.paths == [path] * attempts
-    assert "no answer within 0.2 s" in str(caught.value)
+    assert "no whole answer within 0.2 s" in str(caught.value)
     assert len(sleeps) == attempts - 1
 
 

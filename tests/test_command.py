@@ -30,6 +30,7 @@ JSON_KEYS = {
     "signals_sent",
     "receiver_errors",
     "redispatched",
+    "receivers",
     "webhooks",
     "refund_scan",
     "backfill",
@@ -39,6 +40,7 @@ JSON_KEYS = {
     "duration_seconds",
     "dry_run",
     "exit_code",
+    "stopped",
 }
 
 
@@ -189,6 +191,13 @@ def test_json_summary_is_the_only_thing_on_stdout(story, received):
         "signals_sent": 4,
         "receiver_errors": 0,
         "redispatched": 0,
+        "receivers": {
+            "retried": 0,
+            "delivered": 0,
+            "given_up": 0,
+            "failing": 0,
+            "failing_since": None,
+        },
         "webhooks": {"applied": 0, "unchanged": 0, "rejected": 0, "ignored": 0, "pending": 0},
         "backfill": None,
         "pruned": {"webhook_events": 0, "payment_events": 0, "sync_runs": 0},
@@ -196,6 +205,7 @@ def test_json_summary_is_the_only_thing_on_stdout(story, received):
         "error_count": 0,
         "dry_run": False,
         "exit_code": 0,
+        "stopped": None,
     }
     assert len(received) == 4
 

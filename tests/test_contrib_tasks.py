@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -91,29 +93,36 @@ class Shop:
 
     def work(self, extra_settings: str = "") -> subprocess.CompletedProcess[str]:
         """``manage.py db_worker --batch``: run every queued task, then exit."""
-        module = f"athm_tasks_settings_{uuid.uuid4().hex[:8]}"
-        (self.folder / f"{module}.py").write_text(SETTINGS.format(extra=extra_settings))
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "django",
-                "db_worker",
-                "--batch",
-                "--no-startup-delay",
-                "--no-reload",
-                "--interval",
-                "0",
-            ],
-            cwd=self.folder,
-            env={**self.env, "DJANGO_SETTINGS_MODULE": module},
-            capture_output=True,
-            text=True,
-            timeout=WORKER_TIMEOUT,
-            check=False,
+        args, options = self._worker(extra_settings)
+        done = subprocess.run(  # noqa: S603 - our own interpreter and arguments
+            args, capture_output=True, timeout=WORKER_TIMEOUT, check=False, **options
         )
         assert done.returncode == 0, done.stdout + done.stderr
         return done
+
+    def start(self) -> subprocess.Popen[str]:
+        """The same worker, in the background (stdout and stderr piped)."""
+        args, options = self._worker("")
+        return subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **options
+        )
+
+    def _worker(self, extra_settings: str) -> tuple[list[str], dict[str, Any]]:
+        module = f"athm_tasks_settings_{uuid.uuid4().hex[:8]}"
+        (self.folder / f"{module}.py").write_text(SETTINGS.format(extra=extra_settings))
+        args = [
+            sys.executable,
+            "-m",
+            "django",
+            "db_worker",
+            "--batch",
+            "--no-startup-delay",
+            "--no-reload",
+            "--interval",
+            "0",
+        ]
+        env = {**self.env, "DJANGO_SETTINGS_MODULE": module}
+        return args, {"cwd": self.folder, "env": env, "text": True}
 
     def signals(self) -> list[list[str]]:
         return [line.split() for line in self.signal_log.read_text().splitlines()]
@@ -164,6 +173,46 @@ def test_a_queued_run_completes_a_paid_payment_once(shop, athm_settings):
 
     assert finished(again).return_value["transitions"]["completed"] == 0
     assert len(shop.signals()) == 1  # exactly one payment_completed
+
+
+@with_worker
+def test_sigterm_to_the_worker_stops_a_queued_run_between_payments(shop, athm_settings):
+    """``db_worker`` runs the task in its main thread: SIGTERM (systemd's or docker's stop)
+    stops the run between payments, the task succeeds with ``"stopped": "SIGTERM"``, and the
+    worker still shuts down after it, as its own handler decided."""
+    sandbox = athm_settings
+    ids = [tracked_completed(sandbox) for _ in range(30)]
+    sandbox.set_latency(0.1)
+    result = tasks.sync.enqueue(workers=2)
+    worker = shop.start()
+    try:
+        deadline = time.monotonic() + WORKER_TIMEOUT
+        while len(shop.signals()) < 3:  # the run is sending its first signals
+            assert worker.poll() is None and time.monotonic() < deadline, worker.communicate()
+            time.sleep(0.005)
+        worker.send_signal(signal.SIGTERM)
+        out, err = worker.communicate(timeout=WORKER_TIMEOUT)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+    assert worker.returncode == 0, out + err
+    result = finished(result)
+    assert result.status == "SUCCESSFUL", result.errors
+    summary = result.return_value
+    assert summary["stopped"] == "SIGTERM" and summary["exit_code"] == 143
+    assert 0 < summary["checked"] < len(ids)
+    run = SyncRun.objects.get(pk=summary["sync_run_id"])
+    assert run.finished_at is not None and run.exit_code == 143
+    assert not Payment.objects.exclude(claimed_by="").exists()
+    assert locks.current_holder(locks.RUN_LOCK) is None  # the run lock is free again
+
+    sandbox.set_latency(0)
+    again = tasks.sync.enqueue()
+    shop.work()
+    assert finished(again).return_value["exit_code"] == 0
+    sent = sorted(paid for kind, paid, _ in shop.signals())
+    assert sent == sorted(ids)  # each payment's signal once, across both runs
 
 
 @with_worker

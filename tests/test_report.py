@@ -160,6 +160,30 @@ def test_a_refund_a_poll_found_gets_the_reports_details_without_a_call(athm_sett
     assert sandbox.counts()["findPayment"] == 0 and names(received) == ["refund_sent"]
 
 
+def test_one_growth_a_poll_found_is_split_into_the_reports_refunds(athm_settings, received):
+    sandbox = athm_settings
+    payment = completed(sandbox)
+    sandbox.refund(str(payment.pk), "1.00", "first")
+    sandbox.refund(str(payment.pk), "2.00", "second")
+    athm_sync.sync_payment(payment.pk)  # one growth of 3.00, without records
+    (bare,) = Refund.objects.all()
+    assert bare.amount == Decimal("3.00") and bare.daily_transaction_id == ""
+    received.clear()
+    sandbox.reset_counts()
+
+    assert run()["refund_scan"]["refunds"] == 0
+
+    refunds = Refund.objects.order_by("amount")
+    assert [(r.amount, r.message) for r in refunds] == [
+        (Decimal("1.00"), "first"),
+        (Decimal("2.00"), "second"),
+    ]
+    assert all(r.daily_transaction_id and r.transaction_date for r in refunds)
+    assert refunds[0].pk == bare.pk  # the one whose refund_sent fired keeps its id
+    assert Payment.objects.get().total_refunded_amount == Decimal("3.00")
+    assert sandbox.counts()["findPayment"] == 1 and received == []  # the money was signalled
+
+
 def test_report_rows_with_quirks_and_a_broken_row(athm_settings, received, monkeypatch, caplog):
     """Trailing spaces in the reference number, integer daily ids (every other row of the
     sandbox's report), and one row that cannot be read: the others are still imported."""

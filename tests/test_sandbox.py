@@ -11,7 +11,7 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -51,6 +51,28 @@ FIND_KEYS = {
     "isNonProfit",
 }
 CUSTOMER_KEYS = {"name", "phoneNumber", "email"}
+# The originalTransaction of Evertec's documented refund answer (athmovil-javascript-api's
+# README, "Refund Payment").
+REFUND_ORIGINAL_KEYS = {
+    "transactionType",
+    "status",
+    "date",
+    "referenceNumber",
+    "dailyTransactionID",
+    "name",
+    "phoneNumber",
+    "email",
+    "message",
+    "total",
+    "tax",
+    "subtotal",
+    "fee",
+    "netAmount",
+    "totalRefundedAmount",
+    "metadata1",
+    "metadata2",
+    "items",
+}
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -375,10 +397,26 @@ def test_partial_refunds_share_the_reference_number(sandbox):
     assert data["refund"]["refundedAmount"] == "4.00"
     assert data["refund"]["referenceNumber"] == reference
     assert re.fullmatch(r"\d{4}", data["refund"]["dailyTransactionID"])
-    assert DATE_RE.match(data["refund"]["date"])
+    # Evertec's documented answer: dates as epoch timestamps (milliseconds, as text), and the
+    # original payment as a PAYMENT transaction without its ecommerceId.
+    assert re.fullmatch(r"\d{13}", data["refund"]["date"])
+    refunded_at = datetime.fromtimestamp(int(data["refund"]["date"]) / 1000, UTC)
+    assert abs(refunded_at - sandbox.now()) < timedelta(minutes=1)
     assert data["refund"]["message"] == "sorry"
-    assert set(data["originalTransaction"]) == FIND_KEYS | CUSTOMER_KEYS
-    assert data["originalTransaction"]["totalRefundedAmount"] == 4
+    original = data["originalTransaction"]
+    assert set(original) == REFUND_ORIGINAL_KEYS
+    assert original["transactionType"] == "PAYMENT" and original["status"] == "COMPLETED"
+    assert original["referenceNumber"] == reference
+    assert original["dailyTransactionID"] == payment["dailyTransactionId"]
+    assert original["date"] == str(
+        int(
+            datetime.fromisoformat(payment["transactionDate"])
+            .replace(tzinfo=timezone(PR))
+            .timestamp()
+        )
+        * 1000
+    )
+    assert original["totalRefundedAmount"] == 4
 
     second = refund(sandbox, reference, "6.00").json()["data"]
     assert second["refund"]["referenceNumber"] == reference

@@ -12,14 +12,20 @@ summary, ``{"skipped": True, ...}`` when another run holds the run lock, and a f
 the failure and logs it in one line, without a traceback. No task here retries by itself: the
 next beat is the retry. The module imports nothing of the app until a task runs, so the shop's
 Celery module may import :data:`BEAT_SCHEDULE` before Django is set up.
+
+A worker's warm shutdown stops a run between payments (claims released, ``SyncRun`` finished,
+the summary's ``"stopped"`` says why): in the task's own process by SIGTERM/SIGINT (see
+:mod:`athm_sync.contrib.jobs`), and in the worker's process by ``worker_shutting_down``.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 try:
     from celery import Task, shared_task
+    from celery.signals import worker_shutting_down
 except ImportError as error:
     raise ImportError(
         'athm_sync.contrib.celery needs Celery: pip install "django-athm-sync[celery]"'
@@ -49,6 +55,15 @@ class _SyncTask(Task):
         from athm_sync.runner import CannotRun  # the app's models: only once Django is set up
 
         return (CannotRun, ValueError)
+
+
+@worker_shutting_down.connect(weak=False, dispatch_uid="athm_sync.stop_runs")
+def _stop_runs(sig: str | None = None, **kwargs: Any) -> None:
+    """The worker is shutting down: a run going on in this process (the solo or threads pool)
+    stops between payments instead of holding the shutdown up to its end."""
+    jobs = sys.modules.get("athm_sync.contrib.jobs")  # not imported: no run is going on
+    if jobs is not None:
+        jobs.stop_runs(str(sig or "SIGTERM"))
 
 
 @shared_task(name="athm_sync.sync", base=_SyncTask)

@@ -7,21 +7,34 @@ that the command or the other doors decide differently.
 
 How the command's exit codes become task results:
 
-- exit 0 and exit 1 (some payments could not be checked; they are retried by the next run)
-  are a normal result: the JSON-able ``--json`` summary, with its ``exit_code``, plus
-  ``"skipped": False``;
+- exit 0 and exit 1 (some payments could not be checked, or a signal receiver is failing;
+  both are retried by the next run) are a normal result: the JSON-able ``--json`` summary,
+  with its ``exit_code``, plus ``"skipped": False``;
 - exit 2 (bad ``ATHM_SYNC`` settings or options, credentials rejected) raises
   :class:`athm_sync.runner.CannotRun` with the command's one-line message: the task fails.
   Nothing retries it by itself; the next scheduled run tries again (and fails the same way
   until a person fixes the settings), so a bad configuration is one failure per tick, not a
   retry storm;
 - a run that finds another run holding the run lock returns at once, without asking ATH Móvil:
-  ``{"skipped": True, "reason": ..., "held_by": ..., "lock_expires_at": ...}``.
+  ``{"skipped": True, "reason": ..., "held_by": ..., "lock_expires_at": ...}``;
+- a run stopped by its worker's shutdown (below) is a normal result too: the summary with
+  ``"stopped"`` (``"SIGTERM"``...) and its ``exit_code`` (143...); so is a run whose database
+  connection died (exit 1, the error in ``errors``).
+
+How a worker's shutdown stops a run between payments (claims released, ``SyncRun`` finished):
+
+- a worker that runs the task in its main thread (Celery's prefork children and solo pool,
+  Django's ``db_worker``) delivers SIGTERM and SIGINT to it: :func:`sync_run` turns them into
+  a stop request for the run's duration, and still calls the worker's own handler, so the
+  worker shuts down after this task as it would have; the handlers are put back afterwards;
+- for a task in another thread (Celery's threads pool), :func:`stop_runs` asks every run of
+  the process to stop; :mod:`athm_sync.contrib.celery` calls it on ``worker_shutting_down``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -31,9 +44,25 @@ from athm_sync.client import AuthenticationError
 from athm_sync.conf import AthmSyncSettings, get_settings, unknown_keys
 from athm_sync.managers import validate_ecommerce_id
 from athm_sync.models import Payment
-from athm_sync.runner import CannotRun, Runner, RunOptions, new_run_id
+from athm_sync.runner import CannotRun, ConnectionLost, Runner, RunOptions, new_run_id
+from athm_sync.stopping import StopRequest, signals_stop
 
 logger = logging.getLogger("athm_sync.contrib")
+
+# The stop requests of the runs going on in this process, for stop_runs().
+_running: set[StopRequest] = set()
+_running_lock = threading.Lock()
+
+
+def stop_runs(reason: str = "SIGTERM") -> int:
+    """Ask every :func:`sync_run` going on in this process to stop between payments, from any
+    thread (a worker's shutdown hook); ``reason`` is what their summaries say in
+    ``"stopped"``. Returns how many runs were asked."""
+    with _running_lock:
+        running = list(_running)
+    for stop in running:
+        stop.request(reason)
+    return len(running)
 
 
 def _settings() -> AthmSyncSettings:
@@ -84,10 +113,20 @@ def sync_run(*, limit: int | None = None, workers: int | None = None) -> dict[st
             "held_by": held.holder if held else "",
             "lock_expires_at": held.expires_at.isoformat() if held else None,
         }
+    stop = StopRequest()
+    with _running_lock:
+        _running.add(stop)
     try:
-        with lease.kept():
-            report = Runner(options, conf=conf).run()
+        with lease.kept(), signals_stop(stop, chain=True):
+            runner = Runner(options, conf=conf, should_stop=stop)
+            try:
+                report = runner.run()
+            except ConnectionLost as error:
+                logger.error("athm_sync run: %s", error)
+                report = runner.report
     finally:
+        with _running_lock:
+            _running.discard(stop)
         lease.release()
     return {**report.as_json(), "skipped": False, "sync_run_id": report.sync_run_id}
 
@@ -122,4 +161,4 @@ def sync_one(ecommerce_id: Any) -> dict[str, Any]:
     }
 
 
-__all__ = ["sync_one", "sync_run"]
+__all__ = ["stop_runs", "sync_one", "sync_run"]

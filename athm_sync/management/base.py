@@ -51,10 +51,10 @@ class OneLineErrorCommand(BaseCommand):
                 "(is it reachable, and migrated with manage.py migrate?)"
             )
 
-    def fail(self, message: str) -> NoReturn:
-        """Print ``message`` as one line on stderr and exit 2."""
+    def fail(self, message: str, exit_code: int = EXIT_CANNOT_RUN) -> NoReturn:
+        """Print ``message`` as one line on stderr and exit ``exit_code`` (2 unless told)."""
         self.stderr.write(f"{self.program}: error: {' '.join(self.scrub(message).split())}")
-        raise SystemExit(EXIT_CANNOT_RUN)
+        raise SystemExit(exit_code)
 
     def scrub(self, text: str) -> str:
         """``text`` as it may be shown; subclasses mask secrets here."""

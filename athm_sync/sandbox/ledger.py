@@ -56,6 +56,8 @@ class Refund:
     daily_transaction_id: str
     message: str
     source: str  # "api" or "app"
+    # Its own reference number; empty: it reuses the payment's (see Ledger.own_app_references).
+    reference_number: str = ""
 
 
 @dataclass
@@ -107,6 +109,11 @@ def _parse_timeout(timeout: Any) -> int:
     return seconds
 
 
+def new_reference_number() -> str:
+    """A reference number as ATH Móvil writes them: digits, a dash, 32 hex digits."""
+    return f"{secrets.randbelow(900_000_000) + 100_000_000}-{uuid.uuid4().hex}"
+
+
 def state_error(p: Payment, action: str) -> SandboxError:
     """The error ATH Móvil answers when ``action`` does not fit the payment's status."""
     if p.status == CANCEL and p.cancel_reason == "expired":
@@ -121,8 +128,9 @@ def state_error(p: Payment, action: str) -> SandboxError:
 def refund_parties(p: Payment, refund: Refund) -> dict[str, Any]:
     """The fields every description of a refund carries (API answer, report row, webhook)."""
     return {
-        # The real API's quirk: a refund reuses the original payment's reference number.
-        "referenceNumber": p.reference_number,
+        # The real API's quirk: a refund reuses the original payment's reference number (one
+        # made in the Business app may carry its own: Ledger.own_app_references).
+        "referenceNumber": refund.reference_number or p.reference_number,
         "dailyTransactionID": refund.daily_transaction_id,
         "name": p.customer_name,
         "phoneNumber": p.customer_phone,
@@ -131,14 +139,49 @@ def refund_parties(p: Payment, refund: Refund) -> dict[str, Any]:
     }
 
 
+def epoch_milliseconds(moment: datetime) -> str:
+    """An instant as the refund API writes its dates: epoch milliseconds, as text.
+
+    Evertec's documented refund answer shows ``"date": "123412341234", // timestamp``; the
+    unit is not stated, and milliseconds is what its Java backend's timestamps count.
+    """
+    return str(int(moment.timestamp() * 1000))
+
+
 def refund_record(p: Payment, refund: Refund) -> dict[str, Any]:
     """The ``refund`` part of the refund API's answer."""
     return {
         "transactionType": "REFUND",
         "status": "COMPLETED",
         "refundedAmount": str(refund.amount),
-        "date": pr_local(refund.date),
+        "date": epoch_milliseconds(refund.date),
         **refund_parties(p, refund),
+    }
+
+
+def original_record(p: Payment) -> dict[str, Any]:
+    """The ``originalTransaction`` part of the refund API's answer, as Evertec documents it:
+    the payment as a ``PAYMENT`` transaction, without its ``ecommerceId``."""
+    assert p.transaction_date is not None
+    return {
+        "transactionType": "PAYMENT",
+        "status": "COMPLETED",
+        "date": epoch_milliseconds(p.transaction_date),
+        "referenceNumber": p.reference_number,
+        "dailyTransactionID": p.daily_transaction_id,
+        "name": p.customer_name,
+        "phoneNumber": p.customer_phone,
+        "email": p.customer_email,
+        "message": "",
+        "total": json_number(p.total),
+        "tax": json_number(p.tax),
+        "subtotal": json_number(p.subtotal),
+        "fee": float32(p.fee),
+        "netAmount": json_number(p.net_amount),
+        "totalRefundedAmount": json_number(p.total_refunded),
+        "metadata1": p.metadata1,
+        "metadata2": p.metadata2,
+        "items": p.items,
     }
 
 
@@ -168,6 +211,9 @@ class Ledger:
             # with some fields replaced (see misroute() and tamper()).
             self._misroutes: dict[str, str] = {}
             self._tampered: dict[str, dict[str, Any]] = {}
+            # Whether a refund made in the ATH Business app gets a reference number of its own
+            # instead of repeating the payment's (which ATH Móvil does is not published).
+            self.own_app_references = False
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -274,7 +320,7 @@ class Ledger:
                         "amount": str(r.amount),
                         "date": pr_local(r.date),
                         "dailyTransactionId": r.daily_transaction_id,
-                        "referenceNumber": p.reference_number,
+                        "referenceNumber": r.reference_number or p.reference_number,
                         "message": r.message,
                         "source": r.source,
                     }
@@ -412,7 +458,7 @@ class Ledger:
         p.status = COMPLETED
         p.transaction_date = moment
         p.daily_transaction_id = self._next_daily_id(moment)
-        p.reference_number = f"{secrets.randbelow(900_000_000) + 100_000_000}-{uuid.uuid4().hex}"
+        p.reference_number = new_reference_number()
         p.fee = fee_for(p.total)
         p.net_amount = p.total - p.fee
         self._webhooks.queue_payment(p, "completed")
@@ -450,6 +496,13 @@ class Ledger:
 
         return self._customer_action(ecommerce_id, "expire", (OPEN, CONFIRM), expire)
 
+    def set_own_app_references(self, own: bool) -> None:
+        """Give refunds made in the ATH Business app (:meth:`refund`) a reference number of
+        their own (``True``) or the payment's (``False``, the default); API refunds always
+        repeat the payment's, as Evertec's documented answer does."""
+        with self._lock:
+            self.own_app_references = bool(own)
+
     def refund(self, ecommerce_id: str, amount: Any, message: str = "") -> dict[str, Any]:
         """A refund made in the ATH Business app (the shop makes no API call)."""
         with self._lock:
@@ -473,6 +526,8 @@ class Ledger:
             )
         moment = datetime.fromtimestamp(int(self._clock.timestamp()), UTC)
         refund = Refund(value, moment, self._next_daily_id(moment), message, source)
+        if source == "app" and self.own_app_references:
+            refund.reference_number = new_reference_number()
         p.refunds.append(refund)
         self._webhooks.queue_refund(p, refund)
         return refund
@@ -523,7 +578,7 @@ class Ledger:
                 )
             p = matches[0]
             refund = self._refund(p, amount, message or "", "api")
-            return {"refund": refund_record(p, refund), "originalTransaction": self.data(p)}
+            return {"refund": refund_record(p, refund), "originalTransaction": original_record(p)}
 
     # -- webhook payloads --------------------------------------------------------------------
 

@@ -427,6 +427,14 @@ class _Handler(BaseHTTPRequestHandler):
         if route == ("POST", "/sandbox/webhooks/shape"):
             state.webhook_shape = str(data.get("shape", ""))
             return 200, {"shape": state.webhook_shape}
+        if route == ("GET", "/sandbox/app-refunds"):
+            return 200, {"ownReference": state.own_app_references}
+        if route == ("POST", "/sandbox/app-refunds"):
+            own = data.get("ownReference", True)
+            if not isinstance(own, bool):
+                raise ValueError("ownReference must be true or false")
+            state.set_own_app_references(own)
+            return 200, {"ownReference": state.own_app_references}
         return 404, {"error": f"No such sandbox route: {method} {path}"}
 
     def _payment_action(self, ecommerce_id: str, action: str, data: dict[str, Any]) -> Any:
@@ -591,6 +599,10 @@ class SandboxServer:
     def refund(self, ecommerce_id: str, amount: Any, message: str = "") -> dict[str, Any]:
         """See :meth:`SandboxState.refund`."""
         return self.state.refund(ecommerce_id, amount, message)
+
+    def set_own_app_references(self, own: bool) -> None:
+        """See :meth:`SandboxState.set_own_app_references`."""
+        self.state.set_own_app_references(own)
 
     def payment(self, ecommerce_id: str) -> dict[str, Any]:
         """See :meth:`SandboxState.payment`."""

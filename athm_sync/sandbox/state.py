@@ -278,6 +278,16 @@ class SandboxState:
         """The refund API: refund by the payment's referenceNumber; answer the API's data."""
         return self.ledger.api_refund(reference_number, amount, message)
 
+    @property
+    def own_app_references(self) -> bool:
+        """Whether refunds made in the ATH Business app carry a reference number of their own
+        (off by default: they repeat the payment's). Reset turns it off."""
+        return self.ledger.own_app_references
+
+    def set_own_app_references(self, own: bool) -> None:
+        """Give app refunds their own reference number (``True``) or the payment's."""
+        self.ledger.set_own_app_references(own)
+
     # -- report ----------------------------------------------------------------------------
 
     def report(self, from_date: Any, to_date: Any) -> list[dict[str, Any]]:

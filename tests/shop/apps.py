@@ -2,10 +2,15 @@
 
 Child processes started by tests/test_crash.py connect them with ``ATHM_TEST_SHOP_RECEIVER``:
 ``instant`` writes a :class:`Fulfilment` row at once, ``slow`` sleeps 20 ms first (a receiver
-doing real work), so a SIGKILL often lands inside a receiver.
+doing real work), so a SIGKILL often lands inside a receiver. ``broken`` writes its row, then
+raises (its row is rolled back); ``hang`` writes its row, says so on stderr
+(``INSIDE_MARKER``) and waits until the process is killed. Every mode's receiver has the same
+dotted name, so a receiver that failed in one mode is retried by another.
 """
 
 import os
+import sys
+import threading
 import time
 from typing import Any
 
@@ -13,6 +18,7 @@ from django.apps import AppConfig
 
 RECEIVER_ENV = "ATHM_TEST_SHOP_RECEIVER"
 KINDS = ("payment_completed", "payment_cancelled", "payment_expired", "refund_sent")
+INSIDE_MARKER = "athm-test-shop: inside the receiver"
 
 
 def fulfil(kind: str, payment: Any, pause: float = 0.0) -> None:
@@ -28,11 +34,17 @@ def connect(mode: str) -> None:
     """Connect a receiver of this kind (``instant`` or ``slow``) to each payment signal."""
     from athm_sync import signals
 
-    pause = {"instant": 0.0, "slow": 0.02}[mode]
+    pause = {"instant": 0.0, "slow": 0.02, "broken": 0.0, "hang": 0.0}[mode]
 
     def receiver_for(kind: str) -> Any:
         def receiver(sender: Any, payment: Any, **kwargs: Any) -> None:
             fulfil(kind, payment, pause)
+            if mode == "broken":
+                raise RuntimeError("the shop's order service is down")
+            if mode == "hang":
+                sys.stderr.write(f"{INSIDE_MARKER}\n")
+                sys.stderr.flush()
+                threading.Event().wait()  # until SIGKILL
 
         return receiver
 

@@ -1,8 +1,11 @@
 """``manage.py athm_sync``: check every due payment with ATH Móvil and apply what changed.
 
 Exit status: 0 when every due payment was checked, 1 when some could not be checked after
-retries (each listed in the summary), 2 when the run cannot happen (bad settings or options,
-credentials rejected). Expected failures print one line on stderr, never a traceback.
+retries or a signal receiver is failing (each listed in the summary), or the database
+connection died mid-run, 2 when the run cannot happen (bad settings or options, credentials
+rejected); 143 (SIGTERM) or 130 (SIGINT) when a signal stopped it (:mod:`athm_sync.stopping`).
+Expected failures print one line on
+stderr, never a traceback.
 
 The work is done by :class:`athm_sync.runner.Runner`; this module parses and prints.
 """
@@ -10,27 +13,29 @@ The work is done by :class:`athm_sync.runner.Runner`; this module parses and pri
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
 from typing import Any, NoReturn
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandParser
 
+from athm_sync import outbox
 from athm_sync.conf import get_settings, unknown_keys
 from athm_sync.health import check_health, parse_duration
 from athm_sync.management.base import OneLineErrorCommand
 from athm_sync.runner import (
     EXIT_CANNOT_RUN,
+    EXIT_ERRORS,
     CannotRun,
     Change,
+    ConnectionLost,
     Runner,
     RunOptions,
     RunReport,
     parse_date,
     parse_ecommerce_ids,
 )
+from athm_sync.stopping import StopNow, StopRequest, signals_stop
 from athm_sync.watch import DEFAULT_INTERVAL, watch
 
 PROGRAM = "athm_sync"
@@ -52,7 +57,8 @@ class Command(OneLineErrorCommand):
     program = PROGRAM
     help = (
         "Ask ATH Móvil about every payment that can still change, apply each transition once "
-        "and send its signal. Exit 0: all checked; 1: some could not be checked; 2: cannot run."
+        "and send its signal. Exit 0: all checked; 1: some could not be checked, or a signal "
+        "receiver is failing; 2: cannot run; 143/130: stopped by SIGTERM/SIGINT."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -124,6 +130,13 @@ class Command(OneLineErrorCommand):
             metavar="DURATION",
             help="With --health: how recent the last successful run must be (default 10m).",
         )
+        parser.add_argument(
+            "--redeliver",
+            nargs="+",
+            metavar="ID",
+            help="Check nothing: call these failed signal receivers again now (ids from the "
+            "admin or the run's errors), or 'all' of them; exit 1 if one fails again.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._json = options["json"]
@@ -134,6 +147,8 @@ class Command(OneLineErrorCommand):
             conf = get_settings()
         except ImproperlyConfigured as error:
             self._fail(f"bad ATHM_SYNC setting: {error}")
+        if options["redeliver"] is not None:
+            self._redeliver(options, conf)
         if options["health"] or options["max_age"] is not None:
             self._health(options)
         unknown = unknown_keys()
@@ -156,22 +171,38 @@ class Command(OneLineErrorCommand):
             self._fail(str(error))
         if options["watch"] or options["interval"] is not None or options["iterations"]:
             self._watch(run_options, conf, options)
+        stop = StopRequest()
         runner = Runner(
             run_options,
             conf=conf,
             progress=self._progress if self._show_progress() else None,
             on_change=self._print_change if self._verbosity >= 2 and not self._json else None,
+            should_stop=stop,
         )
         try:
-            report = runner.run()
+            with signals_stop(stop):
+                report = runner.run()
         except CannotRun as error:
             self._end_progress()
             if runner.report.exit_code != EXIT_CANNOT_RUN:  # refused before anything ran
                 self._fail(str(error))
             self._print_report(runner.report)
             self._fail(str(error))
+        except ConnectionLost as error:
+            self._end_progress()
+            self._print_report(runner.report)
+            self._fail(str(error), runner.report.exit_code)
+        except StopNow as stopped:
+            self._end_progress()
+            self._print_report(runner.report)
+            self._fail(f"{stopped}; its claims were released", stopped.exit_code)
         self._end_progress()
         self._print_report(report)
+        if report.stopped:
+            self.stderr.write(
+                f"{PROGRAM}: stopped by {report.stopped} after {report.checked} payment(s); "
+                "the others are left for the next run"
+            )
         if report.unreachable:
             self.stderr.write(
                 f"{PROGRAM}: error: ATH Móvil is unreachable at {conf.api_base_url} "
@@ -194,26 +225,21 @@ class Command(OneLineErrorCommand):
             problem = "--watch does not go with --dry-run, --ecommerce-id or a backfill"
         if problem:
             self._fail(problem)
-        stop = threading.Event()
-
-        def stop_soon(signum: int, frame: Any) -> None:
-            stop.set()
-
-        previous = {sig: signal.signal(sig, stop_soon) for sig in (signal.SIGTERM, signal.SIGINT)}
+        stop = StopRequest()
         try:
-            result = watch(
-                run_options,
-                conf,
-                stop,
-                interval=DEFAULT_INTERVAL if interval is None else interval,
-                iterations=options["iterations"],
-                on_report=self._print_pass,
-            )
+            with signals_stop(stop):
+                result = watch(
+                    run_options,
+                    conf,
+                    stop,
+                    interval=DEFAULT_INTERVAL if interval is None else interval,
+                    iterations=options["iterations"],
+                    on_report=self._print_pass,
+                )
         except CannotRun as error:
             self._fail(str(error))
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        except StopNow as stopped:
+            self._fail(f"--watch {stopped}; its claims were released", stopped.exit_code)
         if not self._json and self._verbosity >= 1:
             ended = "stopped" if stop.is_set() else "done"
             self.stdout.write(f"{PROGRAM}: --watch {ended} after {result.passes} pass(es)")
@@ -224,7 +250,13 @@ class Command(OneLineErrorCommand):
         if self._json:
             self.stdout.write(json.dumps(report.as_json()))
             self.stdout.flush()
-        elif report.checked or report.errors or report.signals_sent:
+        elif (
+            report.checked
+            or report.signals_sent
+            or report.receivers["retried"]
+            # Receivers still failing are listed in every pass's errors: said when they change.
+            or report.error_count > report.receivers["failing"]
+        ):
             self._print_report(report)
 
     def _health(self, options: dict[str, Any]) -> NoReturn:
@@ -245,11 +277,79 @@ class Command(OneLineErrorCommand):
             write(f"{PROGRAM}: {state}: {health.reason}")
         sys.exit(0 if health.healthy else 1)
 
+    def _redeliver(self, options: dict[str, Any], conf: Any) -> NoReturn:
+        """``--redeliver``: call failed receivers again now; exit 0 when each was delivered,
+        1 when one failed again, 2 (nothing called) for bad ids or options."""
+        others = [
+            name
+            for name, given in (
+                ("--dry-run", options["dry_run"]),
+                ("--ecommerce-id", options["ecommerce_id"]),
+                ("--limit", options["limit"] is not None),
+                ("--workers", options["workers"] is not None),
+                ("--from-date", options["from_date"] is not None),
+                ("--to-date", options["to_date"] is not None),
+                ("--no-signals", not options["signals"]),
+                ("--watch", options["watch"]),
+                ("--interval", options["interval"] is not None),
+                ("--iterations", options["iterations"] is not None),
+                ("--health", options["health"]),
+                ("--max-age", options["max_age"] is not None),
+            )
+            if given
+        ]
+        if others:
+            self._fail(f"--redeliver does not go with {', '.join(others)}")
+        try:
+            attempts = outbox.redeliver(outbox.parse_ids(options["redeliver"]), conf=conf)
+        except outbox.RedeliveryError as error:
+            self._fail(str(error))
+        if self._json:
+            self.stdout.write(
+                json.dumps(
+                    {
+                        "redelivered": len(attempts.done),
+                        "delivered": attempts.delivered,
+                        "failed": attempts.failed,
+                        "given_up": attempts.given_up,
+                        "results": [
+                            {
+                                "id": attempt.delivery_id,
+                                "receiver": attempt.receiver,
+                                "ecommerce_id": str(attempt.ecommerce_id),
+                                "delivered": attempt.delivered,
+                                "error": attempt.error,
+                            }
+                            for attempt in attempts.done
+                        ],
+                        "errors": [
+                            {"id": pk, "reason": reason} for pk, reason in attempts.problems
+                        ],
+                    }
+                )
+            )
+        elif self._verbosity >= 1 or attempts.failed or attempts.problems:
+            lines = [
+                f"{PROGRAM}: called {len(attempts.done)} failed receiver(s) again: "
+                f"{attempts.delivered} delivered, {attempts.failed} failed again"
+            ]
+            lines += [
+                f"    {attempt.ecommerce_id}: {attempt.description}"
+                for attempt in attempts.done
+                if not attempt.delivered
+            ]
+            lines += [
+                f"    -: failed receiver {pk} could not be called: {reason}"
+                for pk, reason in attempts.problems
+            ]
+            self.stdout.write("\n".join(lines))
+        sys.exit(EXIT_ERRORS if attempts.failed or attempts.problems else 0)
+
     # -- output ------------------------------------------------------------------------------
 
-    def _fail(self, message: str) -> NoReturn:
+    def _fail(self, message: str, exit_code: int = EXIT_CANNOT_RUN) -> NoReturn:
         self._end_progress()
-        self.fail(message)
+        self.fail(message, exit_code)
 
     def _print_report(self, report: RunReport) -> None:
         if self._json:
@@ -272,10 +372,20 @@ class Command(OneLineErrorCommand):
             f"run), receiver errors: {report.receiver_errors}",
             f"  errors: {report.error_count}",
         ]
+        receivers = report.receivers
+        if receivers["retried"] or receivers["failing"]:
+            lines.append(
+                f"  failed receivers: retried {receivers['retried']}, delivered "
+                f"{receivers['delivered']}, given up {receivers['given_up']}, still failing "
+                f"{receivers['failing']}"
+                + (f" (since {receivers['failing_since']})" if receivers["failing"] else "")
+            )
         if report.refund_scan is not None:
             scan = report.refund_scan
+            unmatched = scan.get("unmatched") or 0
             lines.append(
                 f"  refund scan: {scan['rows']} report row(s), {scan['refunds']} new refund(s)"
+                + (f", {unmatched} matching no payment (listed in the admin)" if unmatched else "")
             )
         if report.backfill is not None:
             done = report.backfill

@@ -9,7 +9,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("athm_sync", "0007_database_now_defaults"),
+        ("athm_sync", "0010_syncrun_alive_until"),
     ]
 
     operations = [

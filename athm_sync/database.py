@@ -1,0 +1,66 @@
+"""The database connection of a run: whether an error means it is gone, and one more try.
+
+A connection the server ended (``pg_terminate_backend``, a restart, a failover, a proxy's idle
+timeout) fails every query after it, so going on would turn one event into one logged error,
+or one traceback, per payment. Where the app catches a database error to go on with the next
+payment, it asks :func:`connection_lost` first and lets the error through when the connection
+is gone; the run then ends in one line (:mod:`athm_sync.runner`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
+
+T = TypeVar("T")
+
+
+class ConnectionLost(Exception):
+    """The run's database connection died; the message is the one line to show."""
+
+
+def connection_lost(error: BaseException | None = None) -> bool:
+    """Whether this thread's connection is gone, asked right after ``error``, one of its errors.
+
+    Django closes a connection whose rollback failed (it leaves an ``atomic`` block with no
+    connection), and the drivers mark some dropped connections closed. On PostgreSQL the
+    error itself tells: the server's last word has an SQLSTATE of class 08 (connection
+    exception) or 57P01-57P03 (shut down by an administrator, a crash, a restart), and
+    libpq's own failures (a dropped socket: "server closed the connection unexpectedly")
+    have no SQLSTATE at all, which no error of a query has. SQLite's connections are files:
+    never gone so.
+    """
+    raw = connection.connection
+    if raw is None or bool(getattr(raw, "closed", False)):
+        return True
+    cause = getattr(error, "__cause__", None)
+    if connection.vendor != "postgresql" or cause is None:
+        return False
+    if not isinstance(error, OperationalError | InterfaceError):
+        return False
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None) or ""
+    return not code or code.startswith("08") or code in _SHUT_DOWN
+
+
+_SHUT_DOWN = {"57P01", "57P02", "57P03"}
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (psycopg adds a hint on more lines)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+def on_new_connection(work: Callable[[], T]) -> T:
+    """``work()``; when it fails because the connection is gone, once more on a new one."""
+    try:
+        return work()
+    except DatabaseError as error:
+        if not connection_lost(error):
+            raise
+        connection.close()
+        return work()
+
+
+__all__ = ["ConnectionLost", "connection_lost", "first_line", "on_new_connection"]
