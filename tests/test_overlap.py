@@ -69,7 +69,7 @@ class StartGate:
         return self._find_payment(*args, **kwargs)
 
 
-def track_completed(sandbox: SandboxServer, count: int) -> list[str]:
+def track_completed(sandbox: SandboxServer, count: int = 1) -> list[str]:
     """``count`` payments the customers completed, tracked locally and due now."""
     ids = []
     for _ in range(count):

@@ -17,7 +17,6 @@ import signal
 import subprocess
 from collections import Counter
 from datetime import timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from athm_sync.sandbox import SandboxServer
 from tests.commands import call
 from tests.shop import apps as shop
 from tests.shop.models import Fulfilment
-from tests.test_overlap import child_env, start_child
+from tests.test_overlap import child_env, start_child, track_completed
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -67,17 +66,6 @@ def receivers():
     signals.payment_completed.disconnect(steady)
     signals.payment_completed.disconnect(flaky)
     FLAKY["failures"] = 0
-
-
-def completed_at_ath(sandbox: SandboxServer, count: int = 1) -> list[str]:
-    """``count`` payments the customers completed, tracked: the next run completes them."""
-    ids = []
-    for _ in range(count):
-        ecommerce_id, _ = sandbox.create_payment(total="5.00")
-        sandbox.complete(ecommerce_id)
-        Payment.objects.track(ecommerce_id, total=Decimal("5.00"))
-        ids.append(ecommerce_id)
-    return ids
 
 
 def run() -> tuple[int, dict[str, Any]]:
@@ -115,7 +103,7 @@ def test_the_retry_schedule_doubles_from_a_minute_to_an_hour_and_ends_after_thre
 def test_a_receiver_that_raised_once_is_called_again_alone_after_the_backoff(
     athm_settings, receivers, time_machine
 ):
-    (ecommerce_id,) = completed_at_ath(athm_settings)
+    (ecommerce_id,) = track_completed(athm_settings)
     receivers(failures=1)
 
     code, first = run()
@@ -159,7 +147,7 @@ def test_a_receiver_that_raised_once_is_called_again_alone_after_the_backoff(
 
 
 def test_the_runs_summary_says_how_many_receivers_are_failing(athm_settings, receivers):
-    completed_at_ath(athm_settings)
+    track_completed(athm_settings)
     receivers(failures=1)
     call("athm_sync")
 
@@ -176,10 +164,10 @@ def test_the_failed_receivers_page_costs_the_same_queries_however_many(
     athm_settings, receivers, staff
 ):
     receivers(failures=100)
-    completed_at_ath(athm_settings, 2)
+    track_completed(athm_settings, 2)
     run()
     few = query_count(staff, "/admin/athm_sync/receiverdelivery/")
-    completed_at_ath(athm_settings, 10)
+    track_completed(athm_settings, 10)
     run()
     many = query_count(staff, "/admin/athm_sync/receiverdelivery/")
     assert ReceiverDelivery.objects.count() == 12 and few == many
@@ -193,7 +181,7 @@ def query_count(client: Any, url: str) -> int:
 
 def retry_queries(sandbox: SandboxServer, time_machine: Any, count: int) -> int:
     """The queries of one run that retries ``count`` failed receivers, each delivered."""
-    completed_at_ath(sandbox, count)
+    track_completed(sandbox, count)
     FLAKY["failures"] = count
     run()
     later(time_machine, minutes=1)
@@ -217,7 +205,7 @@ def test_each_retry_costs_a_fixed_number_of_queries(athm_settings, receivers, ti
 def test_a_retry_that_fails_again_rolls_its_writes_back_and_backs_off(
     athm_settings, receivers, time_machine, caplog
 ):
-    completed_at_ath(athm_settings)
+    track_completed(athm_settings)
     receivers(failures=2)
     run()
     later(time_machine, minutes=1)
@@ -271,7 +259,7 @@ def refuse_delivered_mark(db):
 def test_the_receivers_writes_commit_only_with_the_delivered_mark(
     athm_settings, receivers, time_machine, refuse_delivered_mark
 ):
-    completed_at_ath(athm_settings)
+    track_completed(athm_settings)
     receivers(failures=1)
     run()
     later(time_machine, minutes=1)
@@ -294,7 +282,7 @@ def test_a_receiver_that_keeps_failing_is_given_up_loudly_once(
     athm_settings, receivers, time_machine, caplog, settings
 ):
     settings.ATHM_SYNC = {**settings.ATHM_SYNC, "RECEIVER_GIVE_UP_AFTER": timedelta(hours=3)}
-    completed_at_ath(athm_settings)
+    track_completed(athm_settings)
     receivers(failures=10_000)
     run()
     delivery = ReceiverDelivery.objects.get()
@@ -326,7 +314,7 @@ def test_a_receiver_that_keeps_failing_is_given_up_loudly_once(
 def test_a_receiver_no_longer_connected_is_given_up_with_the_reason(
     athm_settings, receivers, time_machine, caplog
 ):
-    completed_at_ath(athm_settings)
+    track_completed(athm_settings)
     receivers(failures=1)
     run()
     signals.payment_completed.disconnect(flaky)  # a deploy removed it
@@ -360,7 +348,7 @@ def test_of_two_receivers_with_one_name_only_the_one_that_failed_is_called_again
     for receiver in made:
         signals.payment_completed.connect(receiver, weak=False)
     try:
-        completed_at_ath(athm_settings)
+        track_completed(athm_settings)
         run()
         later(time_machine, minutes=1)
         code, _ = run()
@@ -389,7 +377,7 @@ def test_an_async_receiver_is_named_for_its_function():
 
 
 def test_health_is_unhealthy_while_a_receiver_fails(athm_settings, receivers, time_machine):
-    completed_at_ath(athm_settings)
+    track_completed(athm_settings)
     receivers(failures=1)
     run()
     failed_at = ReceiverDelivery.objects.get().first_failed_at
@@ -412,7 +400,7 @@ def test_health_is_unhealthy_while_a_receiver_fails(athm_settings, receivers, ti
 
 
 def test_health_costs_the_same_queries_however_many_receivers_fail(athm_settings, receivers):
-    completed_at_ath(athm_settings, 3)
+    track_completed(athm_settings, 3)
     receivers(failures=3)
     run()
     from athm_sync.health import check_health
@@ -439,7 +427,7 @@ def staff(client):
 
 @pytest.mark.parametrize("page", ["receiverdelivery", "paymentevent"])
 def test_the_admin_sends_a_failed_receiver_again_now(athm_settings, receivers, staff, page):
-    completed_at_ath(athm_settings)
+    track_completed(athm_settings)
     receivers(failures=1)
     run()
     delivery = ReceiverDelivery.objects.get()
@@ -463,7 +451,7 @@ def test_the_admin_sends_a_failed_receiver_again_now(athm_settings, receivers, s
 
 
 def test_redeliver_sends_now_and_refuses_bad_ids_changing_nothing(athm_settings, receivers):
-    completed_at_ath(athm_settings, 2)
+    track_completed(athm_settings, 2)
     receivers(failures=2)
     run()
     first, second = ReceiverDelivery.objects.order_by("pk")
@@ -493,7 +481,7 @@ def test_redeliver_sends_now_and_refuses_bad_ids_changing_nothing(athm_settings,
 
 
 def test_redeliver_exits_1_when_the_receiver_fails_again(athm_settings, receivers):
-    completed_at_ath(athm_settings)
+    track_completed(athm_settings)
     receivers(failures=2)
     run()
 
@@ -506,7 +494,7 @@ def test_redeliver_exits_1_when_the_receiver_fails_again(athm_settings, receiver
 def test_history_retention_keeps_an_event_whose_receiver_is_outstanding(
     athm_settings, receivers, time_machine
 ):
-    completed_at_ath(athm_settings, 2)
+    track_completed(athm_settings, 2)
     receivers(failures=1)
     run()
     later(time_machine, days=91)
@@ -524,7 +512,7 @@ def failed_two_minutes_ago(sandbox: SandboxServer, time_machine: Any, count: int
     """``count`` completions whose shop receiver raised two minutes ago: due for a retry."""
     now = clock.now()
     time_machine.move_to(now - timedelta(minutes=2), tick=False)
-    completed_at_ath(sandbox, count)
+    track_completed(sandbox, count)
     shop.connect("broken")
     try:
         assert run()[0] == 1

@@ -30,11 +30,10 @@ from django.db import connection
 from athm_sync import clock, reconcile
 from athm_sync.models import Payment, PaymentEvent, SyncRun
 from athm_sync.runner import EXIT_ABANDONED
-from athm_sync.sandbox import SandboxServer
 from tests.commands import call
 from tests.shop import apps as shop
 from tests.shop.models import Fulfilment
-from tests.test_overlap import REPO_ROOT, child_env
+from tests.test_overlap import REPO_ROOT, child_env, track_completed
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -96,17 +95,6 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.005)
 
 
-def completed_at_ath(sandbox: SandboxServer, count: int) -> list[str]:
-    """``count`` payments the customers completed, tracked and due: each check a transition."""
-    ids = []
-    for _ in range(count):
-        ecommerce_id, _ = sandbox.create_payment(total="5.00")
-        sandbox.complete(ecommerce_id)
-        Payment.objects.track(ecommerce_id, total=Decimal("5.00"))
-        ids.append(ecommerce_id)
-    return ids
-
-
 def logged(signal_log: Path) -> Counter:
     """The signals the children sent: (kind, ecommerce id) -> how many times."""
     if not signal_log.exists():
@@ -130,7 +118,7 @@ def claims_held() -> int:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_a_plain_run_between_payments(athm_settings, tmp_path, signum):
     sandbox = athm_settings
-    ids = completed_at_ath(sandbox, 40)
+    ids = track_completed(sandbox, 40)
     sandbox.set_latency(0.1)
     signal_log = tmp_path / "signals.log"
     env = child_env(sandbox, signal_log)
@@ -201,7 +189,7 @@ def test_a_second_signal_stops_at_once(athm_settings, tmp_path):
     """The first SIGTERM waits for the calls in flight (1 s each); the second does not wait
     for the answers to be applied: exit 143, one line, the claims still released."""
     sandbox = athm_settings
-    completed_at_ath(sandbox, 10)
+    track_completed(sandbox, 10)
     sandbox.set_latency(1.0)
     asked = threading.Event()
     real_count = sandbox.state.count
@@ -257,7 +245,7 @@ def test_a_task_run_in_a_worker_thread_stops_on_the_workers_shutdown(athm_settin
     from athm_sync.contrib import jobs
 
     sandbox = athm_settings
-    ids = completed_at_ath(sandbox, 20)
+    ids = track_completed(sandbox, 20)
     sandbox.set_latency(0.1)
     answered = threading.Event()
     real_count = sandbox.state.count
@@ -300,7 +288,7 @@ def test_a_killed_runs_record_is_closed_by_the_next_run(athm_settings, tmp_path,
     """SIGKILL leaves the ``SyncRun`` unfinished; once its heartbeat has run out, the next run
     records its end (exit -1, "abandoned"), so ``--health`` does not show it running forever."""
     sandbox = athm_settings
-    completed_at_ath(sandbox, 3)
+    track_completed(sandbox, 3)
     sandbox.set_latency(5.0)  # the child's calls hang until it is killed
     asked = threading.Event()
     real_count = sandbox.state.count
@@ -373,7 +361,7 @@ def test_a_killed_database_connection_is_one_line(athm_settings, tmp_path):
         pytest.skip("pg_terminate_backend needs PostgreSQL (set DATABASE_URL)")
     sandbox = athm_settings
     env = {**child_env(sandbox, tmp_path / "signals.log"), shop.RECEIVER_ENV: "instant"}
-    ids = completed_at_ath(sandbox, 60)
+    ids = track_completed(sandbox, 60)
     for _ in range(120):  # and payments still open, whose checks change nothing
         ecommerce_id, _ = sandbox.create_payment(total="5.00")
         Payment.objects.track(ecommerce_id, total=Decimal("5.00"))
