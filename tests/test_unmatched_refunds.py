@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 import requests
 
 import athm_sync
-from athm_sync import clock
 from athm_sync.models import Payment, Refund, UnmatchedRefund
 from athm_sync.sandbox.formats import PR_TZ
 from athm_sync.unmatched import MAX_CANDIDATE_CALLS
 from tests.commands import call
+from tests.test_report import later, run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,17 +35,6 @@ def completed(sandbox, total: str = "10.00", phone: str = PHONE, time_machine=No
     sandbox.complete(ecommerce_id, phone=phone)
     Payment.objects.track(ecommerce_id, total=total)
     return athm_sync.sync_payment(ecommerce_id).payment
-
-
-def run() -> dict:
-    code, out, _ = call("athm_sync", "--json")
-    summary = json.loads(out)
-    assert summary["exit_code"] == code
-    return summary
-
-
-def later(time_machine, seconds: float) -> None:
-    time_machine.move_to(clock.now() + timedelta(seconds=seconds), tick=False)
 
 
 def test_the_sandbox_switch_gives_app_refunds_their_own_reference(sandbox):
