@@ -16,6 +16,7 @@ from decimal import Decimal
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.db.models import QuerySet
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
@@ -322,11 +323,27 @@ class RefundIntentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     fields = readonly_fields
 
 
-def _redeliver(model_admin: admin.ModelAdmin, request, ids: list[int]) -> None:
-    """Call the failed receivers ``ids`` again now (:func:`athm_sync.outbox.redeliver`) and
-    say what came of it."""
+def _redeliver(
+    model_admin: admin.ModelAdmin, request, deliveries: QuerySet, selection: str
+) -> None:
+    """Call the receivers of ``deliveries`` not delivered since (failing or given up) again now
+    (:func:`athm_sync.outbox.redeliver`), at most ``CHECK_NOW_LIMIT`` of them, and say what
+    came of it; ``selection`` words the limit for the page ("at most")."""
     from athm_sync.outbox import RedeliveryError, redeliver
 
+    ids = list(
+        deliveries.filter(delivered_at__isnull=True)
+        .order_by("pk")
+        .values_list("pk", flat=True)[: CHECK_NOW_LIMIT + 1]
+    )
+    if len(ids) > CHECK_NOW_LIMIT:
+        model_admin.message_user(
+            request,
+            f"Select {selection} {CHECK_NOW_LIMIT} failed receivers; "
+            "manage.py athm_sync --redeliver all sends every one.",
+            messages.ERROR,
+        )
+        return
     if not ids:
         model_admin.message_user(
             request,
@@ -417,20 +434,8 @@ class PaymentEventAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     def redeliver_action(self, request, queryset):
         """Call each receiver of the selected events that raised and is not delivered since
         (failing or given up) again now; the receivers that succeeded are never called."""
-        ids = list(
-            ReceiverDelivery.objects.filter(event__in=queryset, delivered_at__isnull=True)
-            .order_by("pk")
-            .values_list("pk", flat=True)[: CHECK_NOW_LIMIT + 1]
-        )
-        if len(ids) > CHECK_NOW_LIMIT:
-            self.message_user(
-                request,
-                f"Select events with at most {CHECK_NOW_LIMIT} failed receivers; "
-                "manage.py athm_sync --redeliver all sends every one.",
-                messages.ERROR,
-            )
-            return
-        _redeliver(self, request, ids)
+        deliveries = ReceiverDelivery.objects.filter(event__in=queryset)
+        _redeliver(self, request, deliveries, "events with at most")
 
 
 class ReceiverStateFilter(admin.SimpleListFilter):
@@ -491,20 +496,7 @@ class ReceiverDeliveryAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     @admin.action(description="Send again now: call the selected failed receivers")
     def redeliver_action(self, request, queryset):
         """Call the selected receivers that are not delivered (failing or given up) again now."""
-        ids = list(
-            queryset.filter(delivered_at__isnull=True)
-            .order_by("pk")
-            .values_list("pk", flat=True)[: CHECK_NOW_LIMIT + 1]
-        )
-        if len(ids) > CHECK_NOW_LIMIT:
-            self.message_user(
-                request,
-                f"Select at most {CHECK_NOW_LIMIT} failed receivers; "
-                "manage.py athm_sync --redeliver all sends every one.",
-                messages.ERROR,
-            )
-            return
-        _redeliver(self, request, ids)
+        _redeliver(self, request, queryset, "at most")
 
 
 @admin.register(SyncRun)
