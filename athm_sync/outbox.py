@@ -32,7 +32,7 @@ from typing import Any
 from django.db import DatabaseError, transaction
 from django.db.models import Count, F, Min, Q, QuerySet
 
-from athm_sync import clock, normalize, reconcile, signals
+from athm_sync import clock, database, normalize, reconcile, signals
 from athm_sync.conf import AthmSyncSettings, get_settings
 from athm_sync.models import PaymentEvent, ReceiverDelivery, fit_to_column
 
@@ -180,6 +180,7 @@ class Attempts:
     done: list[Attempt] = field(default_factory=list)
     # Receivers that could not be attempted: (id, the database's reason).
     problems: list[tuple[int, str]] = field(default_factory=list)
+    connection_lost: bool = False  # the database connection died: the rest were not tried
 
     @property
     def delivered(self) -> int:
@@ -254,6 +255,11 @@ def _attempt_each(ids: Sequence[int], conf: AthmSyncSettings, due_at: datetime |
         try:
             attempt = reconcile.run_locked(lambda pk=pk: _attempt(pk, conf, due_at))
         except DatabaseError as error:
+            if database.connection_lost(error):
+                # Every other retry would fail alike: the run says it once, and stops.
+                result.connection_lost = True
+                result.problems.append((pk, database.first_line(error)))
+                break
             reason = normalize.text(f"{type(error).__name__}: {error}")[:500]
             logger.error("Failed receiver %s could not be retried, it stays due: %s", pk, reason)
             result.problems.append((pk, reason))

@@ -550,8 +550,12 @@ class Runner:
         try:
             attempts = outbox.retry_due(conf=self.conf)
         except DatabaseError as error:
+            if database.connection_lost(error):
+                raise
             self._record_error("", f"failed receivers could not be retried: {error}")
             return
+        if attempts.connection_lost:
+            raise ConnectionLost(attempts.problems[-1][1])
         report = self.report
         report.receivers.update(
             retried=len(attempts.done), delivered=attempts.delivered, given_up=attempts.given_up

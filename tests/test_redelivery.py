@@ -44,6 +44,9 @@ FLAKY = {"failures": 0}
 def flaky(sender: Any, payment: Payment, **kwargs: Any) -> None:
     """Writes the shop's row, then raises while ``FLAKY["failures"]`` says so."""
     shop.fulfil("flaky", payment)
+    if FLAKY.get("kill_connection"):  # PostgreSQL: the server ends this very connection
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
     if FLAKY["failures"]:
         FLAKY["failures"] -= 1
         raise RuntimeError("the order service is down")
@@ -66,6 +69,7 @@ def receivers():
     signals.payment_completed.disconnect(steady)
     signals.payment_completed.disconnect(flaky)
     FLAKY["failures"] = 0
+    FLAKY.pop("kill_connection", None)
 
 
 def run() -> tuple[int, dict[str, Any]]:
@@ -623,3 +627,28 @@ def test_two_runs_at_once_never_deliver_a_retry_twice(
     assert not outbox.outstanding().exists()
     pids = Counter(Fulfilment.objects.values_list("pid", flat=True))
     print(f"\n{connection.vendor}: retries delivered per process {dict(pids)}")
+
+
+def test_a_connection_that_dies_during_a_retry_is_one_line_and_the_retry_stays_due(
+    athm_settings, receivers, time_machine
+):
+    if connection.vendor != "postgresql":
+        pytest.skip("pg_terminate_backend needs PostgreSQL (set DATABASE_URL)")
+    track_completed(athm_settings)
+    receivers(failures=1)
+    assert run()[0] == 1
+    later(time_machine, minutes=2)
+    FLAKY["kill_connection"] = True
+
+    code, out, err = call("athm_sync", "--json")
+
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert json.loads(out)["receivers"]["delivered"] == 0
+    assert "Traceback" not in err
+    delivery = ReceiverDelivery.objects.get()
+    assert delivery.delivered_at is None and delivery.given_up_at is None
+    assert rows() == ["steady"]
+    FLAKY["kill_connection"] = False
+
+    assert run()[0] == 0
+    assert rows() == ["flaky", "steady"]
