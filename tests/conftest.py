@@ -29,3 +29,18 @@ def sandbox(athm_sandbox: SandboxServer) -> SandboxServer:
 def received(athm_signals: list) -> list:
     """Every signal sent during the test: (signal name, sender, kwargs without ``signal``)."""
     return athm_signals
+
+
+@pytest.fixture
+def staff(client):
+    """The test client, logged in as a staff member who may look at everything of
+    athm_sync's in the admin, and change nothing."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user("clerk", "clerk@example.com", "pw", is_staff=True)
+    user.user_permissions.add(
+        *Permission.objects.filter(content_type__app_label="athm_sync", codename__startswith="view")
+    )
+    client.force_login(user)
+    return client

@@ -7,8 +7,6 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -20,17 +18,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 CHANGELISTS = ("payment", "refund", "paymentevent", "receiverdelivery", "syncrun", "webhookevent")
 WEBHOOK = f"/athm/webhook/{'w' * 40}/"  # tests/settings.py's secret
-
-
-@pytest.fixture
-def staff(client):
-    """A staff member who may look at everything of athm_sync's, and change nothing."""
-    user = get_user_model().objects.create_user("clerk", "clerk@example.com", "pw", is_staff=True)
-    user.user_permissions.add(
-        *Permission.objects.filter(content_type__app_label="athm_sync", codename__startswith="view")
-    )
-    client.force_login(user)
-    return client
 
 
 def settle(sandbox, count: int) -> None:

@@ -36,7 +36,7 @@ from athm_sync.sandbox import SandboxServer
 from tests.commands import call
 from tests.shop import apps as shop
 from tests.shop.models import Fulfilment
-from tests.test_overlap import child_env, start_child
+from tests.test_overlap import child_env, first_call, start_child
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -151,21 +151,13 @@ def test_a_dead_runs_payments_are_checked_again_within_a_minute(
     sandbox = athm_settings
     settled_at_ath(sandbox, 10)
     sandbox.set_latency(5.0)  # the child's calls hang, its claims held, until it is killed
-    asked = threading.Event()
-    real_count = sandbox.state.count
-
-    def count(endpoint: str) -> None:  # the sandbox counts a call before it waits
-        real_count(endpoint)
-        asked.set()
-
-    sandbox.state.count = count  # type: ignore[method-assign]
-    child = start_child(child_env(sandbox, tmp_path / "signals.log"))
-    try:
-        assert asked.wait(timeout=30), "the child never asked ATH Móvil"
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.communicate(timeout=30)
-        sandbox.state.count = real_count  # type: ignore[method-assign]
+    with first_call(sandbox) as asked:
+        child = start_child(child_env(sandbox, tmp_path / "signals.log"))
+        try:
+            assert asked.wait(timeout=30), "the child never asked ATH Móvil"
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.communicate(timeout=30)
     sandbox.set_latency(0)
     killed_at = clock.now()
 

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -67,6 +69,24 @@ class StartGate:
                     self.opened = self.timed_out = True
                     self._condition.notify_all()
         return self._find_payment(*args, **kwargs)
+
+
+@contextmanager
+def first_call(sandbox: SandboxServer) -> Iterator[threading.Event]:
+    """An event set once the sandbox is asked anything (it counts a call before it waits out
+    its latency): a test waits on it to know a child is surely mid-call. Restored after."""
+    asked = threading.Event()
+    real_count = sandbox.state.count
+
+    def count(endpoint: str) -> None:
+        real_count(endpoint)
+        asked.set()
+
+    sandbox.state.count = count  # type: ignore[method-assign]
+    try:
+        yield asked
+    finally:
+        sandbox.state.count = real_count  # type: ignore[method-assign]
 
 
 def track_completed(sandbox: SandboxServer, count: int = 1) -> list[str]:

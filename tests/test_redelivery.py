@@ -416,19 +416,6 @@ def test_health_costs_the_same_queries_however_many_receivers_fail(athm_settings
     assert (health.healthy, health.receivers_failing) == (False, 3)
 
 
-@pytest.fixture
-def staff(client):
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.models import Permission
-
-    user = get_user_model().objects.create_user("clerk", "clerk@example.com", "pw", is_staff=True)
-    user.user_permissions.add(
-        *Permission.objects.filter(content_type__app_label="athm_sync", codename__startswith="view")
-    )
-    client.force_login(user)
-    return client
-
-
 @pytest.mark.parametrize("page", ["receiverdelivery", "paymentevent"])
 def test_the_admin_sends_a_failed_receiver_again_now(athm_settings, receivers, staff, page):
     track_completed(athm_settings)

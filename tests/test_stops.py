@@ -33,7 +33,7 @@ from athm_sync.runner import EXIT_ABANDONED
 from tests.commands import call
 from tests.shop import apps as shop
 from tests.shop.models import Fulfilment
-from tests.test_overlap import REPO_ROOT, child_env, track_completed
+from tests.test_overlap import REPO_ROOT, child_env, first_call, track_completed
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -191,23 +191,13 @@ def test_a_second_signal_stops_at_once(athm_settings, tmp_path):
     sandbox = athm_settings
     track_completed(sandbox, 10)
     sandbox.set_latency(1.0)
-    asked = threading.Event()
-    real_count = sandbox.state.count
-
-    def count(endpoint: str) -> None:  # the sandbox counts a call before it waits
-        real_count(endpoint)
-        asked.set()
-
-    sandbox.state.count = count  # type: ignore[method-assign]
-    try:
+    with first_call(sandbox) as asked:
         child = Child(child_env(sandbox, tmp_path / "signals.log"), "--workers", "2")
         assert asked.wait(timeout=WAIT), "the child never asked ATH Móvil"
         child.send(signal.SIGTERM)
         child.wait_for_stderr("SIGTERM: the run stops after the payment in hand")
         child.send(signal.SIGTERM)
         code, _, err = child.finish()
-    finally:
-        sandbox.state.count = real_count  # type: ignore[method-assign]
 
     assert code == 143, err
     assert err[-1] == (
@@ -290,21 +280,11 @@ def test_a_killed_runs_record_is_closed_by_the_next_run(athm_settings, tmp_path,
     sandbox = athm_settings
     track_completed(sandbox, 3)
     sandbox.set_latency(5.0)  # the child's calls hang until it is killed
-    asked = threading.Event()
-    real_count = sandbox.state.count
-
-    def count(endpoint: str) -> None:
-        real_count(endpoint)
-        asked.set()
-
-    sandbox.state.count = count  # type: ignore[method-assign]
-    try:
+    with first_call(sandbox) as asked:
         child = Child(child_env(sandbox, tmp_path / "signals.log"))
         assert asked.wait(timeout=WAIT), "the child never asked ATH Móvil"
         child.send(signal.SIGKILL)
         child.finish()
-    finally:
-        sandbox.state.count = real_count  # type: ignore[method-assign]
     sandbox.set_latency(0)
     killed_at = clock.now()
     (dead,) = SyncRun.objects.all()

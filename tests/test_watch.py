@@ -18,7 +18,7 @@ from athm_sync.conf import get_settings
 from athm_sync.models import Payment, SyncRun
 from athm_sync.runner import RunOptions
 from tests.commands import call
-from tests.test_overlap import REPO_ROOT, child_env
+from tests.test_overlap import REPO_ROOT, child_env, first_call
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -59,40 +59,32 @@ def test_a_signal_stops_a_real_watch_cleanly(sandbox, tmp_path, signum):
         ecommerce_id, _ = sandbox.create_payment("5.00")
         Payment.objects.track(ecommerce_id, total=Decimal("5.00"))
     sandbox.set_latency(0.3)
-    asked = threading.Event()
-    real_count = sandbox.state.count
-
-    def count(endpoint: str) -> None:
-        real_count(endpoint)
-        asked.set()
-
-    sandbox.state.count = count  # type: ignore[method-assign]
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "django",
-            "athm_sync",
-            "--watch",
-            "--interval",
-            "1",
-            "--workers",
-            "2",
-        ],
-        cwd=REPO_ROOT,
-        env=child_env(sandbox, tmp_path / "signals.log"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert asked.wait(timeout=30), "the watch never asked ATH Móvil"
-        child.send_signal(signum)
-        out, err = child.communicate(timeout=30)
-    finally:
-        sandbox.state.count = real_count  # type: ignore[method-assign]
-        if child.poll() is None:
-            child.kill()
+    with first_call(sandbox) as asked:
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "django",
+                "athm_sync",
+                "--watch",
+                "--interval",
+                "1",
+                "--workers",
+                "2",
+            ],
+            cwd=REPO_ROOT,
+            env=child_env(sandbox, tmp_path / "signals.log"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert asked.wait(timeout=30), "the watch never asked ATH Móvil"
+            child.send_signal(signum)
+            out, err = child.communicate(timeout=30)
+        finally:
+            if child.poll() is None:
+                child.kill()
 
     assert child.returncode == 0, err
     assert "stopped after 1 pass(es)" in out
