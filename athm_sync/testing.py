@@ -11,7 +11,8 @@ Fixtures (all named ``athm_...`` so they do not clash with a shop's own):
 ``athm_sandbox``
     that server, emptied before and after the test (payments, faults, clock, subscription).
 ``athm_settings``
-    ``ATHM_SYNC`` pointed at the sandbox (``API_BASE_URL``, ``REPORT_BASE_URL``, its tokens)
+    ``ATHM_SYNC`` pointed at the sandbox (``API_BASE_URL``, ``REPORT_BASE_URL``, its tokens,
+    ``CHECKOUT_BUTTON_SCRIPT_URL`` at its stand-in for Evertec's button script)
     through pytest-django's ``settings``, the shop's other keys kept; returns the sandbox.
 ``athm_customer``
     a :class:`Customer`: pays, confirms, cancels, lets payments expire, refunds in the Business
@@ -117,6 +118,7 @@ def athm_settings(settings: Any, athm_sandbox: SandboxServer) -> SandboxServer:
         **getattr(settings, "ATHM_SYNC", {}),
         "API_BASE_URL": athm_sandbox.url,
         "REPORT_BASE_URL": athm_sandbox.url,
+        "CHECKOUT_BUTTON_SCRIPT_URL": athm_sandbox.button_script_url,
         "PUBLIC_TOKEN": state.public_token,
         "PRIVATE_TOKEN": state.private_token,
     }
