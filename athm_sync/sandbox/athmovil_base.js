@@ -41,8 +41,22 @@
   var latest = null;
   var completed = null;
 
+  // Pages declare these with `const` or `function` at the top level: a `const` is a global
+  // binding but not a property of window, so they are read by name first.
   function config() {
+    /* global ATHM_Checkout */
+    if (typeof ATHM_Checkout !== "undefined" && ATHM_Checkout) return ATHM_Checkout;
     return window.ATHM_Checkout || {};
+  }
+
+  function pageCallback(name) {
+    /* global authorizationATHM, cancelATHM, expiredATHM */
+    var named = {
+      authorizationATHM: typeof authorizationATHM === "function" ? authorizationATHM : null,
+      cancelATHM: typeof cancelATHM === "function" ? cancelATHM : null,
+      expiredATHM: typeof expiredATHM === "function" ? expiredATHM : null,
+    };
+    return named[name] || (typeof window[name] === "function" ? window[name] : null);
   }
 
   function text() {
@@ -109,7 +123,8 @@
     payment.done = true;
     closeModal(payment);
     if (current === payment) current = null;
-    if (callbackName && typeof window[callbackName] === "function") window[callbackName]();
+    var callback = callbackName ? pageCallback(callbackName) : null;
+    if (callback) callback();
   }
 
   function expired(payment) {

@@ -118,7 +118,6 @@ function pageFetch(url, options) {
 }
 
 const window = {
-  ATHM_Checkout: config,
   fetch: pageFetch,
   setTimeout: (callback, ms) => timers.push({ at: now + ms, callback }),
 };
@@ -146,7 +145,10 @@ async function main() {
   const served = await realFetch(base + SCRIPT);
   seen.contentType = served.headers.get("content-type");
   seen.cors = served.headers.get("access-control-allow-origin");
-  new Function("window", "document", "Date", await served.text())(window, document, FakeDate);
+  // The page declares its config as Evertec shows, `const ATHM_Checkout = {...}`: a global
+  // binding that is not a property of window.
+  const page = `const ATHM_Checkout = ${JSON.stringify(config)};\n${await served.text()}`;
+  new Function("window", "document", "Date", page)(window, document, FakeDate);
   await settle();
   const button = holder.children[0];
   seen.button = { className: button.className, text: button.textContent };
