@@ -63,6 +63,8 @@ DEFAULTS: dict[str, Any] = {
     # most CHECKOUT_MAX_PHONE_CHANGES times per payment.
     "CHECKOUT_POLL_INTERVAL": 2.0,
     "CHECKOUT_MAX_PHONE_CHANGES": 3,
+    # Evertec's JavaScript button library; in development, the sandbox's stand-in for it.
+    "CHECKOUT_BUTTON_SCRIPT_URL": "https://payments.athmovil.com/api/modal/js/athmovil_base.js",
 }
 
 # (name, smallest allowed value, whole numbers only)
@@ -86,7 +88,9 @@ _DURATIONS = (
     "HISTORY_RETENTION",
     "RECEIVER_GIVE_UP_AFTER",
 )
-_URLS = ("API_BASE_URL", "REPORT_BASE_URL")
+_URLS = ("API_BASE_URL", "REPORT_BASE_URL", "CHECKOUT_BUTTON_SCRIPT_URL")
+# Where the sandbox serves what a URL setting names, when it is not the sandbox's root.
+_SANDBOX_PATHS = {"CHECKOUT_BUTTON_SCRIPT_URL": "/api/modal/js/athmovil_base.js"}
 _LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]*")
 _GENERATE_HINT = "Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
@@ -132,6 +136,7 @@ class AthmSyncSettings:
     webhook_verify_timeout: float
     checkout_poll_interval: float
     checkout_max_phone_changes: int
+    checkout_button_script_url: str
 
     def __repr__(self) -> str:  # never print tokens, even in a debugger or a traceback
         return f"AthmSyncSettings(api_base_url={self.api_base_url!r}, workers={self.workers})"
@@ -261,6 +266,7 @@ def get_settings() -> AthmSyncSettings:
         webhook_verify_timeout=float(values["WEBHOOK_VERIFY_TIMEOUT"]),
         checkout_poll_interval=float(values["CHECKOUT_POLL_INTERVAL"]),
         checkout_max_phone_changes=values["CHECKOUT_MAX_PHONE_CHANGES"],
+        checkout_button_script_url=values["CHECKOUT_BUTTON_SCRIPT_URL"].strip(),
     )
 
 
@@ -276,7 +282,7 @@ def _url_problems(name: str, value: Any) -> list[Problem]:
                 "athm_sync.E004",
                 f"{SETTING_NAME}['{name}'] must be an http(s) URL, not {value!r}.",
                 f"Leave it out to use {DEFAULTS[name]}, or point it at the sandbox "
-                "(http://127.0.0.1:8765).",
+                f"(http://127.0.0.1:8765{_SANDBOX_PATHS.get(name, '')}).",
             )
         ]
     if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:

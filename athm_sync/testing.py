@@ -11,7 +11,8 @@ Fixtures (all named ``athm_...`` so they do not clash with a shop's own):
 ``athm_sandbox``
     that server, emptied before and after the test (payments, faults, clock, subscription).
 ``athm_settings``
-    ``ATHM_SYNC`` pointed at the sandbox (``API_BASE_URL``, ``REPORT_BASE_URL``, its tokens)
+    ``ATHM_SYNC`` pointed at the sandbox (``API_BASE_URL``, ``REPORT_BASE_URL``, its tokens,
+    ``CHECKOUT_BUTTON_SCRIPT_URL`` at its stand-in for Evertec's button script)
     through pytest-django's ``settings``, the shop's other keys kept; returns the sandbox.
 ``athm_customer``
     a :class:`Customer`: pays, confirms, cancels, lets payments expire, refunds in the Business
@@ -39,8 +40,10 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import requests
 
 from athm_sync.sandbox import SandboxServer, StateConflict
+from athm_sync.sandbox.formats import phone_digits
 
 if TYPE_CHECKING:
     from django.test import Client
@@ -117,6 +120,7 @@ def athm_settings(settings: Any, athm_sandbox: SandboxServer) -> SandboxServer:
         **getattr(settings, "ATHM_SYNC", {}),
         "API_BASE_URL": athm_sandbox.url,
         "REPORT_BASE_URL": athm_sandbox.url,
+        "CHECKOUT_BUTTON_SCRIPT_URL": athm_sandbox.button_script_url,
         "PUBLIC_TOKEN": state.public_token,
         "PRIVATE_TOKEN": state.private_token,
     }
@@ -262,6 +266,22 @@ class Customer:
     def cancel(self, ecommerce_id: str) -> dict[str, Any]:
         """The customer cancels in the app: the payment is CANCEL (cancelled)."""
         return self.sandbox.cancel(ecommerce_id)
+
+    def approve_on_phone(self, phone: str, ecommerce_id: str) -> dict[str, Any]:
+        """The customer taps Approve on the sandbox's phone page for ``phone`` (the page's own
+        POST): the payment is CONFIRM, and the shop's server captures it."""
+        return self._on_phone(phone, ecommerce_id, "approve")
+
+    def decline_on_phone(self, phone: str, ecommerce_id: str) -> dict[str, Any]:
+        """The customer taps Decline on the sandbox's phone page for ``phone``: CANCEL."""
+        return self._on_phone(phone, ecommerce_id, "decline")
+
+    def _on_phone(self, phone: str, ecommerce_id: str, action: str) -> dict[str, Any]:
+        url = f"{self.sandbox.url}/phone/{phone_digits(phone)}/{ecommerce_id}/{action}"
+        response = requests.post(url, allow_redirects=False, timeout=10)
+        if response.status_code != 303:
+            raise StateConflict(f"the phone page answered {response.status_code} to {action}")
+        return self.sandbox.payment(ecommerce_id)
 
     def let_expire(self, ecommerce_id: str) -> dict[str, Any]:
         """The customer does nothing until the payment's timeout: CANCEL (expired).

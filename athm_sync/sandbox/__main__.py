@@ -68,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f'ATHM_SYNC = {{"API_BASE_URL": "{server.url}", "REPORT_BASE_URL": "{server.url}", '
         f'"PUBLIC_TOKEN": "{args.public_token}", "PRIVATE_TOKEN": "{args.private_token}"}}'
     )
+    print(f"The customer's phone: {server.phone_url}")
+    print(f"Button script (CHECKOUT_BUTTON_SCRIPT_URL): {server.button_script_url}")
     print(f"Control API: {server.url}/sandbox/ (Ctrl-C to stop)", flush=True)
     try:
         server.serve_forever()

@@ -7,6 +7,7 @@ fee through a float32, as the real API does (``0.13`` comes back as ``0.12999999
 
 from __future__ import annotations
 
+import re
 import struct
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -60,3 +61,8 @@ def pr_local(moment: datetime) -> str:
 def fee_for(total: Decimal) -> Decimal:
     """The sandbox's fee rule: 2.5 % of the total rounded half-up to cents, plus $0.10."""
     return (total * FEE_RATE).quantize(CENT, rounding=ROUND_HALF_UP) + FEE_FIXED
+
+
+def phone_digits(value: Any) -> str:
+    """A phone number as its digits only: how the sandbox's phone pages key a number."""
+    return re.sub(r"\D", "", "" if value is None else str(value))

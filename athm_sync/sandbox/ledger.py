@@ -33,6 +33,7 @@ from athm_sync.sandbox.formats import (
     fee_for,
     float32,
     json_number,
+    phone_digits,
     pr_local,
     to_money,
 )
@@ -88,6 +89,9 @@ class Payment:
     fee: Decimal = Decimal("0")
     net_amount: Decimal = Decimal("0")
     refunds: list[Refund] = field(default_factory=list)
+    # The digits of every phone the payment request was pushed to, in order: the one it was
+    # created with, then each updatePhoneNumber (the phone pages list it under each).
+    pushed_to: list[str] = field(default_factory=list)
 
     @property
     def total_refunded(self) -> Decimal:
@@ -405,7 +409,58 @@ class Ledger:
                 created=created,
                 deadline=created + seconds,
             )
+            self._push(self._payments[ecommerce_id])
             return ecommerce_id, self._payments[ecommerce_id].auth_token
+
+    def _push(self, p: Payment) -> None:
+        """Send the payment request to the payment's phone (the caller holds the lock)."""
+        digits = phone_digits(p.phone_number)
+        if digits and (not p.pushed_to or p.pushed_to[-1] != digits):
+            p.pushed_to.append(digits)
+
+    # -- the customer's phone --------------------------------------------------------------
+
+    def phones(self) -> list[dict[str, Any]]:
+        """Every phone that received a payment request: its digits, how many, how many OPEN."""
+        with self._lock:
+            seen: dict[str, dict[str, Any]] = {}
+            for p in self.all():
+                for digits in dict.fromkeys(p.pushed_to):
+                    entry = seen.setdefault(digits, {"phone": digits, "pushes": 0, "open": 0})
+                    entry["pushes"] += 1
+                    if p.status == OPEN and phone_digits(p.phone_number) == digits:
+                        entry["open"] += 1
+            return sorted(seen.values(), key=lambda entry: entry["phone"])
+
+    def pushes(self, phone: Any) -> list[dict[str, Any]]:
+        """The payment requests ``phone`` received, newest first, as its phone page shows them.
+
+        ``current`` is False for one since sent to another phone (updatePhoneNumber): only the
+        phone it went to last can approve or decline it.
+        """
+        digits = phone_digits(phone)
+        with self._lock:
+            now = self._clock.timestamp()
+            found = [p for p in self.all() if digits and digits in p.pushed_to]
+            return [
+                {
+                    "ecommerceId": p.ecommerce_id,
+                    "businessName": BUSINESS_NAME,
+                    "status": p.status,
+                    "cancelReason": p.cancel_reason,
+                    "total": str(p.total),
+                    "subtotal": str(p.subtotal),
+                    "tax": str(p.tax),
+                    "metadata1": p.metadata1,
+                    "metadata2": p.metadata2,
+                    "items": p.items,
+                    "secondsLeft": max(0, int(p.deadline - now))
+                    if p.status in (OPEN, CONFIRM)
+                    else 0,
+                    "current": phone_digits(p.phone_number) == digits,
+                }
+                for p in reversed(found)  # the ledger keeps them oldest first
+            ]
 
     def _next_daily_id(self, moment: datetime) -> str:
         day = moment.astimezone(PR_TZ).date().isoformat()
@@ -560,6 +615,7 @@ class Ledger:
             if p.status not in (OPEN, CONFIRM):
                 raise state_error(p, "update the phone number")
             p.phone_number = str(phone_number)
+            self._push(p)
             return self.data(p)
 
     def api_refund(self, reference_number: Any, amount: Any, message: Any) -> dict[str, Any]:

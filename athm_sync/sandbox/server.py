@@ -13,9 +13,11 @@ import re
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
+from athm_sync.sandbox import phone
 from athm_sync.sandbox.errors import SandboxError, StateConflict
 from athm_sync.sandbox.state import SandboxState
 
@@ -43,6 +45,17 @@ PAYMENT_ACTIONS = (
     "misroute",
     "tamper",
 )
+# The stand-in for Evertec's JavaScript button library, where Evertec serves the real one.
+BUTTON_SCRIPT_PATH = "/api/modal/js/athmovil_base.js"
+BUTTON_SCRIPT_FILE = Path(__file__).with_name("athmovil_base.js")
+# A browser on the shop's page calls the API routes and loads the script from another origin.
+_CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, PUT, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type, Authorization",
+    "Access-Control-Max-Age": "600",
+}
+_PHONE_PATH = re.compile(r"^/phone(?:/([^/]+)(?:/([^/]+)/([a-z]+))?)?$")
 # Errors that mean "this payment is in the wrong state": the control API answers 409 for them.
 _CONFLICT_CODES = {"BTRA_0013", "BTRA_0032", "BTRA_0037", "BTRA_0039"}
 _PAYMENT_PATH = re.compile(r"^/sandbox/payments/([^/]+)(?:/([a-z]+))?$")
@@ -107,6 +120,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "athm-sandbox"
     sys_version = ""
     server: _HTTPServer
+    # Set per request: whether the answer carries the CORS headers (API routes and the script).
+    _cors = False
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
@@ -125,6 +140,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PATCH(self) -> None:
         self._dispatch("PATCH")
+
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -162,7 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
+        for name, value in {**(_CORS_HEADERS if self._cors else {}), **(headers or {})}.items():
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
@@ -192,16 +210,79 @@ class _Handler(BaseHTTPRequestHandler):
         return data
 
     def _dispatch(self, method: str) -> None:
-        path = urlsplit(self.path).path
+        parts = urlsplit(self.path)
+        path = parts.path
         if len(path) > 1:
             path = path.rstrip("/")
+        self._query = parse_qs(parts.query)
+        self._cors = path in API_ROUTES or path == BUTTON_SCRIPT_PATH
         body = self._read_body()
         if body is None:
             return
-        if path == "/sandbox" or path.startswith("/sandbox/"):
+        if method == "OPTIONS" and self._cors:
+            # The browser's preflight before a JSON POST or an Authorization header.
+            self._send(204, b"", "text/plain")
+        elif path == "/sandbox" or path.startswith("/sandbox/"):
             self._control(method, path, body)
+        elif path == "/phone" or path.startswith("/phone/"):
+            self._phone(method, path)
+        elif path == BUTTON_SCRIPT_PATH and method == "GET":
+            script = BUTTON_SCRIPT_FILE.read_bytes()
+            self._send(200, script, "text/javascript; charset=utf-8")
         else:
             self._api(method, path, body)
+
+    # -- the customer's phone --------------------------------------------------------------------
+
+    def _send_html(self, status: int, html: str, headers: dict[str, str] | None = None) -> None:
+        self._send(status, html.encode("utf-8"), "text/html; charset=utf-8", headers)
+
+    def _phone(self, method: str, path: str) -> None:
+        match = _PHONE_PATH.match(path)
+        digits = None
+        if match and match.group(1) is not None:
+            digits = phone.clean_digits(match.group(1))
+        if match is None or (match.group(1) is not None and digits is None):
+            self._send_html(404, phone.message_page("Not found", "No such phone page."))
+            return
+        if match.group(1) is None:
+            if method != "GET":
+                page = phone.message_page("Not allowed", "Use GET.")
+                self._send_html(405, page, {"Allow": "GET"})
+                return
+            self._send_html(200, phone.index_page(self.state.phones()))
+            return
+        assert digits is not None
+        pushes = self.state.pushes(digits)
+        if not pushes:
+            message = f"{phone.formatted(digits)} has received no payment request."
+            self._send_html(404, phone.message_page("Not found", message))
+            return
+        back = f"/phone/{digits}/"
+        ecommerce_id, action = match.group(2), match.group(3)
+        if ecommerce_id is None:
+            if method != "GET":
+                self._send_html(405, phone.message_page("Not allowed", "Use GET.", back))
+                return
+            self._send_html(200, phone.phone_page(digits, pushes))
+            return
+        if action not in phone.ACTIONS:
+            self._send_html(404, phone.message_page("Not found", "No such phone page.", back))
+            return
+        if method != "POST":
+            page = phone.message_page("Not allowed", f"{action.title()} with the button.", back)
+            self._send_html(405, page, {"Allow": "POST"})
+            return
+        try:
+            refused = phone.act(self.state, digits, ecommerce_id, action)
+        except SandboxError:
+            message = "This phone never received that payment request."
+            self._send_html(404, phone.message_page("Not found", message, back))
+            return
+        if refused is not None:
+            self._send_html(409, phone.message_page("Nothing to do", refused, back))
+            return
+        self._send_html(303, phone.message_page("Done", "Done.", back), {"Location": back})
 
     # -- the ATH Móvil API ---------------------------------------------------------------------
 
@@ -381,6 +462,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return 200, state.payment(ecommerce_id)
             if action in PAYMENT_ACTIONS and method == "POST":
                 return 200, self._payment_action(ecommerce_id, action, data)
+        if route == ("GET", "/sandbox/pushes"):
+            wanted = self._query.get("phone")
+            if wanted is None:
+                return 200, state.phones()
+            if not phone.clean_digits(wanted[0].strip()):
+                raise ValueError("phone must be the phone number's digits, e.g. 7875550142")
+            return 200, state.pushes(wanted[0].strip())
         if route == ("GET", "/sandbox/clock"):
             return 200, state.clock()
         if route == ("POST", "/sandbox/clock/advance"):
@@ -538,6 +626,16 @@ class SandboxServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    @property
+    def button_script_url(self) -> str:
+        """Where this sandbox serves its stand-in for Evertec's ``athmovil_base.js``."""
+        return f"{self.url}{BUTTON_SCRIPT_PATH}"
+
+    @property
+    def phone_url(self) -> str:
+        """The index of the phone pages (``/phone/``), where a person approves or declines."""
+        return f"{self.url}/phone/"
+
     def start(self) -> SandboxServer:
         """Serve in a daemon thread; returns self."""
         if self._thread is None:
@@ -603,6 +701,14 @@ class SandboxServer:
     def set_own_app_references(self, own: bool) -> None:
         """See :meth:`SandboxState.set_own_app_references`."""
         self.state.set_own_app_references(own)
+
+    def phones(self) -> list[dict[str, Any]]:
+        """See :meth:`Ledger.phones`."""
+        return self.state.phones()
+
+    def pushes(self, phone: Any) -> list[dict[str, Any]]:
+        """See :meth:`Ledger.pushes`: what ``/phone/<digits>/`` shows, as data."""
+        return self.state.pushes(phone)
 
     def payment(self, ecommerce_id: str) -> dict[str, Any]:
         """See :meth:`SandboxState.payment`."""

@@ -238,6 +238,14 @@ class SandboxState:
         """Every ecommerceId the sandbox knows, oldest first."""
         return self.ledger.payment_ids()
 
+    def phones(self) -> list[dict[str, Any]]:
+        """See :meth:`Ledger.phones`."""
+        return self.ledger.phones()
+
+    def pushes(self, phone: Any) -> list[dict[str, Any]]:
+        """See :meth:`Ledger.pushes`."""
+        return self.ledger.pushes(phone)
+
     def confirm(self, ecommerce_id: str, **customer: str) -> dict[str, Any]:
         """The customer confirms in the app: OPEN -> CONFIRM (``name``, ``phone``, ``email``)."""
         return self.ledger.confirm(ecommerce_id, **customer)
