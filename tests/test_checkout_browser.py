@@ -94,6 +94,13 @@ def pay(driver, base_url: str) -> Checkout:
     return Checkout.objects.select_related("payment").get()
 
 
+def checkout_path(checkout: Checkout) -> str:
+    """The checkout's waiting page (the URL with its token)."""
+    from athm_sync.checkout import flow
+
+    return flow.wait_url(checkout)
+
+
 def test_approving_on_the_phone_takes_the_waiting_page_to_the_shops_paid_page(
     shop, athm_customer, athm_signals
 ):
@@ -157,12 +164,6 @@ def test_a_reload_and_a_second_tab_show_the_same_payment_and_both_reach_the_outc
     assert athm_signals.names == ["payment_completed"]
     counts = athm_customer.sandbox.counts()
     assert (counts["payment"], counts["authorization"]) == (1, 1)
-
-
-def checkout_path(checkout: Checkout) -> str:
-    from athm_sync.checkout import flow
-
-    return flow.wait_url(checkout)
 
 
 def test_the_spanish_waiting_page_and_its_script_speak_spanish(shop, athm_customer):
