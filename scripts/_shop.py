@@ -42,6 +42,9 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
 ]
 ROOT_URLCONF = "{package}.urls"
+# The checkout's pages (scripts/demo --serve, scripts/bench checkout): templates and their script.
+TEMPLATES = [{{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}}]
+STATIC_URL = "static/"
 DATABASES = {{
     "default": {{
         "ENGINE": "django.db.backends.sqlite3",
@@ -74,6 +77,10 @@ from django.urls import include, path
 urlpatterns = [path("athm/", include("athm_sync.urls"))]
 """
 
+# scripts/demo --serve and scripts/bench checkout: the shop's checkout (_checkout_shop.py),
+# importable in the script's own process only (its folder is first on sys.path).
+CHECKOUT_URLS = "from _checkout_shop import urlpatterns  # noqa: F401\n"
+
 MANAGE = """\
 import os, sys
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "{package}.settings")
@@ -82,15 +89,16 @@ execute_from_command_line(sys.argv)
 """
 
 
-def write_project(folder: Path, sandbox_url: str) -> None:
+def write_project(folder: Path, sandbox_url: str, urls: str = URLS) -> None:
     """A Django project (settings, URLconf, manage.py) using athm_sync on SQLite and the sandbox.
 
-    The app's URLs are under ``athm/``; the database is ``folder/db.sqlite3``.
+    The app's URLs are under ``athm/`` (``urls``: another URLconf's source); the database is
+    ``folder/db.sqlite3``.
     """
     package = folder / PACKAGE
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "urls.py").write_text(URLS)
+    (package / "urls.py").write_text(urls)
     (package / "settings.py").write_text(
         SETTINGS.format(
             host=HOST,
@@ -105,9 +113,9 @@ def write_project(folder: Path, sandbox_url: str) -> None:
     (folder / "manage.py").write_text(MANAGE.format(package=PACKAGE))
 
 
-def setup_django(folder: Path, sandbox_url: str) -> None:
+def setup_django(folder: Path, sandbox_url: str, urls: str = URLS) -> None:
     """Write the project, configure Django with it and migrate its database."""
-    write_project(folder, sandbox_url)
+    write_project(folder, sandbox_url, urls)
     sys.path.insert(0, str(folder))
     os.environ["DJANGO_SETTINGS_MODULE"] = f"{PACKAGE}.settings"
     import django
@@ -118,10 +126,13 @@ def setup_django(folder: Path, sandbox_url: str) -> None:
 
 
 @contextmanager
-def throwaway_shop(prefix: str, parent: Path | None = None) -> Iterator[tuple[SandboxServer, Path]]:
+def throwaway_shop(
+    prefix: str, parent: Path | None = None, urls: str = URLS
+) -> Iterator[tuple[SandboxServer, Path]]:
     """Start the sandbox and set the project up in a new temporary folder (in ``parent``, by
-    default the system's temp folder); yields ``(sandbox, folder)``. Afterwards it stops the
-    sandbox, closes the database connections and deletes the folder."""
+    default the system's temp folder), its URLconf's source ``urls``; yields
+    ``(sandbox, folder)``. Afterwards it stops the sandbox, closes the database connections and
+    deletes the folder."""
     from athm_sync.sandbox import SandboxServer
 
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
@@ -131,7 +142,7 @@ def throwaway_shop(prefix: str, parent: Path | None = None) -> Iterator[tuple[Sa
             host=HOST, port=0, public_token=PUBLIC_TOKEN, private_token=PRIVATE_TOKEN
         ).start()
         try:
-            setup_django(folder, sandbox.url)
+            setup_django(folder, sandbox.url, urls)
             configured = True
             yield sandbox, folder
         finally:
@@ -168,8 +179,8 @@ class DjangoServer:
     sends and Nagle's algorithm would hold the later ones for the client's delayed ACK.
     """
 
-    def __init__(self) -> None:
-        """Bind a free port now; nothing is served until :meth:`start`."""
+    def __init__(self, port: int = 0) -> None:
+        """Bind ``port`` (0: a free one) now; nothing is served until :meth:`start`."""
         from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
         from django.core.wsgi import get_wsgi_application
 
@@ -189,7 +200,7 @@ class DjangoServer:
 
         self.connections = 0
         self._lock = threading.Lock()
-        self._httpd = Server((HOST, 0), Handler)
+        self._httpd = Server((HOST, port), Handler)
         self._httpd.set_app(get_wsgi_application())
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,

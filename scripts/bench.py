@@ -22,6 +22,11 @@ signal per genuine webhook and none otherwise); any mismatch ends the run with e
 The scenarios are interleaved (one request of each in turn), so a machine that gets busier
 during the run slows them alike; the sandbox's call counts are taken around each request.
 
+``checkout``: the checkout's waiting page (:func:`bench_checkout`): from the customer's
+approval to the status endpoint answering success, and the ATH Móvil calls per waiting
+customer per minute with 1, 4 and 16 tabs, the sandbox at 40 ms; the tabs are HTTP clients
+polling as the page's script does, not a browser.
+
 A benchmark is a function taking its own arguments and returning an exit status; add one to
 :data:`BENCHMARKS` to make it a subcommand.
 """
@@ -1077,7 +1082,302 @@ def _one_case(name: str) -> Callable[[Sequence[str]], int]:
     return lambda argv: bench_scale(argv, [name])
 
 
+# -- the checkout benchmark ------------------------------------------------------------------
+
+CHECKOUT_TARGETS = {"p95_ms": 3000.0, "calls_per_customer_minute": 30.0}
+
+
+def checkout_parser() -> _Parser:
+    """The options of ``scripts/bench checkout``."""
+    parser = _Parser(
+        prog=f"{PROGRAM} checkout",
+        description="From the customer's approval to the waiting page's status endpoint "
+        "answering success, and ATH Móvil calls per waiting customer per minute.",
+    )
+    parser.add_argument(
+        "--customers",
+        type=int,
+        default=20,
+        metavar="N",
+        help="customers who approve, one tab each, for the latency (default 20)",
+    )
+    parser.add_argument(
+        "--waiting",
+        type=int,
+        default=5,
+        metavar="N",
+        help="customers who never approve, for the calls per minute (default 5)",
+    )
+    parser.add_argument(
+        "--tabs",
+        default="1,4,16",
+        metavar="LIST",
+        help="tabs (pollers) per waiting customer, comma-separated (default 1,4,16)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="how long the waiting customers' tabs poll, per tab count (default 20)",
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=40.0,
+        metavar="MS",
+        help="added to every sandbox API call (default 40)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of the table"
+    )
+    return parser
+
+
+class CheckoutBench:
+    """Customers waiting on the checkout's page, played by HTTP clients that poll its status
+    endpoint as the page's script does (``retry_after`` between answers)."""
+
+    def __init__(self, sandbox: Any, base_url: str) -> None:
+        self.sandbox = sandbox
+        self.base_url = base_url
+        self.completed: list[str] = []
+        self._lock = threading.Lock()
+        self._orders = 0
+
+    def start(self) -> tuple[str, str]:
+        """A checkout started by the shop's view (``athm_sync.checkout.start``, in this
+        process); returns (its status URL, its ecommerceId)."""
+        from django.test import RequestFactory
+        from django.urls import reverse
+
+        from athm_sync.checkout import start
+        from athm_sync.checkout.models import Checkout
+
+        self._orders += 1
+        response = start(
+            RequestFactory().post("/"),
+            total="12.50",
+            metadata_1=f"bench-{self._orders}",
+            phone_number="7875550142",
+            success_url="/paid/",
+        )
+        if response.status_code != 302:
+            raise BenchFailure(f"start() answered {response.status_code}, not a redirect")
+        checkout = Checkout.objects.get(order_key=f"bench-{self._orders}", order_open=True)
+        kwargs = {"checkout_id": checkout.pk, "token": checkout.token}
+        return self.base_url + reverse("athm_sync:checkout_status", kwargs=kwargs), str(
+            checkout.payment_id
+        )
+
+    def tab(self, status_url: str, stop: threading.Event, seen: dict[str, float]) -> None:
+        """One tab's script: poll until the answer says where to go, or ``stop``."""
+        import random
+
+        import requests
+
+        with requests.Session() as session:
+            stop.wait(random.uniform(0, 2))  # noqa: S311 - tabs opened at different moments
+            while not stop.is_set():
+                answer = session.get(status_url, timeout=30)
+                if answer.status_code != 200:
+                    raise BenchFailure(f"the status endpoint answered {answer.status_code}")
+                data = answer.json()
+                if data["next"]:
+                    seen.setdefault("at", time.perf_counter())
+                    seen["state"] = data["state"]
+                    return
+                stop.wait(float(data.get("retry_after") or 2))
+
+    def latency(self, customers: int) -> list[float]:
+        """Each customer's approval (sandbox confirm) to its tab's first "completed" answer,
+        in milliseconds; the customers wait and approve at once, at random moments."""
+        import random
+
+        started = [self.start() for _ in range(customers)]
+        stop = threading.Event()
+        seens: list[dict[str, float]] = [{} for _ in started]
+        tabs = [
+            threading.Thread(target=self.tab, args=(url, stop, seen), daemon=True)
+            for (url, _), seen in zip(started, seens, strict=True)
+        ]
+        for thread in tabs:
+            thread.start()
+        approved: list[float] = []
+        order = list(range(customers))
+        random.shuffle(order)
+        moments = sorted(random.uniform(1, 6) for _ in order)  # noqa: S311
+        began = time.perf_counter()
+        for index, moment in zip(order, moments, strict=True):
+            stop.wait(max(0.0, began + moment - time.perf_counter()))
+            self.sandbox.confirm(started[index][1])
+            approved.append(time.perf_counter())
+        by_customer = dict(zip(order, approved, strict=True))
+        for thread in tabs:
+            thread.join(timeout=60)
+        stop.set()
+        samples = []
+        for index, seen in enumerate(seens):
+            if seen.get("state") != "completed":
+                raise BenchFailure(f"customer {index} never saw the payment completed: {seen}")
+            samples.append((seen["at"] - by_customer[index]) * 1000)
+        return samples
+
+    def calls(self, customers: int, tabs: int, seconds: float) -> dict[str, float]:
+        """ATH Móvil calls (every API call the sandbox counted) per waiting customer per
+        minute, with ``tabs`` tabs each polling for ``seconds``; no customer approves."""
+        started = [self.start() for _ in range(customers)]
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=self.tab, args=(url, stop, {}), daemon=True)
+            for url, _ in started
+            for _ in range(tabs)
+        ]
+        before = sum(self.sandbox.counts().values())
+        began = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        stop.wait(seconds)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        elapsed = time.perf_counter() - began
+        api_calls = sum(self.sandbox.counts().values()) - before
+        for _, ecommerce_id in started:
+            self.sandbox.cancel(ecommerce_id)  # done with them
+        return {
+            "tabs": tabs,
+            "customers": customers,
+            "seconds": round(elapsed, 2),
+            "api_calls": api_calls,
+            "calls_per_customer_minute": round(api_calls / customers / (elapsed / 60), 2),
+        }
+
+
+def bench_checkout(argv: Sequence[str]) -> int:
+    """``scripts/bench checkout``: run it, print the table or the JSON document; 1 when a
+    target is missed."""
+    args = checkout_parser().parse_args(argv)
+    try:
+        tab_counts = [int(part) for part in args.tabs.split(",")]
+    except ValueError:
+        raise UsageError(
+            f"--tabs must be whole numbers separated by commas, not {args.tabs!r}"
+        ) from None
+    if args.customers < 1 or args.waiting < 1 or min(tab_counts) < 1:
+        raise UsageError("--customers, --waiting and every --tabs count must be at least 1")
+    if args.seconds <= 0 or args.latency_ms < 0:
+        raise UsageError("--seconds must be positive and --latency-ms not negative")
+    started = time.perf_counter()
+    with (
+        _shop.throwaway_shop("athm-bench-", urls=_shop.CHECKOUT_URLS) as (sandbox, folder),
+        _shop.DjangoServer() as server,
+    ):
+        import _checkout_shop
+
+        from athm_sync.signals import payment_completed
+
+        _checkout_shop.SANDBOX = sandbox
+        signalled: list[str] = []
+        payment_completed.connect(
+            lambda sender, payment, **kwargs: signalled.append(str(payment.pk)), weak=False
+        )
+        sandbox.set_latency(args.latency_ms / 1000)
+        bench = CheckoutBench(sandbox, server.url)
+        counting = _count_requests()
+        progress(
+            f"Sandbox ATH Móvil at {sandbox.url} (+{args.latency_ms:g} ms); Django at "
+            f"{server.url}; project {folder}"
+        )
+        progress(f"  latency: {args.customers} customers approve at random moments ...")
+        authorizations = sandbox.counts().get("authorization", 0)
+        samples = bench.latency(args.customers)
+        captured = sandbox.counts().get("authorization", 0) - authorizations
+        if captured != args.customers or len(signalled) != args.customers:
+            raise BenchFailure(
+                f"{args.customers} approvals gave {captured} captures and "
+                f"{len(signalled)} payment_completed signals"
+            )
+        rows = []
+        for tabs in tab_counts:
+            progress(
+                f"  calls: {args.waiting} waiting customers x {tabs} tabs, {args.seconds:g} s ..."
+            )
+            counting()
+            rows.append(bench.calls(args.waiting, tabs, args.seconds))
+            rows[-1]["status_requests"] = counting()
+        stats = summarize(samples)
+        worst = max(row["calls_per_customer_minute"] for row in rows)
+        document = {
+            "benchmark": "checkout",
+            "clients": "HTTP clients (requests.Session per tab) polling the status endpoint as "
+            "the waiting page's script does, waiting retry_after between answers; no browser",
+            "started_by": "athm_sync.checkout.start() in this process",
+            "sandbox_latency_ms": args.latency_ms,
+            "poll_interval_s": 2.0,
+            "approval_to_success_ms": {key: round(value, 1) for key, value in stats.items()},
+            "calls": rows,
+            "targets": {
+                "p95 under 3 s": stats["p95"] < CHECKOUT_TARGETS["p95_ms"],
+                "at most 30 calls per waiting customer per minute": worst
+                <= CHECKOUT_TARGETS["calls_per_customer_minute"],
+            },
+            "environment": environment(),
+            "elapsed_seconds": round(time.perf_counter() - started, 1),
+        }
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print_checkout_table(document)
+    return 0 if all(document["targets"].values()) else 1
+
+
+def _count_requests() -> Callable[[], int]:
+    """A function returning the requests Django answered since it was last called (only
+    the tabs' status requests reach it while the calls are measured)."""
+    from django.core.signals import request_finished
+
+    answered = [0]
+    request_finished.connect(lambda **kwargs: answered.__setitem__(0, answered[0] + 1), weak=False)
+
+    def since_last() -> int:
+        count, answered[0] = answered[0], 0
+        return count
+
+    since_last()
+    return since_last
+
+
+def print_checkout_table(document: dict[str, Any]) -> None:
+    """The checkout figures as a person reads them."""
+    stats = document["approval_to_success_ms"]
+    print(
+        f"Checkout: the customer's approval to the status endpoint answering success "
+        f"(sandbox +{document['sandbox_latency_ms']:g} ms, page polling every "
+        f"{document['poll_interval_s']:g} s)"
+    )
+    print(f"  measured with {document['clients']}")
+    print(
+        f"  {stats['n']} customers: p50 {stats['p50']:.0f} ms, p95 {stats['p95']:.0f} ms, "
+        f"max {stats['max']:.0f} ms"
+    )
+    print("\n  tabs per customer   status requests   ATH Móvil calls   per customer per minute")
+    for row in document["calls"]:
+        print(
+            f"  {row['tabs']:>17}   {row['status_requests']:>15}   {row['api_calls']:>15}   "
+            f"{row['calls_per_customer_minute']:>23.1f}"
+        )
+    print()
+    for name, met in document["targets"].items():
+        print(f"  {'met   ' if met else 'MISSED'} {name}")
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
+    "checkout": (
+        "the customer's approval to the waiting page's success, sandbox at 40 ms; ATH Móvil "
+        "calls per waiting customer per minute with 1, 4 and 16 tabs",
+        bench_checkout,
+    ),
     "webhook": (
         "latency of the webhook view over HTTP: genuine, duplicate and forged completions, "
         "the sandbox at 0 and 50 ms",

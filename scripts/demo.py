@@ -13,6 +13,12 @@ payment and one the shop never heard of complete with no run, a forged webhook i
 second delivery does nothing, and the next run has nothing to poll but the payment still open.
 It ends by checking that every signal fired exactly once (exit 1 if not), and removes the
 project.
+
+``scripts/demo --serve [--port N]`` instead serves the same throwaway shop with its checkout
+(``_checkout_shop.py``) on 127.0.0.1 for a person to click through in a browser: three orders,
+the app's waiting page, and ``/phone/``, the customer's ATH Móvil app played by the sandbox
+(approve or decline each payment request). It prints the URLs and every signal; Ctrl-C stops
+it and removes the project.
 """
 
 from __future__ import annotations
@@ -34,7 +40,23 @@ def plural(n: int, thing: str) -> str:
     return f"no {thing}" if n == 0 else f"{n} {thing}{'' if n == 1 else 's'}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="serve the shop's checkout on 127.0.0.1 for a person to click through (Ctrl-C stops)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=8000, help="the port --serve listens on (default 8000; 0: any)"
+    )
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be from 0 to 65535, not {args.port}")
+    if args.serve:
+        return serve(args.port)
     with _shop.throwaway_shop("athm-demo-") as (sandbox, folder):
         from django.core.management import call_command
 
@@ -42,6 +64,44 @@ def main() -> int:
         say(f"Throwaway shop project:   {folder} (SQLite)")
         call_command("check", "athm_sync")
         return play(sandbox)
+
+
+def serve(port: int) -> int:
+    """``--serve``: the shop with its checkout over HTTP until Ctrl-C; 1 if the port is taken."""
+    import signal
+    import threading
+
+    with _shop.throwaway_shop("athm-demo-", urls=_shop.CHECKOUT_URLS) as (sandbox, folder):
+        import _checkout_shop
+
+        _checkout_shop.SANDBOX = sandbox
+        connect_receivers()
+        try:
+            server = _shop.DjangoServer(port)
+        except OSError as error:
+            print(
+                f"scripts/demo: cannot listen on {_shop.HOST}:{port}: {error.strerror}",
+                file=sys.stderr,
+            )
+            return 1
+        with server:
+            say(f"Sandbox ATH Móvil server: {sandbox.url}")
+            say(f"Throwaway shop project:   {folder} (SQLite)")
+            say(f"\nThe shop:                 {server.url}/")
+            say(f"The customer's phone:     {server.url}/phone/  (approve or decline)")
+            say(
+                "\nPick an order, pay with any 10-digit phone, then approve or decline it on the "
+                f"phone page; an unanswered one expires after {_checkout_shop.TIMEOUT} s. "
+                "Signals are printed here. Ctrl-C stops."
+            )
+            # Ctrl-C, and a plain kill (SIGTERM), stop it the same way, removing the project.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                say("\nStopped; the throwaway project is removed.")
+    return 0
 
 
 def connect_receivers() -> list[tuple[str, str]]:

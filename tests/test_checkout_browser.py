@@ -1,0 +1,218 @@
+"""The checkout tried in a real browser: headless Chromium (``tests/browser.py``) pays in a
+small shop served by pytest-django's ``live_server``, against the real sandbox ATH Móvil.
+
+The customer's phone is played by the sandbox's Python API (``athm_customer``); time moves
+with time-machine (the live server runs in a thread of this process, so its clock moves too),
+and the tests wait for the page with ``WebDriverWait`` on what the page shows, never by
+sleeping. One browser serves the whole module; JavaScript off needs a browser of its own.
+
+``ATHM_TEST_SCREENSHOTS=1`` saves the pages shown in docs/checkout.md into docs/images/.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from athm_sync.checkout.models import Checkout
+from athm_sync.models import Payment
+from tests import browser
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the live server's thread sees the rows
+
+S = Payment.Status
+PHONE = "787 555 0142"
+WAIT = 15  # seconds WebDriverWait gives the page to change: an upper bound, not a pause
+
+
+@pytest.fixture(scope="module")
+def chrome():
+    """One headless Chromium for the module."""
+    driver = browser.chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def shop(chrome, live_server, athm_settings, settings):
+    """The browser, fresh, at the shop served by the live server; the script polls fast."""
+    settings.ROOT_URLCONF = "tests.browser"
+    settings.STATIC_ROOT = str(browser.STATIC)
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "CHECKOUT_POLL_INTERVAL": 0.5}
+    browser.accept_language(chrome, "en-US,en;q=0.9")
+    chrome.delete_all_cookies()
+    chrome.url = live_server.url  # where the shop is, for the tests' own URLs
+    yield chrome
+    # Back to one tab for the next test.
+    for handle in chrome.window_handles[1:]:
+        chrome.switch_to.window(handle)
+        chrome.close()
+    chrome.switch_to.window(chrome.window_handles[0])
+
+
+def until(driver, condition, message: str = ""):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(condition, message)
+
+
+def text_of(driver, selector: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, selector).text
+
+
+def shows(selector: str, words: str):
+    """A condition: the element ``selector`` holds ``words``."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    def holds(driver) -> bool:
+        try:
+            return words in driver.find_element(By.CSS_SELECTOR, selector).text
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+
+    return holds
+
+
+def at(path: str):
+    """A condition: the browser is at ``path`` (of the live server)."""
+    return lambda driver: driver.current_url.split("?")[0].endswith(path)
+
+
+def pay(driver, base_url: str) -> Checkout:
+    """The customer opens the order, types the phone and presses Pay; returns the checkout
+    once its waiting page shows."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(base_url + "/shop/")
+    driver.find_element(By.ID, "phone").send_keys(PHONE)
+    driver.find_element(By.ID, "pay").click()
+    until(driver, shows(".athm-total", "$12.50"), "the waiting page never showed")
+    return Checkout.objects.select_related("payment").get()
+
+
+def checkout_path(checkout: Checkout) -> str:
+    """The checkout's waiting page (the URL with its token)."""
+    from athm_sync.checkout import flow
+
+    return flow.wait_url(checkout)
+
+
+def test_approving_on_the_phone_takes_the_waiting_page_to_the_shops_paid_page(
+    shop, athm_customer, athm_signals
+):
+    checkout = pay(shop, shop.url)
+    assert checkout.token in shop.current_url
+    assert "(•••) •••-0142" in text_of(shop, "main")
+    assert "Open ATH Móvil on your phone" in text_of(shop, "[data-message]")
+    browser.screenshot(shop, "wait-en")
+
+    athm_customer.confirm(str(checkout.payment.pk))
+
+    until(shop, at("/shop/paid/"), "the script never took the customer to the paid page")
+    assert text_of(shop, "#order") == "Order order-7: paid"
+    assert Payment.objects.get().status == S.COMPLETED
+    assert athm_signals.names == ["payment_completed"]
+    assert athm_customer.sandbox.counts()["authorization"] == 1
+    browser.screenshot(shop, "success")
+
+
+def test_declining_on_the_phone_shows_the_cancelled_page(shop, athm_customer, athm_signals):
+    checkout = pay(shop, shop.url)
+
+    athm_customer.cancel(str(checkout.payment.pk))
+
+    until(shop, shows("h1", "Payment cancelled"), "the cancelled page never showed")
+    assert Payment.objects.get().status == S.CANCEL
+    assert athm_signals.names == ["payment_cancelled"]
+    browser.screenshot(shop, "cancelled")
+
+
+def test_the_deadline_passing_shows_the_expired_page(shop, athm_customer, athm_signals):
+    checkout = pay(shop, shop.url)
+
+    athm_customer.let_expire(str(checkout.payment.pk))  # moves both clocks past the deadline
+
+    until(shop, shows("main", "Time ran out"), "the expired page never showed")
+    assert Payment.objects.get().status == S.EXPIRED
+    assert athm_signals.names == ["payment_expired"]
+    browser.screenshot(shop, "expired")
+
+
+def test_a_reload_and_a_second_tab_show_the_same_payment_and_both_reach_the_outcome(
+    shop, athm_customer, athm_signals
+):
+    checkout = pay(shop, shop.url)
+    first = shop.current_window_handle
+    shop.refresh()
+    until(shop, shows(".athm-total", "$12.50"))
+    shop.switch_to.new_window("tab")
+    shop.get(checkout_url := shop.url + checkout_path(checkout))
+    until(shop, shows(".athm-total", "$12.50"))
+    assert "(•••) •••-0142" in text_of(shop, "main")
+
+    athm_customer.confirm(str(checkout.payment.pk))
+
+    for tab in (shop.current_window_handle, first):
+        shop.switch_to.window(tab)
+        until(shop, at("/shop/paid/"), "a tab never reached the paid page")
+    assert shop.current_url != checkout_url
+    assert Payment.objects.count() == 1 and Checkout.objects.count() == 1
+    assert athm_signals.names == ["payment_completed"]
+    counts = athm_customer.sandbox.counts()
+    assert (counts["payment"], counts["authorization"]) == (1, 1)
+
+
+def test_the_spanish_waiting_page_and_its_script_speak_spanish(shop, athm_customer):
+    browser.accept_language(shop, "es-PR,es;q=0.9,en;q=0.5")
+    checkout = pay(shop, shop.url)
+
+    assert shop.find_element("tag name", "html").get_attribute("lang") == "es"
+    assert "Abre ATH Móvil en tu teléfono" in text_of(shop, "[data-message]")
+    assert "Cancelar el pago" in text_of(shop, "main")
+    browser.screenshot(shop, "wait-es")
+    athm_customer.cancel(str(checkout.payment.pk))
+    until(shop, shows("h1", "Pago cancelado"), "the Spanish cancelled page never showed")
+
+
+def test_a_total_ath_movil_reports_otherwise_is_never_captured_and_ends_held(
+    shop, athm_customer, athm_signals
+):
+    checkout = pay(shop, shop.url)
+    ecommerce_id = str(checkout.payment.pk)
+    athm_customer.sandbox.tamper(ecommerce_id, total=1)  # ATH Móvil now says $1.00
+
+    athm_customer.confirm(ecommerce_id)
+    until(shop, shows("[data-message]", "You confirmed the payment"))
+    assert athm_customer.sandbox.counts()["authorization"] == 0  # the money check: no capture
+    athm_customer.sandbox.capture(ecommerce_id)  # captured elsewhere, at the wrong total
+
+    until(shop, shows("main", "We are checking your payment"), "the checking page never showed")
+    assert Payment.objects.get().status == S.MISMATCHED
+    assert athm_signals.names == ["payment_mismatched"]
+    browser.screenshot(shop, "checking")
+
+
+def test_without_javascript_the_page_refreshes_itself_to_the_outcome(
+    live_server, athm_settings, settings, athm_customer, athm_signals
+):
+    settings.ROOT_URLCONF = "tests.browser"
+    settings.STATIC_ROOT = str(browser.STATIC)
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "CHECKOUT_POLL_INTERVAL": 0.5}
+    driver = browser.chromium(javascript=False)
+    try:
+        from selenium.webdriver.common.by import By
+
+        checkout = pay(driver, live_server.url)
+        # Parsed as elements only when the page's scripts cannot run: JavaScript is off.
+        assert driver.find_elements(By.CSS_SELECTOR, "noscript small")
+        athm_customer.confirm(str(checkout.payment.pk))
+
+        until(driver, at("/shop/paid/"), "the meta refresh never reached the paid page")
+        assert Payment.objects.get().status == S.COMPLETED
+        assert athm_signals.names == ["payment_completed"]
+    finally:
+        driver.quit()
