@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from django.http import HttpResponse
@@ -374,3 +377,103 @@ def test_closing_the_window_before_a_payment_was_made_goes_back_to_the_shop(athm
 
     assert answer.status_code == 200 and answer.json() == {"next": CANCELLED}
     assert nothing_stored()
+
+
+# -- button.js, run by Node against a stand-in page, fetch and Evertec library ------------
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "athm_sync" / "static" / "athm_sync" / "button.js"
+RUNNER = ROOT / "tests" / "js" / "run_button_script.js"
+NODE = shutil.which("node")
+needs_node = pytest.mark.skipif(NODE is None, reason="needs Node.js")
+PAID = {"ecommerceId": "8c5b3a70-0f3e-11f1-9a4e-0242ac120002", "auth_token": "the-jwt"}
+NEXT = {"status": 200, "body": {"next": "/athm/checkout/1/token/"}}
+
+
+def run_script(callback: str, answer=NEXT, **library) -> dict:
+    scenario = {"callback": callback, "answer": answer, **library}
+    result = subprocess.run(  # noqa: S603 - our own runner
+        [NODE, str(RUNNER), str(SCRIPT), json.dumps(scenario)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return json.loads(result.stdout)
+
+
+@needs_node
+@pytest.mark.django_db(transaction=False)
+def test_the_script_defines_the_callbacks_and_the_config_evertecs_library_reads():
+    seen = run_script("cancelATHM", findPaymentATHM={})
+
+    assert seen["callbacks"] == ["authorizationATHM", "cancelATHM", "expiredATHM"]
+    assert seen["config"] == {"total": 12.5, "metadata1": "order-7"}
+
+
+@needs_node
+@pytest.mark.django_db(transaction=False)
+def test_authorization_posts_the_payment_and_the_signed_order_then_goes_to_the_waiting_page():
+    seen = run_script("authorizationATHM", authorization={"status": "success", "data": PAID})
+
+    [post] = seen["posts"]
+    assert post["url"] == "/athm/checkout/button/" and post["method"] == "POST"
+    assert post["credentials"] == "same-origin"
+    assert post["headers"] == {"Accept": "application/json", "X-CSRFToken": "the-csrf-token"}
+    assert post["fields"] == {
+        "event": "authorization",
+        "signed": "the-signed-order",
+        "ecommerceId": PAID["ecommerceId"],
+        "auth_token": "the-jwt",
+    }
+    assert "total" not in post["fields"]  # the amount is the server's, never posted
+    assert seen["went"] == ["/athm/checkout/1/token/"]
+
+
+@needs_node
+@pytest.mark.django_db(transaction=False)
+def test_a_failed_authorization_still_posts_the_payment_findpayment_names():
+    seen = run_script(
+        "authorizationATHM",
+        authorization="throws",
+        findPaymentATHM={"ecommerceId": PAID["ecommerceId"], "authToken": "the-jwt"},
+    )
+
+    [post] = seen["posts"]
+    assert post["fields"]["ecommerceId"] == PAID["ecommerceId"]
+    assert post["fields"]["auth_token"] == "the-jwt"
+    assert seen["went"] == ["/athm/checkout/1/token/"]
+
+
+@needs_node
+@pytest.mark.django_db(transaction=False)
+def test_cancel_and_expired_post_their_event_and_go_where_the_server_says():
+    for callback, event in (("cancelATHM", "cancel"), ("expiredATHM", "expired")):
+        seen = run_script(callback, findPaymentATHM={"data": PAID})
+        [post] = seen["posts"]
+        assert post["fields"]["event"] == event
+        assert post["fields"]["ecommerceId"] == PAID["ecommerceId"]
+        assert seen["went"] == ["/athm/checkout/1/token/"]
+
+    closed = run_script("cancelATHM", {"status": 200, "body": {"next": None}})  # no library call
+    assert closed["posts"][0]["fields"]["ecommerceId"] == ""
+    assert closed["went"] == ["(reload)"]
+
+
+@needs_node
+@pytest.mark.django_db(transaction=False)
+def test_the_library_calling_back_twice_posts_once():
+    seen = run_script("authorizationATHM", authorization={"data": PAID}, twice=True)
+
+    assert len(seen["posts"]) == 1
+
+
+@needs_node
+@pytest.mark.django_db(transaction=False)
+def test_a_refusal_or_a_lost_connection_is_shown_to_the_customer():
+    refused = {"status": 400, "body": {"error": "Este botón de pago venció."}}
+    seen = run_script("authorizationATHM", refused, authorization={"data": PAID})
+    assert seen["error"] == "Este botón de pago venció." and seen["went"] == []
+
+    lost = run_script("authorizationATHM", "network error", authorization={"data": PAID})
+    assert lost["error"] == "Connection lost" and lost["went"] == []
