@@ -174,8 +174,8 @@ def accept(signed: Any, ecommerce_id: Any, auth_token: Any = "") -> Checkout:
             .select_related("payment")
             .first()
         )
-        if current is not None and not _make_way(current):
-            raise flow.CheckoutError(_("This order is already paid."), 409)
+        if current is not None:
+            _make_way(current)
         try:
             checkout = _store(order, payment_id, token)
         except IntegrityError:
@@ -189,22 +189,24 @@ def _refused() -> flow.CheckoutError:
     return flow.CheckoutError(_("This payment does not belong to this order."), 409)
 
 
-def _make_way(current: Checkout) -> bool:
-    """Close the order's checkout ``current`` for a new button payment; False when it is paid
-    (or held), or its payment is being created, so the order must not be paid again."""
+def _make_way(current: Checkout) -> None:
+    """Close the order's checkout ``current`` for a new button payment; raises
+    :class:`~athm_sync.checkout.flow.CheckoutError` (409) when it is paid (or held), or its
+    payment is still being created, so the order must not be paid again."""
     payment = current.payment
     if payment is None:
         if not flow.never_started(current):
-            return False
+            raise flow.CheckoutError(
+                _("The payment request is still being sent. Try again in a moment."), 409
+            )
     elif payment.status in (S.COMPLETED, S.MISMATCHED):
-        return False
+        raise flow.CheckoutError(_("This order is already paid."), 409)
     elif not payment.is_terminal:
         flow.cancel(current)  # raises Unavailable when ATH Móvil cannot be asked
         payment.refresh_from_db(fields=["status"])
         if payment.status in (S.COMPLETED, S.MISMATCHED):
-            return False
+            raise flow.CheckoutError(_("This order is already paid."), 409)
     flow._close(current)
-    return True
 
 
 def _store(order: dict[str, Any], payment_id: Any, auth_token: str) -> Checkout:
