@@ -13,10 +13,12 @@ import json
 import re
 import shutil
 import subprocess
+import threading
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from django.db import connection
 from django.http import HttpResponse
 from django.template import engines
 from django.test import Client
@@ -302,6 +304,44 @@ def test_a_replayed_post_returns_the_same_waiting_page_and_one_payment(athm_cust
 
     assert first == again == from_another_tab
     assert Payment.objects.count() == 1 and Checkout.objects.count() == 1
+
+
+def test_concurrent_posts_of_one_payment_store_it_once(athm_customer):
+    athm_customer.sandbox.set_latency(0.2)  # the first POST is still asking when the others come
+    shoppers = [Shopper() for _ in range(4)]  # the library called back in four tabs at once
+    ecommerce_id, auth_token = browser_pays(athm_customer, "12.50")
+    barrier = threading.Barrier(len(shoppers))
+    answers: list = []
+
+    def post(shopper):
+        try:
+            barrier.wait()
+            answers.append(shopper.post(ecommerce_id, auth_token))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=post, args=(shopper,)) for shopper in shoppers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert [answer.status_code for answer in answers] == [200] * 4
+    assert len({answer.json()["next"] for answer in answers}) == 1
+    assert Payment.objects.count() == 1 and Checkout.objects.count() == 1
+
+
+def test_ath_movil_down_after_the_callback_still_shows_the_waiting_page(athm_customer):
+    shopper = Shopper()
+    ecommerce_id, auth_token = browser_pays(athm_customer, "12.50")
+    athm_customer.sandbox.inject_fault("http503", endpoint="findPayment")
+
+    answer = shopper.post(ecommerce_id, auth_token)
+
+    assert answer.status_code == 200
+    page = shopper.client.get(answer.json()["next"])
+    assert page.status_code == 200
+    assert Payment.objects.get().status == S.OPEN  # tracked; the next poll asks again
 
 
 def test_another_payment_for_an_order_already_paid_is_refused(athm_customer, athm_signals):
