@@ -157,6 +157,19 @@ def test_hostile_metadata_and_item_names_cannot_break_out_of_the_page(athm_setti
     assert shopper.config["items"][0]["name"] == '<img src=x onerror="alert(1)">'
 
 
+def test_with_unusable_settings_the_page_says_try_again_and_shows_no_button(
+    athm_settings, settings
+):
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "PUBLIC_TOKEN": ""}
+
+    response = Client().get("/orders/7/pay/", HTTP_ACCEPT_LANGUAGE="es")
+
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "ATHMovil_Checkout_Button_payment" not in page
+    assert "No es posible comunicarse con ATH Móvil en este momento." in page
+
+
 def test_bad_arguments_name_the_argument_before_anything_is_signed(athm_settings):
     with pytest.raises(ValueError, match="total"):
         button.render_context(total="-1", metadata_1="order-7", success_url=SUCCESS)

@@ -3,16 +3,20 @@ renders Evertec's ATH Móvil button from values the server signs (docs/checkout.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django import template
+from django.core.exceptions import ImproperlyConfigured
 from django.middleware.csrf import get_token
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext as _
 
 register = template.Library()
+logger = logging.getLogger("athm_sync.checkout.button")
 
 
 @register.simple_tag(takes_context=True)
@@ -22,6 +26,8 @@ def athm_button(context: template.Context, **kwargs: Any) -> SafeString:
     ``theme``), our callback script with the signed order, and Evertec's script.
 
     Needs the ``request`` context processor (the CSRF token the callback is posted with).
+    With an unusable ``ATHM_SYNC`` the page shows "try again in a moment" instead (the
+    reason is logged; ``manage.py check`` says how to fix it).
     """
     from athm_sync.checkout import button
 
@@ -31,7 +37,12 @@ def athm_button(context: template.Context, **kwargs: Any) -> SafeString:
             "{% athm_button %} needs the request: add "
             '"django.template.context_processors.request" to TEMPLATES\' context_processors.'
         )
-    shown = button.render_context(**kwargs)
+    try:
+        shown = button.render_context(**kwargs)
+    except ImproperlyConfigured as error:
+        logger.error("ATH Móvil button not shown: %s", error)
+        message = _("ATH Móvil cannot be reached right now. Please try again in a moment.")
+        return format_html('<p class="athm-error" role="alert">{}</p>', message)
     shown["callback"] = {
         "url": reverse("athm_sync:checkout_button"),
         "signed": shown.pop("signed"),
