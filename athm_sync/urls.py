@@ -18,6 +18,7 @@ app_name = "athm_sync"
 urlpatterns = [
     path("webhook/<str:token>/", views.webhook, name="webhook"),
     re_path(r"^webhook/(?P<token>.*)$", views.webhook),
+    path("checkout/button/", checkout.button_callback, name="checkout_button"),
     path("checkout/<str:checkout_id>/<str:token>/", checkout.wait, name="checkout_wait"),
     path(
         "checkout/<str:checkout_id>/<str:token>/status/",

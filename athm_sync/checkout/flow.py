@@ -184,7 +184,13 @@ def start(
 
 
 def _clean_order(
-    *, order_key: Any, phone_number: Any, success_url: Any, cancel_url: Any, **amounts: Any
+    *,
+    order_key: Any,
+    phone_number: Any,
+    success_url: Any,
+    cancel_url: Any,
+    phone_required: bool = True,
+    **amounts: Any,
 ) -> _Order:
     key = amounts["metadata_1"] if order_key is None else order_key
     if not isinstance(key, str) or not key.strip():
@@ -198,7 +204,8 @@ def _clean_order(
     return _Order(
         key=key.strip(),
         amounts=cleaned,
-        phone=clean_phone(phone_number),
+        # The JavaScript button may leave the phone to the customer, in Evertec's window.
+        phone=clean_phone(phone_number) if phone_required or phone_number not in (None, "") else "",
         success_url=_check_url("success_url", success_url, required=True),
         cancel_url=_check_url("cancel_url", cancel_url, required=False),
     )

@@ -315,3 +315,38 @@ def unavailable_page(
         return render(request, TEMPLATES + "unavailable.html", context, status=error.status)
 
     return in_customer_language(request, page)
+
+
+# -- Evertec's JavaScript button -----------------------------------------------------------
+
+
+@checkout_view("POST")
+def button_callback(request: HttpRequest) -> HttpResponse:
+    """What ``button.js`` posts from the button's callbacks: ``signed`` (the order the server
+    signed), ``ecommerceId`` and ``auth_token`` from Evertec's library, and ``event``
+    (``authorization``, ``cancel`` or ``expired``). Answers ``{"next": url}`` to a script
+    (``Accept: application/json``), a redirect otherwise: the payment's waiting page."""
+    from athm_sync.checkout import button
+
+    wants_json = "application/json" in request.headers.get("Accept", "")
+    signed = request.POST.get("signed", "")
+    ecommerce_id = request.POST.get("ecommerceId", "").strip()
+    try:
+        if not ecommerce_id and request.POST.get("event") in ("cancel", "expired"):
+            # Closed before ATH Móvil made a payment: nothing to track, back to the shop.
+            next_url = button.signed_cancel_url(signed) or None
+        else:
+            checkout = button.accept(signed, ecommerce_id, request.POST.get("auth_token", ""))
+            next_url = flow.wait_url(checkout)
+    except flow.CheckoutError as error:
+        message = str(error.message)
+        if wants_json:
+            return JsonResponse({"error": message}, status=error.status)
+        context = {"message": message}
+        return render(request, TEMPLATES + "button_refused.html", context, status=error.status)
+    if wants_json:
+        return JsonResponse({"next": next_url})
+    if next_url is None:
+        context = {"message": _("The payment was cancelled.")}
+        return render(request, TEMPLATES + "button_refused.html", context)
+    return HttpResponseRedirect(next_url, status=303)
