@@ -9,6 +9,7 @@ is gone; the run then ends in one line (:mod:`athm_sync.runner`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -63,4 +64,36 @@ def on_new_connection(work: Callable[[], T]) -> T:
         return work()
 
 
-__all__ = ["ConnectionLost", "connection_lost", "first_line", "on_new_connection"]
+def discard() -> None:
+    """Drop this thread's connection whatever state it is in; the next query opens a new one.
+
+    For a connection a signal interrupted mid-query (a second SIGTERM raises in the middle of
+    the driver's wait): it is left half-way through the protocol ("connection in transaction
+    status ACTIVE"), and every later use of it fails.
+    """
+    with contextlib.suppress(DatabaseError):
+        connection.close()
+    if not connection.in_atomic_block:
+        connection.connection = None
+
+
+def interrupted_by(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The ``kind`` exception ``error`` was raised while handling, if any (``__context__``):
+    a database error met while a signal's exception unwound (a rollback, the autocommit
+    reset) hides the signal's."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__context__
+    return None
+
+
+__all__ = [
+    "ConnectionLost",
+    "connection_lost",
+    "discard",
+    "first_line",
+    "interrupted_by",
+    "on_new_connection",
+]

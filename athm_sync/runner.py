@@ -403,6 +403,13 @@ class Runner:
                     failure = CannotRun(f"ATH Móvil rejected the credentials: {error}")
             ended = True
         except (DatabaseError, ConnectionLost) as error:
+            stopped = database.interrupted_by(error, StopNow)
+            if stopped is not None:
+                # A second signal landed in a query: the connection is unusable, the stop is
+                # what happened.
+                database.discard()
+                self._abort(sync_run, stopped, started)
+                raise stopped from None
             if self._lost is None and not (
                 self._db_worked
                 and (isinstance(error, ConnectionLost) or database.connection_lost(error))
@@ -413,6 +420,8 @@ class Runner:
         except BaseException as error:
             # Not an expected failure (a second signal, Ctrl-C without the handlers, a bug):
             # record it, then let it go.
+            if isinstance(error, StopNow | KeyboardInterrupt):
+                database.discard()  # it may have landed in a query, leaving it half-done
             self._abort(sync_run, error, started)
             raise
         finally:
