@@ -12,6 +12,8 @@ signal exactly once in all.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import signal
 import subprocess
 import sys
@@ -25,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
-from athm_sync import clock, reconcile
+from athm_sync import clock, reconcile, runner
 from athm_sync.models import Payment, PaymentEvent, SyncRun
 from athm_sync.runner import EXIT_ABANDONED
 from tests.commands import call
@@ -208,6 +210,69 @@ def test_a_second_signal_stops_at_once(athm_settings, tmp_path):
     (run,) = SyncRun.objects.all()
     assert run.finished_at is not None and run.exit_code == 143
     assert Payment.objects.filter(status="OPEN").count() == 10  # no answer was applied
+
+
+def test_a_second_signal_inside_a_query_still_stops_cleanly(athm_settings, monkeypatch):
+    """PostgreSQL: the second SIGTERM lands while the run's own connection waits for a query
+    (the driver is left mid-protocol): the run still ends as that stop, its claims released
+    and its end recorded on a new connection."""
+    if connection.vendor != "postgresql":
+        pytest.skip("a query the server holds needs PostgreSQL (set DATABASE_URL)")
+    track_completed(athm_settings, 3)
+    pid = threading.Event()
+    backend: list[int] = []
+    real_process_webhooks = runner.Runner._process_webhooks
+
+    def slow_webhooks(self: runner.Runner, client: Any) -> None:
+        # In a transaction, as the run's writes are: unwinding it must reset the connection.
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backend.append(cursor.fetchone()[0])
+            pid.set()
+            cursor.execute("SELECT pg_sleep(20)")  # the signals land while it waits
+        real_process_webhooks(self, client)
+
+    monkeypatch.setattr(runner.Runner, "_process_webhooks", slow_webhooks)
+
+    def signal_twice_once_it_waits() -> None:
+        assert pid.wait(timeout=WAIT)
+
+        def waiting() -> bool:  # this thread's own connection watches the run's
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT wait_event FROM pg_stat_activity WHERE pid = %s", backend)
+                return cursor.fetchone()[0] == "PgSleep"
+
+        try:
+            wait_until(waiting, "the run's query to wait")
+        finally:
+            connection.close()
+        os.kill(os.getpid(), signal.SIGTERM)
+        # Two signals before Python's handler runs would be one: the second waits for it.
+        assert first_handled.wait(timeout=WAIT)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    first_handled = threading.Event()
+    noticed = logging.Handler()
+    noticed.emit = lambda record: first_handled.set()  # type: ignore[method-assign]
+    stopping_log = logging.getLogger("athm_sync.stopping")
+    stopping_log.addHandler(noticed)
+    sender = threading.Thread(target=signal_twice_once_it_waits)
+    sender.start()
+    try:
+        code, _, err = call("athm_sync")
+    finally:
+        sender.join(timeout=WAIT)
+        stopping_log.removeHandler(noticed)
+        with connection.cursor() as cursor:  # the server would sleep on: end it now
+            cursor.execute("SELECT pg_terminate_backend(%s)", backend)
+
+    assert code == 143, err
+    assert err.strip().splitlines()[-1] == (
+        "athm_sync: error: stopped at once by a second SIGTERM; its claims were released"
+    )
+    assert claims_held() == 0  # and the test's own queries work: a new connection
+    (run,) = SyncRun.objects.all()
+    assert run.finished_at is not None and run.exit_code == 143
 
 
 def test_an_in_process_run_leaves_the_signal_handlers_as_they_were(athm_settings):
