@@ -159,7 +159,8 @@ class Payment(models.Model):
         _("auth token"), blank=True, editable=False, default="", db_default=""
     )
 
-    # What ATH Móvil reported for a payment held as MISMATCHED, beside what the shop stored.
+    # What ATH Móvil reported for a payment held as MISMATCHED (or confirmed for other amounts,
+    # and so never captured), beside what the shop stored.
     remote_total = MoneyField(_("total ATH Móvil reported"), null=True, blank=True)
     remote_metadata_1 = _text(_("metadata 1 ATH Móvil reported"), 40)
     remote_metadata_2 = _text(_("metadata 2 ATH Móvil reported"), 40)

@@ -294,6 +294,8 @@ class Observation:
     error: ATHMovilError | None = None
     captured: bool = False
     drop_auth_token: bool = False
+    # Why a confirmed payment was not captured: its answer differs from what the shop stored.
+    not_captured: str = ""
     # The records of the refunds behind a growth of the refunded amount, when known.
     refunds: tuple[RefundDetail, ...] = ()
 
@@ -360,8 +362,12 @@ def observe(
     if not (capture and snapshot.status == CONFIRM and auth_token):
         return Observation(ecommerce_id, snapshot=snapshot)
     if expected is not None and (differs := mismatch(expected, snapshot)):
-        logger.error("Payment %s not captured: %s", ecommerce_id, differs)
-        return Observation(ecommerce_id, snapshot=snapshot)
+        # Said once (apply() records the reason): every later look would say it again.
+        already_said = getattr(expected, "mismatch_reason", "") == differs
+        (logger.debug if already_said else logger.error)(
+            "Payment %s not captured: %s", ecommerce_id, differs
+        )
+        return Observation(ecommerce_id, snapshot=snapshot, not_captured=differs)
     if not auth_token_usable(auth_token, now):
         return Observation(ecommerce_id, snapshot=snapshot, drop_auth_token=True)
     try:
@@ -484,6 +490,8 @@ def _apply_locked(
                 _copy_remote_fields(payment, snapshot, refresh_all=not payment.is_terminal)
             if decision.mismatch:
                 _hold(payment, snapshot, decision.mismatch)
+            elif observation.not_captured and decision.status == CONFIRM:
+                _keep_remote(payment, snapshot, observation.not_captured)
             payment.status = decision.status
             payment.last_error = decision.note if decision.status == EXPIRED else ""
         if observation.drop_auth_token:
@@ -595,11 +603,7 @@ def _record_failure(
 
 def _hold(payment: Payment, snapshot: PaymentSnapshot, reason: str) -> None:
     """Keep what ATH Móvil reported beside what the shop stored, for a held payment."""
-    payment.remote_total = snapshot.total
-    for name in ("remote_metadata_1", "remote_metadata_2"):
-        value = getattr(snapshot, name.removeprefix("remote_"))
-        setattr(payment, name, fit_to_column(Payment, name, value))
-    payment.mismatch_reason = reason
+    _keep_remote(payment, snapshot, reason)
     logger.error(
         "Payment %s held, not completed: ATH Móvil completed it for %s, the shop expected %s (%s)",
         payment.pk,
@@ -607,6 +611,16 @@ def _hold(payment: Payment, snapshot: PaymentSnapshot, reason: str) -> None:
         payment.total,
         reason,
     )
+
+
+def _keep_remote(payment: Payment, snapshot: PaymentSnapshot, reason: str) -> None:
+    """Store ATH Móvil's amounts beside the shop's, and why they differ: for a held payment,
+    and for a confirmed one left uncaptured (its waiting page then says "we are checking")."""
+    payment.remote_total = snapshot.total
+    for name in ("remote_metadata_1", "remote_metadata_2"):
+        value = getattr(snapshot, name.removeprefix("remote_"))
+        setattr(payment, name, fit_to_column(Payment, name, value))
+    payment.mismatch_reason = reason
 
 
 def _record_dispatch(outcome: Outcome, dispatched: Dispatched) -> None:

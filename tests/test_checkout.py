@@ -383,6 +383,45 @@ def test_a_payment_completed_for_another_amount_shows_we_are_checking(
     assert "We are checking your payment" in page.content.decode()
 
 
+def test_a_payment_confirmed_for_another_amount_is_never_captured_and_says_we_are_checking(
+    rf, athm_customer, athm_signals, caplog
+):
+    """The customer confirmed, but ATH Móvil's answer is not the order's total: the page stops
+    saying "completing" at once, nothing is captured, and the refusal is logged once, not at
+    every look."""
+    begin(rf, total="12.50")
+    checkout = the_checkout()
+    ecommerce_id = str(checkout.payment.pk)
+    athm_customer.confirm(ecommerce_id)
+    athm_customer.sandbox.tamper(ecommerce_id, total=1)
+    caplog.set_level("DEBUG", logger="athm_sync")
+
+    answers = []
+    for _ in range(4):
+        answers.append(poll(Client(), checkout))
+        athm_customer.clock.advance(3)
+    page = Client().get(flow.wait_url(checkout), HTTP_ACCEPT_LANGUAGE="es")
+
+    assert [answer["state"] for answer in answers] == ["checking"] * 4
+    assert answers[0]["next"] == flow.wait_url(checkout)
+    assert athm_customer.sandbox.counts()["findPayment"] >= 4  # it kept looking
+    assert athm_customer.sandbox.counts()["authorization"] == 0
+    assert athm_customer.sandbox.payment(ecommerce_id)["status"] == "CONFIRM"
+    payment = Payment.objects.get()
+    assert payment.status == S.CONFIRM and payment.remote_total == Decimal("1.00")
+    assert "total" in payment.mismatch_reason
+    assert athm_signals.names == []
+    refusals = [r for r in caplog.records if "not captured" in r.getMessage()]
+    assert [r.levelname for r in refusals if r.levelname == "ERROR"] == ["ERROR"]
+    text = page.content.decode()
+    assert "Estamos verificando tu pago" in text and "no se completó" in text
+    assert "data-countdown" not in text  # no deadline to count down to
+
+    athm_customer.let_expire(ecommerce_id)  # it was never taken: it runs out
+    assert poll(Client(), checkout)["state"] == "expired"
+    assert athm_signals.names == ["payment_expired"]
+
+
 def test_while_ath_movil_is_down_the_status_says_still_waiting_and_nothing_changes(
     rf, athm_settings, athm_clock
 ):

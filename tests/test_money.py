@@ -199,9 +199,9 @@ def test_sync_payment_holds_it_too(athm_settings, received):
     assert names(received) == ["payment_mismatched"]
 
 
-def test_a_payment_is_never_captured_for_another_amount(athm_settings, received):
+def test_a_payment_is_never_captured_for_another_amount(athm_settings, received, caplog):
     """A confirmed payment whose answer differs from what was stored is left uncaptured: the
-    customer is not charged, and it expires."""
+    customer is not charged, and it expires. The refusal is recorded and logged once."""
     sandbox = athm_settings
     payment = Payment.objects.create_via_api(total="10.00")
     sandbox.confirm(str(payment.pk))
@@ -209,11 +209,19 @@ def test_a_payment_is_never_captured_for_another_amount(athm_settings, received)
     sandbox.reset_counts()
 
     code, summary, _ = run()
+    Payment.objects.filter(pk=payment.pk).update(next_check_at=clock.now())  # due again now
+    again, _, _ = run()
 
-    assert code == 0 and summary["captured"] == 0
-    assert sandbox.counts()["authorization"] == 0
+    assert code == again == 0 and summary["captured"] == 0
+    assert sandbox.counts()["findPayment"] == 2 and sandbox.counts()["authorization"] == 0
     assert sandbox.payment(str(payment.pk))["status"] == "CONFIRM"
     assert reload(payment).status == S.CONFIRM and names(received) == []
+    assert reload(payment).remote_total == Decimal("1.00")
+    assert reload(payment).mismatch_reason == "total: ATH Móvil says 1.00, the shop stored 10.00"
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == [
+        f"Payment {payment.pk} not captured: total: ATH Móvil says 1.00, the shop stored 10.00"
+    ]
 
 
 def test_a_webhook_over_real_http_holds_a_mismatched_payment(athm_settings, live_server, received):

@@ -187,6 +187,9 @@ def _state(checkout: Checkout, payment: Payment) -> tuple[str, str, str | None]:
         return "expired", _("The time to pay ran out."), here
     if payment.status == S.MISMATCHED:
         return "checking", _("We are checking your payment."), here
+    if payment.status == S.CONFIRM and payment.mismatch_reason:
+        # Confirmed for other amounts than the order's: never captured by us (the money check).
+        return "checking", _("We are checking your payment."), here
     if payment.status == S.CONFIRM:
         return "confirmed", _("You confirmed the payment. Completing it…"), None
     return "waiting", _("Open ATH Móvil on your phone and confirm the payment."), None
@@ -214,6 +217,7 @@ def _wait_context(
         "notice": notice or shown["notice"],
         "error": error,
         "offline_message": _("The connection was lost. Still waiting; trying again."),
+        "not_taken": checkout.payment is not None and checkout.payment.status == S.CONFIRM,
     }
 
 
