@@ -9,7 +9,8 @@ when ``ATHM_TEST_SCREENSHOTS=1``, so a test run never rewrites the repository by
 This module is also the URLconf the tests serve (``ROOT_URLCONF = "tests.browser"``): a shop's
 order page whose form posts the customer's phone to a view calling
 :func:`athm_sync.checkout.start` with the server's amount, the shop's paid page, the app's
-URLs. The live server serves ``STATIC_ROOT`` under ``STATIC_URL``: point it at
+URLs, and the same order paid with Evertec's button (:func:`button_page`). The live server
+serves ``STATIC_ROOT`` under ``STATIC_URL``: point it at
 :data:`STATIC` for the waiting page's script.
 """
 
@@ -34,6 +35,7 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 WINDOW = (480, 760)  # a phone-sized window: most customers pay on their phone
 ORDER = "order-7"
 TOTAL = "12.50"  # the server's amount: never read from the browser
+PHONE = "787 555 0142"  # the customer's phone, as the shop knows it (the button's page)
 
 
 def _browser_missing() -> str:
@@ -129,6 +131,22 @@ def pay(request: HttpRequest) -> HttpResponse:
     )
 
 
+def button_page(request: HttpRequest) -> HttpResponse:
+    """The shop's order page with Evertec's button instead of our form: the amount in the tag
+    is the server's, signed; the script the tag loads is the sandbox's stand-in."""
+    from django.template import engines
+
+    page = engines["django"].from_string(
+        "{% load athm_checkout %}<!DOCTYPE html><html>"
+        '<body style="font-family:system-ui,sans-serif;margin:2rem"><h1>Order order-7</h1>'
+        "<p>Total: ${{ total }}</p>"
+        "{% athm_button total=total metadata_1=order phone_number=phone success_url=paid %}"
+        "</body></html>"
+    )
+    context = {"total": TOTAL, "order": ORDER, "phone": PHONE, "paid": "/shop/paid/"}
+    return HttpResponse(page.render(context, request))
+
+
 def paid(request: HttpRequest) -> HttpResponse:
     """The shop's paid page: what the order's payment is, as stored."""
     from athm_sync.models import Payment
@@ -145,6 +163,7 @@ def paid(request: HttpRequest) -> HttpResponse:
 urlpatterns = [
     path("shop/", order_page),
     path("shop/pay/", pay),
+    path("shop/button/", button_page),
     path("shop/paid/", paid),
     path("athm/", include("athm_sync.urls")),
 ]

@@ -1,15 +1,19 @@
 """The checkout tried in a real browser: headless Chromium (``tests/browser.py``) pays in a
 small shop served by pytest-django's ``live_server``, against the real sandbox ATH Móvil.
 
-The customer's phone is played by the sandbox's Python API (``athm_customer``); time moves
-with time-machine (the live server runs in a thread of this process, so its clock moves too),
-and the tests wait for the page with ``WebDriverWait`` on what the page shows, never by
-sleeping. One browser serves the whole module; JavaScript off needs a browser of its own.
+The customer's phone is the sandbox's phone page, opened in a second tab of the same browser:
+the customer taps Approve or Decline there, as in the ATH Móvil app. Time moves with
+time-machine (the live server and the sandbox run in threads of this process, so their clocks
+move too), and the tests wait for the page with ``WebDriverWait`` on what the page shows,
+never by sleeping. One browser serves the whole module; JavaScript off needs a browser of its
+own. The JavaScript button runs the sandbox's stand-in for Evertec's ``athmovil_base.js``.
 
 ``ATHM_TEST_SCREENSHOTS=1`` saves the pages shown in docs/checkout.md into docs/images/.
 """
 
 from __future__ import annotations
+
+from decimal import Decimal
 
 import pytest
 
@@ -20,7 +24,7 @@ from tests import browser
 pytestmark = pytest.mark.django_db(transaction=True)  # the live server's thread sees the rows
 
 S = Payment.Status
-PHONE = "787 555 0142"
+PHONE = browser.PHONE
 WAIT = 15  # seconds WebDriverWait gives the page to change: an upper bound, not a pause
 
 
@@ -65,13 +69,13 @@ def text_of(driver, selector: str) -> str:
 
 def shows(selector: str, words: str):
     """A condition: the element ``selector`` holds ``words``."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
 
     def holds(driver) -> bool:
         try:
             return words in driver.find_element(By.CSS_SELECTOR, selector).text
-        except (NoSuchElementException, StaleElementReferenceException):
+        except WebDriverException:  # not there yet, or the page changed under the lookup
             return False
 
     return holds
@@ -94,6 +98,29 @@ def pay(driver, base_url: str) -> Checkout:
     return Checkout.objects.select_related("payment").get()
 
 
+def on_the_phone(
+    driver, sandbox, action: str, *, total: str = browser.TOTAL, picture: str = ""
+) -> None:
+    """The customer taps ``action`` (``approve`` or ``decline``) on the payment request for
+    ``total`` on the sandbox's phone page, in a tab of its own, then comes back to the shop's
+    tab."""
+    from selenium.webdriver.common.by import By
+
+    shop_tab = driver.current_window_handle
+    driver.switch_to.new_window("tab")
+    try:
+        driver.get(f"{sandbox.url}/phone/{PHONE.replace(' ', '')}/")
+        until(driver, shows(".push", f"${total}"), "the phone never showed the payment request")
+        if picture:
+            browser.screenshot(driver, picture)
+        driver.find_element(By.CSS_SELECTOR, f".push button.{action}").click()
+        done = "Approved" if action == "approve" else "Cancelled"
+        until(driver, shows(".push", done), f"the phone page never showed {done}")
+    finally:
+        driver.close()
+        driver.switch_to.window(shop_tab)
+
+
 def checkout_path(checkout: Checkout) -> str:
     """The checkout's waiting page (the URL with its token)."""
     from athm_sync.checkout import flow
@@ -110,7 +137,7 @@ def test_approving_on_the_phone_takes_the_waiting_page_to_the_shops_paid_page(
     assert "Open ATH Móvil on your phone" in text_of(shop, "[data-message]")
     browser.screenshot(shop, "wait-en")
 
-    athm_customer.confirm(str(checkout.payment.pk))
+    on_the_phone(shop, athm_customer.sandbox, "approve", picture="phone")
 
     until(shop, at("/shop/paid/"), "the script never took the customer to the paid page")
     assert text_of(shop, "#order") == "Order order-7: paid"
@@ -121,9 +148,9 @@ def test_approving_on_the_phone_takes_the_waiting_page_to_the_shops_paid_page(
 
 
 def test_declining_on_the_phone_shows_the_cancelled_page(shop, athm_customer, athm_signals):
-    checkout = pay(shop, shop.url)
+    pay(shop, shop.url)
 
-    athm_customer.cancel(str(checkout.payment.pk))
+    on_the_phone(shop, athm_customer.sandbox, "decline")
 
     until(shop, shows("h1", "Payment cancelled"), "the cancelled page never showed")
     assert Payment.objects.get().status == S.CANCEL
@@ -154,7 +181,7 @@ def test_a_reload_and_a_second_tab_show_the_same_payment_and_both_reach_the_outc
     until(shop, shows(".athm-total", "$12.50"))
     assert "(•••) •••-0142" in text_of(shop, "main")
 
-    athm_customer.confirm(str(checkout.payment.pk))
+    on_the_phone(shop, athm_customer.sandbox, "approve")
 
     for tab in (shop.current_window_handle, first):
         shop.switch_to.window(tab)
@@ -174,24 +201,72 @@ def test_the_spanish_waiting_page_and_its_script_speak_spanish(shop, athm_custom
     assert "Abre ATH Móvil en tu teléfono" in text_of(shop, "[data-message]")
     assert "Cancelar el pago" in text_of(shop, "main")
     browser.screenshot(shop, "wait-es")
-    athm_customer.cancel(str(checkout.payment.pk))
+    assert checkout.payment.status == S.OPEN
+    on_the_phone(shop, athm_customer.sandbox, "decline")
     until(shop, shows("h1", "Pago cancelado"), "the Spanish cancelled page never showed")
+    browser.screenshot(shop, "cancelled-es")
 
 
-def test_a_total_ath_movil_reports_otherwise_is_never_captured_and_ends_held(
-    shop, athm_customer, athm_signals
-):
+def test_a_total_ath_movil_reports_otherwise_is_never_captured(shop, athm_customer, athm_signals):
     checkout = pay(shop, shop.url)
     ecommerce_id = str(checkout.payment.pk)
     athm_customer.sandbox.tamper(ecommerce_id, total=1)  # ATH Móvil now says $1.00
 
-    athm_customer.confirm(ecommerce_id)
-    until(shop, shows("[data-message]", "You confirmed the payment"))
-    assert athm_customer.sandbox.counts()["authorization"] == 0  # the money check: no capture
-    athm_customer.sandbox.capture(ecommerce_id)  # captured elsewhere, at the wrong total
+    on_the_phone(shop, athm_customer.sandbox, "approve")
 
     until(shop, shows("main", "We are checking your payment"), "the checking page never showed")
-    assert Payment.objects.get().status == S.MISMATCHED
+    assert "it was not completed" in text_of(shop, "main")
+    assert athm_customer.sandbox.counts()["authorization"] == 0  # the money check: no capture
+    assert Payment.objects.get().status == S.CONFIRM
+    assert athm_signals.names == []
+
+
+# -- Evertec's JavaScript button (the sandbox's stand-in for athmovil_base.js) -------------
+
+
+def press_the_button(driver, base_url: str, *, total_in_browser: float | None = None) -> None:
+    """The customer opens the order's button page, (maybe) rewrites the amount the page holds,
+    as anyone can in the browser's console, and presses "Pay with ATH Móvil"."""
+    from selenium.webdriver.common.by import By
+
+    driver.get(base_url + "/shop/button/")
+    until(driver, shows("#ATHMovil_Checkout_Button_payment", "Pay with ATH Móvil"))
+    if total_in_browser is not None:
+        driver.execute_script(f"window.ATHM_Checkout.total = {total_in_browser};")
+    driver.find_element(By.CSS_SELECTOR, "#ATHMovil_Checkout_Button_payment button").click()
+    until(driver, shows(".athm-modal", "confirm the payment"), "the button's window never opened")
+
+
+def test_the_javascript_button_pays_and_reaches_the_shops_paid_page(
+    shop, athm_customer, athm_signals
+):
+    press_the_button(shop, shop.url)
+    assert "$12.50" in text_of(shop, ".athm-modal")
+    browser.screenshot(shop, "button")
+
+    on_the_phone(shop, athm_customer.sandbox, "approve")
+
+    until(shop, at("/shop/paid/"), "the button's callback never led to the paid page")
+    assert text_of(shop, "#order") == "Order order-7: paid"
+    payment = Payment.objects.get()
+    assert payment.status == S.COMPLETED
+    assert payment.checkout.order_key == "order-7"
+    assert athm_signals.names == ["payment_completed"]
+    counts = athm_customer.sandbox.counts()
+    assert (counts["payment"], counts["authorization"]) == (1, 1)  # the browser captured
+
+
+def test_a_tampered_button_amount_is_held_never_completed(shop, athm_customer, athm_signals):
+    press_the_button(shop, shop.url, total_in_browser=1.00)
+    assert "$1.00" in text_of(shop, ".athm-modal")
+
+    # The phone asks for the browser's amount: the browser made the payment.
+    on_the_phone(shop, athm_customer.sandbox, "approve", total="1.00")
+
+    until(shop, shows("main", "We are checking your payment"), "the checking page never showed")
+    payment = Payment.objects.get()
+    assert payment.status == S.MISMATCHED != S.COMPLETED
+    assert (payment.total, payment.remote_total) == (Decimal("12.50"), Decimal("1.00"))
     assert athm_signals.names == ["payment_mismatched"]
     browser.screenshot(shop, "checking")
 
@@ -209,7 +284,8 @@ def test_without_javascript_the_page_refreshes_itself_to_the_outcome(
         checkout = pay(driver, live_server.url)
         # Parsed as elements only when the page's scripts cannot run: JavaScript is off.
         assert driver.find_elements(By.CSS_SELECTOR, "noscript small")
-        athm_customer.confirm(str(checkout.payment.pk))
+        assert checkout.payment.status == S.OPEN
+        on_the_phone(driver, athm_customer.sandbox, "approve")
 
         until(driver, at("/shop/paid/"), "the meta refresh never reached the paid page")
         assert Payment.objects.get().status == S.COMPLETED

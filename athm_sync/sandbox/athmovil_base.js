@@ -213,7 +213,7 @@
         latest = payment;
         var digits = String(cfg.phoneNumber || "").replace(/\D/g, "");
         var link = base + "/phone/" + (digits ? digits + "/" : "");
-        showModal(payment, text().open + cfg.total, link);
+        showModal(payment, text().open + Number(cfg.total).toFixed(2), link);
         window.setTimeout(function () { poll(payment); }, POLL_MS);
       },
       function (error) {
@@ -222,9 +222,22 @@
     );
   }
 
+  // Enough look to be recognised in a screenshot; Evertec's own is richer.
+  var STYLE =
+    ".athmovil-button{background:#f47920;color:#fff;border:0;border-radius:.4rem;" +
+    "font:600 1rem system-ui,sans-serif;padding:.7rem 1.4rem;cursor:pointer}" +
+    ".athmovil-button.btn-dark{background:#222}.athmovil-button.btn-light{background:#fff;" +
+    "color:#f47920;border:1px solid #f47920}" +
+    ".athm-modal{position:fixed;inset:auto 1rem 1rem 1rem;background:#fff;color:#222;" +
+    "border-radius:.6rem;box-shadow:0 2px 12px #0004;padding:1rem;font:1rem system-ui," +
+    "sans-serif}.athm-modal a{display:inline-block;margin:0 1rem .4rem 0;color:#f47920}" +
+    ".athm-modal button{font:inherit;padding:.4rem 1rem;border-radius:.4rem;border:1px solid #999;" +
+    "background:#eee}";
+
   function render() {
     var holder = document.getElementById("ATHMovil_Checkout_Button_payment");
     if (!holder) return;
+    if (document.head) document.head.appendChild(element("style", "", STYLE));
     var button = element("button", "athmovil-button " + (config().theme || "btn"), text().button);
     button.setAttribute("type", "button");
     button.addEventListener("click", start);
