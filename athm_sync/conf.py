@@ -63,6 +63,10 @@ DEFAULTS: dict[str, Any] = {
     # most CHECKOUT_MAX_PHONE_CHANGES times per payment.
     "CHECKOUT_POLL_INTERVAL": 2.0,
     "CHECKOUT_MAX_PHONE_CHANGES": 3,
+    # A checkout's pages (the waiting page, its status and actions) answer for this long after
+    # the checkout started, then "no longer available": the URL holds the page's token, and
+    # URLs end up in browser histories and shared screenshots.
+    "CHECKOUT_LINK_LIFETIME": timedelta(days=1),
     # Evertec's JavaScript button library; in development, the sandbox's stand-in for it.
     "CHECKOUT_BUTTON_SCRIPT_URL": "https://payments.athmovil.com/api/modal/js/athmovil_base.js",
 }
@@ -87,6 +91,7 @@ _DURATIONS = (
     "REFUND_SCAN_INTERVAL",
     "HISTORY_RETENTION",
     "RECEIVER_GIVE_UP_AFTER",
+    "CHECKOUT_LINK_LIFETIME",
 )
 _URLS = ("API_BASE_URL", "REPORT_BASE_URL", "CHECKOUT_BUTTON_SCRIPT_URL")
 # Where the sandbox serves what a URL setting names, when it is not the sandbox's root.
@@ -136,6 +141,7 @@ class AthmSyncSettings:
     webhook_verify_timeout: float
     checkout_poll_interval: float
     checkout_max_phone_changes: int
+    checkout_link_lifetime: timedelta
     checkout_button_script_url: str
 
     def __repr__(self) -> str:  # never print tokens, even in a debugger or a traceback
@@ -266,6 +272,7 @@ def get_settings() -> AthmSyncSettings:
         webhook_verify_timeout=float(values["WEBHOOK_VERIFY_TIMEOUT"]),
         checkout_poll_interval=float(values["CHECKOUT_POLL_INTERVAL"]),
         checkout_max_phone_changes=values["CHECKOUT_MAX_PHONE_CHANGES"],
+        checkout_link_lifetime=_as_timedelta(values["CHECKOUT_LINK_LIFETIME"]),
         checkout_button_script_url=values["CHECKOUT_BUTTON_SCRIPT_URL"].strip(),
     )
 

@@ -250,6 +250,30 @@ def test_a_wrong_token_gets_404_and_reveals_nothing(rf, athm_settings):
     assert athm_settings.counts()["findPayment"] == 0
 
 
+def test_an_old_link_opens_nothing_once_its_payment_is_settled(
+    rf, athm_customer, athm_clock, settings
+):
+    """The URL holds the page's token, and URLs outlive their use (browser histories, shared
+    screenshots): ``CHECKOUT_LINK_LIFETIME`` (a day) after the checkout started, its pages
+    answer 404 once its payment is settled; a payment still waiting keeps its page."""
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "CHECKOUT_LINK_LIFETIME": 60}
+    begin(rf)
+    checkout = the_checkout()
+    athm_clock.advance(120)  # the link's minute is over, but the payment is still open
+    assert poll(Client(), checkout)["state"] == "waiting"
+
+    athm_customer.let_expire(str(checkout.payment.pk))
+    assert poll(Client(), checkout)["state"] == "expired"  # what the open page learns
+    page = Client().get(flow.wait_url(checkout), HTTP_ACCEPT_LANGUAGE="es")
+    answer = Client().get(status_url(checkout))
+    cancelled = Client().post(action_url(checkout, "cancel"))
+
+    assert page.status_code == answer.status_code == cancelled.status_code == 404
+    assert "ya no está disponible" in page.content.decode()
+    assert answer.json() == {"error": "This payment page does not exist or is no longer available."}
+    assert Payment.objects.get().status == S.EXPIRED  # settled before; nothing changed since
+
+
 def test_the_status_answer_holds_only_what_the_page_shows(rf, athm_settings):
     begin(rf)
 

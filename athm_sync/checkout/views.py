@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from functools import wraps
 from typing import Any
 
@@ -114,7 +115,9 @@ def checkout_view(*methods: str) -> Callable[[Callable[..., HttpResponse]], Any]
 
 def _find(checkout_id: str, token: str) -> Checkout | None:
     """The checkout ``checkout_id`` names when ``token`` is its token (compared in constant
-    time); ``None`` otherwise, saying nothing about which part was wrong."""
+    time) and the link is still good: while its payment can change, and for
+    ``CHECKOUT_LINK_LIFETIME`` after the checkout started. ``None`` otherwise, saying nothing
+    about which part was wrong."""
     try:
         pk = uuid.UUID(checkout_id)
     except ValueError:
@@ -122,6 +125,10 @@ def _find(checkout_id: str, token: str) -> Checkout | None:
     checkout = Checkout.objects.select_related("payment").filter(pk=pk).first()
     if checkout is None or not constant_time_compare(token, checkout.token):
         return None
+    payment = checkout.payment
+    settled = payment is None or payment.is_terminal
+    if settled and clock.now() >= checkout.created_at + _link_lifetime():
+        return None  # an old link (a browser history, a screenshot) opens nothing any more
     return checkout
 
 
@@ -226,6 +233,13 @@ def _max_phone_changes() -> int:
         return get_settings().checkout_max_phone_changes
     except ImproperlyConfigured:  # a bad ATHM_SYNC: the page still renders; the actions say why
         return DEFAULTS["CHECKOUT_MAX_PHONE_CHANGES"]
+
+
+def _link_lifetime() -> timedelta:
+    try:
+        return get_settings().checkout_link_lifetime
+    except ImproperlyConfigured:
+        return DEFAULTS["CHECKOUT_LINK_LIFETIME"]
 
 
 def _poll_interval() -> float:
