@@ -193,6 +193,37 @@ def test_a_reload_and_a_second_tab_show_the_same_payment_and_both_reach_the_outc
     assert (counts["payment"], counts["authorization"]) == (1, 1)
 
 
+def test_the_back_button_and_paying_again_lead_to_the_same_payment(
+    shop, athm_customer, athm_signals
+):
+    from selenium.webdriver.common.by import By
+
+    def back_and_pay_again() -> None:
+        shop.back()
+        until(shop, at("/shop/"), "the back button never reached the order page")
+        field = shop.find_element(By.ID, "phone")
+        field.clear()  # the browser may have kept what was typed
+        field.send_keys(PHONE)
+        shop.find_element(By.ID, "pay").click()
+
+    checkout = pay(shop, shop.url)
+    waiting = shop.current_url
+    back_and_pay_again()  # mid-wait: the customer thinks nothing happened
+    until(shop, shows(".athm-total", "$12.50"))
+    assert shop.current_url == waiting
+
+    on_the_phone(shop, athm_customer.sandbox, "approve")
+    until(shop, at("/shop/paid/"))
+    back_and_pay_again()  # paid: pressing Pay again charges nothing
+    until(shop, at("/shop/paid/"), "paying a paid order again never led to the paid page")
+
+    assert Checkout.objects.get().pk == checkout.pk
+    assert Payment.objects.get().status == S.COMPLETED
+    assert athm_signals.names == ["payment_completed"]
+    counts = athm_customer.sandbox.counts()
+    assert (counts["payment"], counts["authorization"]) == (1, 1)
+
+
 def test_the_spanish_waiting_page_and_its_script_speak_spanish(shop, athm_customer):
     browser.accept_language(shop, "es-PR,es;q=0.9,en;q=0.5")
     checkout = pay(shop, shop.url)
