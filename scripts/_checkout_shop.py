@@ -2,11 +2,13 @@
 the URLconf of ``_shop.throwaway_shop(..., urls=_shop.CHECKOUT_URLS)``, in this process
 only (import it once Django is set up).
 
-Three orders with their totals on the server; each order's page has the form a customer types
-a phone into, whose view calls :func:`athm_sync.checkout.start` with the order's amount (the
-browser sends only the phone). ``/phone/`` plays the customer's ATH Móvil app: it lists the
-payments the sandbox holds and approves or declines one (through the sandbox's Python API,
-:data:`SANDBOX`, which the caller sets). ``/static/`` serves the app's script (DEBUG is off).
+Three orders with their totals on the server. Each order's page offers both ways to pay: the
+form a customer types a phone into, whose view calls :func:`athm_sync.checkout.start` with the
+order's amount (the browser sends only the phone), and Evertec's JavaScript button through
+``{% athm_button %}`` with the same amount, signed (its script is the sandbox's stand-in,
+``CHECKOUT_BUTTON_SCRIPT_URL`` in ``_shop.SETTINGS``). The customer's ATH Móvil app is the
+sandbox's own phone page (``SANDBOX.phone_url``), where a person approves or declines.
+``/static/`` serves the app's scripts (DEBUG is off).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
-from django.middleware.csrf import get_token
 from django.urls import include, path, re_path
 from django.utils.html import escape
 from django.views.decorators.http import require_POST
@@ -25,8 +26,28 @@ STATIC = Path(__file__).resolve().parent.parent / "athm_sync" / "static"
 # The shop's orders: reference -> total. The server's amounts: never read from the browser.
 ORDERS = {"order-1": "12.50", "order-2": "8.00", "order-3": "149.99"}
 TIMEOUT = 120  # seconds: short, so that a person sees a payment expire
-# The sandbox whose payments /phone/ approves or declines; set by the caller.
+# The demo customer's phone: the form's default, and given to the button because the sandbox's
+# stand-in has no phone field of its own (Evertec's window asks for it); its requests are listed
+# on the sandbox's phone page under this number.
+PHONE = "787 555 0142"
+# The sandbox the shop pays through (its phone page is linked from the home page); set by the
+# caller.
 SANDBOX: Any = None
+
+# An order's page: both ways to pay, from the server's amount (a tag must fit on one line).
+ORDER_PAGE = (
+    "{% load athm_checkout %}<h1>Order {{ reference }}</h1>"
+    "<p>Total: <strong>${{ total }}</strong></p>"
+    "<h2>With your phone number</h2>"
+    "<p>The shop sends the payment request to the ATH Móvil app on that phone.</p>"
+    '<form method="post" action="/orders/{{ reference }}/pay/">{% csrf_token %}'
+    '<label>Phone with ATH Móvil <input type="tel" name="phone_number" value="{{ phone }}">'
+    '</label> <button type="submit">Pay with ATH Móvil</button></form>'
+    "<h2>With ATH Móvil's button</h2>"
+    "{% athm_button total=total metadata_1=reference phone_number=phone timeout=timeout "
+    "success_url=paid_url cancel_url=order_url %}"
+    '<p><a href="/">All orders</a> · <a href="{{ phone_url }}">The customer\'s phone</a></p>'
+)
 
 PAGE = (
     '<!DOCTYPE html><html><head><meta charset="utf-8"><meta name="viewport" '
@@ -60,23 +81,35 @@ def home(request: HttpRequest) -> HttpResponse:
     )
     body = (
         f"<h1>Throwaway shop</h1><ul>{rows}</ul>"
-        '<p>The customer\'s phone (ATH Móvil app): <a href="/phone/">/phone/</a></p>'
+        "<p>The customer's phone (the ATH Móvil app, played by the sandbox): "
+        f'<a href="{escape(SANDBOX.phone_url)}">{escape(SANDBOX.phone_url)}</a></p>'
     )
     return _page("Throwaway shop", body)
 
 
 def order(request: HttpRequest, reference: str) -> HttpResponse:
-    """An order's page: its total and the "Pay with ATH Móvil" form (the phone only)."""
+    """An order's page: its total, the "Pay with ATH Móvil" form (the phone only) and
+    Evertec's button, both for the server's total."""
+    from django.template import engines
+
     total = _order(reference)
     if _paid(reference):
         return HttpResponseRedirect(f"/orders/{reference}/paid/")
     body = (
-        f"<h1>Order {reference}</h1><p>Total: <strong>${total}</strong></p>"
-        f'<form method="post" action="/orders/{reference}/pay/">'
-        f'<input type="hidden" name="csrfmiddlewaretoken" value="{escape(get_token(request))}">'
-        '<label>Phone with ATH Móvil <input type="tel" name="phone_number" '
-        'value="787 555 0142"></label> <button type="submit">Pay with ATH Móvil</button></form>'
-        '<p><a href="/">All orders</a></p>'
+        engines["django"]
+        .from_string(ORDER_PAGE)
+        .render(
+            {
+                "reference": reference,
+                "total": total,
+                "phone": PHONE,
+                "timeout": TIMEOUT,
+                "paid_url": f"/orders/{reference}/paid/",
+                "order_url": f"/orders/{reference}/",
+                "phone_url": SANDBOX.phone_url,
+            },
+            request,
+        )
     )
     return _page(f"Order {reference}", body)
 
@@ -110,48 +143,11 @@ def paid(request: HttpRequest, reference: str) -> HttpResponse:
     )
 
 
-def phone(request: HttpRequest) -> HttpResponse:
-    """The customer's ATH Móvil app: the payment requests still open, to approve or decline."""
-    token = escape(get_token(request))
-    rows = []
-    for ecommerce_id in SANDBOX.state.payment_ids():
-        seen = SANDBOX.state.payment(ecommerce_id)
-        if seen["status"] != "OPEN":
-            continue
-        buttons = "".join(
-            f'<form method="post" action="/phone/{ecommerce_id}/{action}/" style="display:inline">'
-            f'<input type="hidden" name="csrfmiddlewaretoken" value="{token}">'
-            f'<button type="submit">{label}</button></form> '
-            for action, label in (("approve", "Approve"), ("decline", "Decline"))
-        )
-        rows.append(
-            f"<li>${escape(seen['total'])} for {escape(seen['metadata1'])}, to "
-            f"{escape(seen.get('phoneNumber') or '?')} {buttons}</li>"
-        )
-    body = (
-        "<h1>The customer's phone</h1><p>Payment requests waiting for the customer:</p>"
-        f"<ul>{''.join(rows) or '<li>none</li>'}</ul>"
-        '<p><a href="/phone/">Refresh</a> · <a href="/">The shop</a></p>'
-    )
-    return _page("ATH Móvil (sandbox phone)", body)
-
-
-@require_POST
-def answer(request: HttpRequest, ecommerce_id: str, action: str) -> HttpResponse:
-    """Approve (confirm: the waiting page then captures) or decline a payment request."""
-    if ecommerce_id not in SANDBOX.state.payment_ids():
-        raise Http404("no such payment")
-    (SANDBOX.confirm if action == "approve" else SANDBOX.cancel)(ecommerce_id)
-    return HttpResponseRedirect("/phone/")
-
-
 urlpatterns = [
     path("", home),
     path("orders/<str:reference>/", order),
     path("orders/<str:reference>/pay/", pay),
     path("orders/<str:reference>/paid/", paid),
-    path("phone/", phone),
-    re_path(r"^phone/(?P<ecommerce_id>[0-9a-f-]+)/(?P<action>approve|decline)/$", answer),
     path("athm/", include("athm_sync.urls")),
     re_path(r"^static/(?P<path>.*)$", serve, {"document_root": str(STATIC)}),
 ]

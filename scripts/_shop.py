@@ -42,8 +42,15 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
 ]
 ROOT_URLCONF = "{package}.urls"
-# The checkout's pages (scripts/demo --serve, scripts/bench checkout): templates and their script.
-TEMPLATES = [{{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}}]
+# The checkout's pages (scripts/demo --serve, scripts/bench checkout): templates and their script;
+# {{% athm_button %}} needs the request (the CSRF token its callback is posted with).
+TEMPLATES = [
+    {{
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {{"context_processors": ["django.template.context_processors.request"]}},
+    }}
+]
 STATIC_URL = "static/"
 DATABASES = {{
     "default": {{
@@ -58,6 +65,8 @@ ATHM_SYNC = {{
     "API_BASE_URL": {url!r},
     "REPORT_BASE_URL": {url!r},
     "WEBHOOK_SECRET": {secret!r},
+    # Evertec's button script: the sandbox's stand-in, which talks only to the sandbox.
+    "CHECKOUT_BUTTON_SCRIPT_URL": {button_script!r},
 }}
 LOGGING = {{
     "version": 1,
@@ -89,8 +98,9 @@ execute_from_command_line(sys.argv)
 """
 
 
-def write_project(folder: Path, sandbox_url: str, urls: str = URLS) -> None:
-    """A Django project (settings, URLconf, manage.py) using athm_sync on SQLite and the sandbox.
+def write_project(folder: Path, sandbox: SandboxServer, urls: str = URLS) -> None:
+    """A Django project (settings, URLconf, manage.py) using athm_sync on SQLite and the
+    ``sandbox`` (its API, its report and its stand-in for Evertec's button script).
 
     The app's URLs are under ``athm/`` (``urls``: another URLconf's source); the database is
     ``folder/db.sqlite3``.
@@ -106,16 +116,17 @@ def write_project(folder: Path, sandbox_url: str, urls: str = URLS) -> None:
             database=str(folder / "db.sqlite3"),
             public=PUBLIC_TOKEN,
             private=PRIVATE_TOKEN,
-            url=sandbox_url,
+            url=sandbox.url,
             secret=WEBHOOK_SECRET,
+            button_script=sandbox.button_script_url,
         )
     )
     (folder / "manage.py").write_text(MANAGE.format(package=PACKAGE))
 
 
-def setup_django(folder: Path, sandbox_url: str, urls: str = URLS) -> None:
+def setup_django(folder: Path, sandbox: SandboxServer, urls: str = URLS) -> None:
     """Write the project, configure Django with it and migrate its database."""
-    write_project(folder, sandbox_url, urls)
+    write_project(folder, sandbox, urls)
     sys.path.insert(0, str(folder))
     os.environ["DJANGO_SETTINGS_MODULE"] = f"{PACKAGE}.settings"
     import django
@@ -142,7 +153,7 @@ def throwaway_shop(
             host=HOST, port=0, public_token=PUBLIC_TOKEN, private_token=PRIVATE_TOKEN
         ).start()
         try:
-            setup_django(folder, sandbox.url, urls)
+            setup_django(folder, sandbox, urls)
             configured = True
             yield sandbox, folder
         finally:

@@ -16,9 +16,10 @@ project.
 
 ``scripts/demo --serve [--port N]`` instead serves the same throwaway shop with its checkout
 (``_checkout_shop.py``) on 127.0.0.1 for a person to click through in a browser: three orders,
-the app's waiting page, and ``/phone/``, the customer's ATH Móvil app played by the sandbox
-(approve or decline each payment request). It prints the URLs and every signal; Ctrl-C stops
-it and removes the project.
+each payable with the phone form (the app's waiting page) or with Evertec's JavaScript button
+(the sandbox's stand-in for its script), and the sandbox's phone page, the customer's ATH
+Móvil app (approve or decline each payment request). It prints the URLs and every signal;
+Ctrl-C stops it and removes the project.
 """
 
 from __future__ import annotations
@@ -88,10 +89,11 @@ def serve(port: int) -> int:
             say(f"Sandbox ATH Móvil server: {sandbox.url}")
             say(f"Throwaway shop project:   {folder} (SQLite)")
             say(f"\nThe shop:                 {server.url}/")
-            say(f"The customer's phone:     {server.url}/phone/  (approve or decline)")
+            say(f"The customer's phone:     {sandbox.phone_url}  (approve or decline)")
             say(
-                "\nPick an order, pay with any 10-digit phone, then approve or decline it on the "
-                f"phone page; an unanswered one expires after {_checkout_shop.TIMEOUT} s. "
+                "\nPick an order and pay with any 10-digit phone, or press ATH Móvil's button "
+                f"(it asks {_checkout_shop.PHONE}); then approve or decline the request on the "
+                f"phone page. An unanswered one expires after {_checkout_shop.TIMEOUT} s. "
                 "Signals are printed here. Ctrl-C stops."
             )
             # Ctrl-C, and a plain kill (SIGTERM), stop it the same way, removing the project.

@@ -1,9 +1,13 @@
-"""``scripts/demo --serve`` as the real process a person starts: it prints the shop's URLs,
-serves the checkout (an order's form, the app's waiting page and script, the sandbox phone
-page), and stops cleanly on a signal, removing its throwaway project."""
+"""``scripts/demo --serve`` as the real process a person starts: it prints the shop's URLs and
+the sandbox's phone page, serves the checkout (an order's form, the app's waiting page and
+script, Evertec's button with the sandbox's stand-in for its script), and stops cleanly on a
+signal, removing its throwaway project. The person is played over HTTP: approving on the
+sandbox's phone page is that page's own form, and the button's library and ``button.js`` are
+played by the requests they make."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -11,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -59,29 +64,105 @@ def post(session: requests.Session, url: str, page: str, **data: str) -> request
     return session.post(url, data={"csrfmiddlewaretoken": token, **data}, headers={"Referer": url})
 
 
+def printed_urls(lines: queue.Queue) -> dict[str, str]:
+    """What the demo prints before it waits: the shop, the phone page and the project folder."""
+    printed = "".join(read_until(lines, "The customer's phone:"))
+    return {
+        "shop": re.search(r"The shop:\s+(http://127\.0\.0\.1:\d+)/", printed).group(1),
+        "phone": re.search(
+            r"The customer's phone:\s+(http://127\.0\.0\.1:\d+/phone/)", printed
+        ).group(1),
+        "folder": re.search(r"project:\s+(\S+)", printed).group(1),
+    }
+
+
+def approve_on_the_phone(phone_index: str, total: str) -> None:
+    """The customer opens the sandbox's phone page from its index and taps Approve on the
+    request for ``total`` (the page's own form)."""
+    sandbox = phone_index.removesuffix("/phone/")
+    index = requests.get(phone_index, timeout=10).text
+    number = re.search(r'href="(/phone/\d+/)"', index).group(1)
+    page = requests.get(sandbox + number, timeout=10).text
+    request = next(card for card in page.split('<div class="push">') if f"${total}<" in card)
+    approve = re.search(r'action="(/phone/\d+/[0-9a-f-]+/approve)"', request).group(1)
+    answer = requests.post(sandbox + approve, allow_redirects=False, timeout=10)
+    assert answer.status_code == 303
+
+
+def json_in(page: str, element_id: str) -> dict:
+    found = re.search(rf'<script id="{element_id}" type="application/json">(.*?)</script>', page)
+    assert found, f"no {element_id} in the page"
+    return json.loads(found.group(1))
+
+
+def settle(session: requests.Session, status_url: str) -> dict:
+    """Poll the waiting page's status as its script does, until it is no longer waiting (it
+    asks ATH Móvil at most once per 2 s)."""
+    answers = (session.get(status_url).json() for _ in range(5000))
+    return next(answer for answer in answers if answer["state"] != "waiting")
+
+
 def test_serve_runs_the_checkout_for_a_person_and_stops_on_a_signal(demo):
     process, lines = demo
-    printed = read_until(lines, "The customer's phone:")
-    shop = re.search(r"The shop:\s+(http://127\.0\.0\.1:\d+)/", "".join(printed)).group(1)
-    folder = re.search(r"project:\s+(\S+)", "".join(printed)).group(1)
+    urls = printed_urls(lines)
+    shop = urls["shop"]
     session = requests.Session()
+    assert urls["phone"] in unescape(session.get(f"{shop}/").text)  # the home page links it
 
     order = session.get(f"{shop}/orders/order-1/").text
     waiting = post(session, f"{shop}/orders/order-1/pay/", order, phone_number="787 555 0142")
     assert "/athm/checkout/" in waiting.url and "$12.50" in waiting.text
     assert session.get(f"{shop}/static/athm_sync/checkout.js").status_code == 200
     status_url = shop + re.search(r'data-status-url="([^"]+)"', waiting.text).group(1)
-    phone = session.get(f"{shop}/phone/").text
-    approve = re.search(r'action="(/phone/[0-9a-f-]+/approve/)"', phone).group(1)
-    post(session, shop + approve, phone)
+    approve_on_the_phone(urls["phone"], "12.50")
 
-    # The page asks ATH Móvil at most once per 2 s: poll as its script does, until it has.
-    answers = (session.get(status_url).json() for _ in range(5000))
-    settled = next(answer for answer in answers if answer["state"] != "waiting")
+    settled = settle(session, status_url)
     assert settled["state"] == "completed" and settled["next"] == "/orders/order-1/paid/"
     assert "order-1: paid" in session.get(f"{shop}/orders/order-1/paid/").text
     read_until(lines, "payment_completed  order-1")
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
-    assert not Path(folder).exists()
+    assert not Path(urls["folder"]).exists()
+
+
+def test_serve_offers_evertecs_button_for_the_servers_total_and_its_payment_completes(demo):
+    process, lines = demo
+    urls = printed_urls(lines)
+    shop, sandbox = urls["shop"], urls["phone"].removesuffix("/phone/")
+    session = requests.Session()
+
+    page = session.get(f"{shop}/orders/order-3/").text
+    config = json_in(page, "athm-checkout-config")
+    callback = json_in(page, "athm-checkout-callback")
+    assert (config["total"], config["metadata1"]) == (149.99, "order-3")  # the server's
+    assert CSRF.search(page)  # and the phone form beside it
+    script = f"{sandbox}/api/modal/js/athmovil_base.js"
+    assert f'<script src="{script}"></script>' in page
+    assert session.get(script).status_code == 200
+    assert session.get(f"{shop}/static/athm_sync/button.js").status_code == 200
+
+    # Pressed: the stand-in creates the payment from the page's config, the customer approves
+    # on the phone, the library captures it, and button.js posts it with the signed order.
+    api = f"{sandbox}/api/business-transaction/ecommerce"
+    created = requests.post(f"{api}/payment", json=config, timeout=10).json()["data"]
+    approve_on_the_phone(urls["phone"], "149.99")
+    bearer = {"Authorization": f"Bearer {created['auth_token']}"}
+    assert requests.post(f"{api}/authorization", json={}, headers=bearer, timeout=10).ok
+    answer = session.post(
+        shop + callback["url"],
+        data={
+            "event": "authorization",
+            "signed": callback["signed"],
+            "ecommerceId": created["ecommerceId"],
+            "auth_token": created["auth_token"],
+        },
+        headers={"Accept": "application/json", "X-CSRFToken": callback["csrf_token"]},
+    )
+    assert answer.status_code == 200, answer.text
+
+    paid = session.get(shop + answer.json()["next"])  # the waiting page: already paid
+    assert paid.url == f"{shop}/orders/order-3/paid/" and "order-3: paid" in paid.text
+    read_until(lines, "payment_completed  order-3")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0

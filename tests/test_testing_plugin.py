@@ -41,7 +41,7 @@ def run_example_tests(where: Path) -> subprocess.CompletedProcess[str]:
 def test_the_example_shops_tests_pass():
     result = run_example_tests(EXAMPLE)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 passed" in result.stdout
+    assert "9 passed" in result.stdout
 
 
 def test_the_example_shops_tests_fail_when_its_receiver_is_broken(tmp_path):
@@ -55,7 +55,7 @@ def test_the_example_shops_tests_fail_when_its_receiver_is_broken(tmp_path):
     result = run_example_tests(shop)
 
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "3 failed, 1 passed" in result.stdout
+    assert "4 failed, 5 passed" in result.stdout
     assert "test_a_completed_payment_pays_the_order" in result.stdout
 
 

@@ -13,13 +13,20 @@ INSTALLED_APPS = [
     "orders",
 ]
 # The checkout's pages: templates, the CSRF cookie their forms need, the language the
-# customer asks for, and the URL their script is served under.
+# customer asks for, and the URL their scripts are served under. {% athm_button %} needs the
+# request (the CSRF token its callback is posted with).
 MIDDLEWARE = [
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
 ]
-TEMPLATES = [{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": True}]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    }
+]
 STATIC_URL = "static/"
 LANGUAGES = [("en", "English"), ("es", "Español")]
 ROOT_URLCONF = "shop_site.urls"
@@ -43,4 +50,6 @@ ATHM_SYNC = {
     "WEBHOOK_SECRET": os.environ.get(
         "ATHM_WEBHOOK_SECRET", "example-shop-webhook-secret-0123456789"
     ),
+    # Evertec's button script is loaded from ATH Móvil by default; the tests (and development
+    # against the sandbox) set CHECKOUT_BUTTON_SCRIPT_URL to the sandbox's stand-in.
 }
