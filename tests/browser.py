@@ -143,7 +143,9 @@ def button_page(request: HttpRequest) -> HttpResponse:
         "{% athm_button total=total metadata_1=order phone_number=phone success_url=paid %}"
         "</body></html>"
     )
-    context = {"total": TOTAL, "order": ORDER, "phone": PHONE, "paid": "/shop/paid/"}
+    # ?phone=ask: the shop does not know the phone; Evertec's window asks the customer.
+    phone = "" if request.GET.get("phone") == "ask" else PHONE
+    context = {"total": TOTAL, "order": ORDER, "phone": phone, "paid": "/shop/paid/"}
     return HttpResponse(page.render(context, request))
 
 

@@ -287,6 +287,26 @@ def test_the_javascript_button_pays_and_reaches_the_shops_paid_page(
     assert (counts["payment"], counts["authorization"]) == (1, 1)  # the browser captured
 
 
+def test_the_buttons_window_asks_for_the_phone_the_shop_did_not_give(
+    shop, athm_customer, athm_signals
+):
+    from selenium.webdriver.common.by import By
+
+    shop.get(shop.url + "/shop/button/?phone=ask")
+    until(shop, shows("#ATHMovil_Checkout_Button_payment", "Pay with ATH Móvil"))
+    shop.find_element(By.CSS_SELECTOR, "#ATHMovil_Checkout_Button_payment button").click()
+    until(shop, shows(".athm-modal", "Your phone number with ATH Móvil"))
+    shop.find_element(By.CSS_SELECTOR, ".athm-modal input[type=tel]").send_keys(PHONE)
+    shop.find_element(By.CSS_SELECTOR, ".athm-modal button[type=submit]").click()
+    until(shop, shows(".athm-modal", "confirm the payment of $12.50"))
+
+    on_the_phone(shop, athm_customer.sandbox, "approve")
+
+    until(shop, at("/shop/paid/"), "the button's callback never led to the paid page")
+    assert Payment.objects.get().status == S.COMPLETED
+    assert athm_signals.names == ["payment_completed"]
+
+
 def test_a_tampered_button_amount_is_held_never_completed(shop, athm_customer, athm_signals):
     press_the_button(shop, shop.url, total_in_browser=1.00)
     assert "$1.00" in text_of(shop, ".athm-modal")

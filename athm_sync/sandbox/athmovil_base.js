@@ -25,6 +25,8 @@
       cancel: "Cancel",
       failed: "The payment could not be started: ",
       close: "Close",
+      ask: "Your phone number with ATH Móvil",
+      send: "Send the payment request",
     },
     es: {
       button: "Paga con ATH Móvil",
@@ -33,6 +35,8 @@
       cancel: "Cancelar",
       failed: "No se pudo iniciar el pago: ",
       close: "Cerrar",
+      ask: "Tu número de teléfono con ATH Móvil",
+      send: "Enviar la solicitud de pago",
     },
   };
   // One payment at a time: a second click while one waits does nothing.
@@ -187,9 +191,41 @@
     );
   }
 
-  function start() {
+  // Without a phoneNumber in the config, Evertec's window asks the customer for it.
+  function askPhone() {
+    if (current) return;
+    var payment = { done: false, modal: null };
+    current = payment;
+    var modal = element("form", "athm-modal");
+    modal.setAttribute("role", "dialog");
+    var label = element("label", "athm-modal-message", text().ask + " ");
+    var input = element("input", "athm-modal-phone-number");
+    input.setAttribute("type", "tel");
+    input.setAttribute("required", "");
+    label.appendChild(input);
+    modal.appendChild(label);
+    var send = element("button", "athm-modal-send", text().send);
+    send.setAttribute("type", "submit");
+    modal.appendChild(send);
+    var close = element("button", "athm-modal-cancel", text().cancel);
+    close.setAttribute("type", "button");
+    close.addEventListener("click", function () { finish(payment, "cancelATHM"); });
+    modal.appendChild(close);
+    modal.addEventListener("submit", function (event) {
+      event.preventDefault();
+      closeModal(payment);
+      current = null;
+      start(input.value);
+    });
+    document.body.appendChild(modal);
+    payment.modal = modal;
+    input.focus();
+  }
+
+  function start(typedPhone) {
     if (current) return;
     var cfg = config();
+    var phoneNumber = typeof typedPhone === "string" ? typedPhone : cfg.phoneNumber;
     var timeout = Number(cfg.timeout) || 600;
     var payment = { deadline: Date.now() + timeout * 1000, done: false, modal: null };
     current = payment;
@@ -204,14 +240,14 @@
       metadata1: cfg.metadata1,
       metadata2: cfg.metadata2,
       items: cfg.items || [],
-      phoneNumber: cfg.phoneNumber,
+      phoneNumber: phoneNumber,
     };
     call("/payment", body).then(
       function (data) {
         payment.ecommerceId = data.ecommerceId;
         payment.authToken = data.auth_token;
         latest = payment;
-        var digits = String(cfg.phoneNumber || "").replace(/\D/g, "");
+        var digits = String(phoneNumber || "").replace(/\D/g, "");
         var link = base + "/phone/" + (digits ? digits + "/" : "");
         showModal(payment, text().open + Number(cfg.total).toFixed(2), link);
         window.setTimeout(function () { poll(payment); }, POLL_MS);
@@ -240,7 +276,10 @@
     if (document.head) document.head.appendChild(element("style", "", STYLE));
     var button = element("button", "athmovil-button " + (config().theme || "btn"), text().button);
     button.setAttribute("type", "button");
-    button.addEventListener("click", start);
+    button.addEventListener("click", function () {
+      if (config().phoneNumber) start();
+      else askPhone();
+    });
     holder.appendChild(button);
   }
 
