@@ -75,14 +75,14 @@ def open_payment(sandbox, total: str = "5.00", tracked_total: str | None = None)
     return ecommerce_id
 
 
+ORDER_SERVICE = {"down": True}
+
+
 def order_service(sender: Any, payment: Payment, **kwargs: Any) -> None:
     """A shop's ``payment_completed`` receiver whose exception quotes the payment's id and
     the customer's phone number, while ``ORDER_SERVICE["down"]``."""
     if ORDER_SERVICE["down"]:
         raise RuntimeError(f"order for {payment.pk} (customer {payment.customer_phone}) refused")
-
-
-ORDER_SERVICE = {"down": True}
 
 
 @pytest.fixture
