@@ -397,6 +397,19 @@ def test_failures_are_counted_by_kind_after_a_sandbox_fault(client, athm_setting
     assert value(families, "athm_sync_recent_runs", exit_code="1") == 1
 
 
+def test_an_answer_that_never_comes_is_a_timeout(client, athm_settings, settings):
+    settings.ATHM_SYNC = {**settings.ATHM_SYNC, "READ_TIMEOUT": 0.5, "MAX_ATTEMPTS": 1}
+    athm_settings.inject_fault("timeout", "findPayment", times=100, delay=1.5)
+    open_payment(athm_settings)
+
+    assert sync() == 1
+
+    families = scrape(client)
+    assert families["athm_sync_recent_api_failures"] == {
+        (("call", "findPayment"), ("kind", "timeout")): 1
+    }
+
+
 def test_an_unreachable_ath_movil_is_counted_as_unreachable(client, athm_settings, settings):
     open_payment(athm_settings)
     settings.ATHM_SYNC = {**settings.ATHM_SYNC, "API_BASE_URL": "http://127.0.0.1:9"}
