@@ -531,6 +531,7 @@ class SyncRunAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         "receiver_errors",
         "errors_readable",
         "exit_code",
+        "calls",
     )
     fields = readonly_fields
 

@@ -35,6 +35,7 @@ Tokens are never logged and never appear in exception messages.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -56,6 +57,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import ProxyManager
 
 from athm_sync import normalize
+from athm_sync.calls import CallCounts
 from athm_sync.deadlines import WATCHDOG, Deadline, budget_left
 from athm_sync.errors import (
     EMPTY_REPORT_CODES,
@@ -118,6 +120,26 @@ CANCEL = _Endpoint("cancel", "POST", f"{ECOMMERCE}/business/cancel")
 REFUND = _Endpoint("refund", "POST", f"{ECOMMERCE}/refund", repeatable=False)
 REPORT = _Endpoint("transaction report", "GET", "/transactions/v4/transactionReport", report=True)
 SUBSCRIBE = _Endpoint("webhook subscription", "POST", "/transactions/webhook/post", report=True)
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _counted(endpoint: _Endpoint) -> Callable[[_Method], _Method]:
+    """Count the failure a public method ends in against ``endpoint`` (``client.calls``), its
+    answer found malformed included; the calls themselves are counted as they are sent."""
+
+    def decorate(method: _Method) -> _Method:
+        @functools.wraps(method)
+        def counted(self: ATHMovilClient, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except ATHMovilError as error:
+                self.calls.failed(endpoint.name, error)
+                raise
+
+        return counted  # type: ignore[return-value]
+
+    return decorate
 
 
 # -- answers -------------------------------------------------------------------------------
@@ -425,6 +447,8 @@ class ATHMovilClient:
         self.max_answer_bytes = _positive("max_answer_bytes", max_answer_bytes, whole=True)
         self._sleep = sleep
         self._should_stop = should_stop or (lambda: False)
+        # What this client sent and how it failed (athm_sync.calls); a run records its share.
+        self.calls = CallCounts()
         self.session = requests.Session()
         # No retries inside urllib3: tenacity decides, knowing which calls are repeatable.
         adapter = _TrackingAdapter(pool_connections=2, pool_maxsize=self.pool_size, max_retries=0)
@@ -480,6 +504,7 @@ class ATHMovilClient:
 
     # -- the calls ---------------------------------------------------------------------
 
+    @_counted(CREATE_PAYMENT)
     def create_payment(
         self,
         *,
@@ -518,17 +543,20 @@ class ATHMovilClient:
             ),
         )
 
+    @_counted(FIND_PAYMENT)
     def find_payment(self, ecommerce_id: uuid.UUID | str) -> PaymentSnapshot:
         """The payment as ATH Móvil sees it now; ``NotFoundError`` if it does not know it."""
         body = {"ecommerceId": str(ecommerce_id), "publicToken": self._public_token}
         data = self._data(FIND_PAYMENT, body)
         return self._parse(FIND_PAYMENT, lambda: PaymentSnapshot.from_api(data))
 
+    @_counted(AUTHORIZE)
     def authorize(self, auth_token: str) -> PaymentSnapshot:
         """Capture a CONFIRM payment with its auth token; returns the completed payment."""
         data = self._data(AUTHORIZE, {}, auth_token=auth_token)
         return self._parse(AUTHORIZE, lambda: PaymentSnapshot.from_api(data))
 
+    @_counted(UPDATE_PHONE)
     def update_phone_number(
         self, ecommerce_id: uuid.UUID | str, phone_number: str, auth_token: str
     ) -> None:
@@ -536,6 +564,7 @@ class ATHMovilClient:
         body = {"ecommerceId": str(ecommerce_id), "phoneNumber": normalize.digits(phone_number)}
         self._request(UPDATE_PHONE, body, auth_token=auth_token)
 
+    @_counted(CANCEL)
     def cancel(self, ecommerce_id: uuid.UUID | str) -> PaymentSnapshot | None:
         """Cancel an OPEN or CONFIRM payment; returns the payment when ATH Móvil sends it."""
         body = {"ecommerceId": str(ecommerce_id), "publicToken": self._public_token}
@@ -545,6 +574,7 @@ class ATHMovilClient:
             return self._parse(CANCEL, lambda: PaymentSnapshot.from_api(data))
         return None
 
+    @_counted(REFUND)
     def refund(
         self,
         reference_number: str,
@@ -583,6 +613,7 @@ class ATHMovilClient:
         known_id = None if ecommerce_id is None else normalize.ecommerce_id(ecommerce_id)
         return self._parse(REFUND, lambda: _refund_result(data, reference_number, known_id))
 
+    @_counted(REPORT)
     def transaction_report(self, from_date: datetime, to_date: datetime) -> list[ReportTransaction]:
         """Every transaction between two aware datetimes; an empty range gives ``[]``.
 
@@ -597,6 +628,7 @@ class ATHMovilClient:
             )
         return report.transactions
 
+    @_counted(REPORT)
     def report_rows(self, from_date: datetime, to_date: datetime) -> Report:
         """The transaction report between two aware datetimes, row by row: a row that cannot
         be parsed is listed in ``unparsable`` (its index and why) and the others are kept."""
@@ -625,6 +657,7 @@ class ATHMovilClient:
                 report.unparsable.append((index, self._scrub(str(error))[:200]))
         return report
 
+    @_counted(SUBSCRIBE)
     def subscribe_webhooks(
         self,
         listener_url: str,
@@ -677,13 +710,16 @@ class ATHMovilClient:
         The call ends within ``retry_deadline``, or what is left of the thread's
         :func:`athm_sync.deadlines.budget` if that is less; a spent budget sends nothing.
         """
+        self.calls.sent(endpoint.name)
         started = time.monotonic()
         call_deadline = self.retry_deadline
         left = budget_left()
         if left is not None:
             if left <= 0:
                 raise TransientError(
-                    "not sent: the time allowed for these calls is spent", call=endpoint.name
+                    "not sent: the time allowed for these calls is spent",
+                    call=endpoint.name,
+                    cause="timeout",
                 )
             call_deadline = min(call_deadline, left)
         retrying = tenacity.Retrying(
@@ -715,7 +751,7 @@ class ATHMovilClient:
         try:
             return retrying(attempt)
         except _NotSent as not_sent:
-            raise TransientError(str(not_sent), call=endpoint.name) from None
+            raise TransientError(str(not_sent), call=endpoint.name, cause="unreachable") from None
 
     def _attempt(
         self,
@@ -767,14 +803,17 @@ class ATHMovilClient:
             if _progress.stage == _CONNECTING:
                 reason = f"no connection {within}" if deadline.passed() else _describe(error)
                 raise _NotSent(self._scrub(f"could not connect: {reason}", auth_token)) from None
+            cause = "connection"
             if deadline.passed() or isinstance(error, requests.Timeout):
-                message = f"no whole answer {within}"
+                message, cause = f"no whole answer {within}", "timeout"
             elif isinstance(error, requests.ConnectionError):
                 message = f"the connection failed: {_describe(error)}"
             else:
                 message = _describe(error)
             # What urllib3 says can quote the server's bytes (a bad chunk length, a header).
-            raise TransientError(self._scrub(message, auth_token), call=endpoint.name) from None
+            raise TransientError(
+                self._scrub(message, auth_token), call=endpoint.name, cause=cause
+            ) from None
         finally:
             _progress.stage = None
             _progress.deadline = None
@@ -879,6 +918,7 @@ class ATHMovilClient:
         return text
 
     def _log_retry(self, endpoint: _Endpoint, state: tenacity.RetryCallState) -> None:
+        self.calls.retried(endpoint.name)
         error = state.outcome.exception() if state.outcome else None
         # DEBUG: an outage would write one line per attempt per payment. The runner says once
         # that ATH Móvil is failing, and once that it answers again.

@@ -56,10 +56,24 @@ class InvalidStateError(ATHMovilError):
 class TransientError(ATHMovilError):
     """A failure that may pass: timeouts, dropped connections, HTTP 5xx/429, ``BTRA_9998``.
 
-    Raised once the retries allowed for the call are spent.
+    Raised once the retries allowed for the call are spent. ``cause`` says what failed when
+    no answer came: ``"unreachable"`` (no connection), ``"timeout"`` (no whole answer in time)
+    or ``"connection"`` (it broke after the request was sent); it is empty for an answer.
     """
 
     retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errorcode: str | None = None,
+        http_status: int | None = None,
+        call: str = "",
+        cause: str = "",
+    ) -> None:
+        self.cause = cause
+        super().__init__(message, errorcode=errorcode, http_status=http_status, call=call)
 
 
 class InvalidResponseError(ATHMovilError):

@@ -190,6 +190,12 @@ class Payment(models.Model):
                 name="athm_payment_given_up_idx",
             ),
             models.Index(fields=["metadata_1"], name="athm_payment_metadata_1_idx"),
+            # Monitoring counts the held payments at every scrape; they are few.
+            models.Index(
+                fields=["updated_at"],
+                condition=Q(status__in=["MISMATCHED"]),
+                name="athm_payment_held_idx",
+            ),
         ]
         constraints = [
             models.CheckConstraint(
@@ -409,6 +415,9 @@ class SyncRun(models.Model):
     receiver_errors = models.PositiveIntegerField(_("receiver errors"), default=0)
     errors = models.JSONField(_("errors"), default=list, blank=True, encoder=DjangoJSONEncoder)
     exit_code = models.SmallIntegerField(_("exit code"), null=True, blank=True)
+    # The run's calls to ATH Móvil by endpoint: {"findPayment": {"calls": n, "retries": n,
+    # "failures": {"timeout": n}}} (athm_sync.calls), added up by athm_sync.monitoring.
+    calls = models.JSONField(_("ATH Móvil calls"), default=dict, blank=True)
     # Renewed while the run lives (with its claims); a run that never finished and stopped
     # renewing is closed by the next run as abandoned.
     alive_until = AwareDateTimeField(_("alive until"), null=True, blank=True)

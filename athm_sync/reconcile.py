@@ -49,7 +49,7 @@ from asgiref.sync import AsyncToSync, async_to_sync
 from django.db import DatabaseError, OperationalError, connection, transaction
 from django.db.models import Q, QuerySet
 
-from athm_sync import clock, database, normalize, signals
+from athm_sync import calls, clock, database, normalize, signals
 from athm_sync.client import (
     ATHMovilClient,
     ATHMovilError,
@@ -355,6 +355,7 @@ def observe(
     except AuthenticationError:
         raise
     except InvalidResponseError as error:
+        calls.count_failure(client, error.call, error)  # check_answer's refusal too
         logger.error("Payment %s: ATH Móvil's answer was not used: %s", ecommerce_id, error)
         return Observation(ecommerce_id, error=error)
     except ATHMovilError as error:
@@ -377,6 +378,7 @@ def observe(
         logger.info("Payment %s could not be captured: %s", ecommerce_id, error)
         return Observation(ecommerce_id, snapshot=snapshot, drop_auth_token=True)
     except ATHMovilError as error:
+        calls.count_failure(client, error.call, error)  # check_answer's refusal too
         # The capture may or may not have happened; the next findPayment tells.
         log = logger.error if isinstance(error, InvalidResponseError) else logger.warning
         log("Capture of payment %s failed: %s", ecommerce_id, error)

@@ -155,6 +155,9 @@ class RunReport:
     sync_run_id: int | None = None
     # "SIGTERM", "SIGINT" (or a caller's reason) when the run was asked to stop before its end.
     stopped: str | None = None
+    # The run's calls to ATH Móvil by endpoint, with their retries and failures by kind
+    # (athm_sync.calls); recorded in SyncRun.calls, not in the --json document.
+    api_calls: dict[str, Any] = field(default_factory=dict)
     _connect_failures: int = 0
 
     def add_error(self, ecommerce_id: Any, reason: str) -> None:
@@ -355,6 +358,8 @@ class Runner:
         self.report = RunReport(dry_run=options.dry_run)
         self._done = 0
         self._total = 0
+        # The client's counts when the run began: a --watch client serves several runs.
+        self._calls: tuple[ATHMovilClient, dict[str, Any]] | None = None
         # Checks that changed nothing, not written yet (one query per batch).
         self._unchanged: list[reconcile.Settled] = []
 
@@ -370,6 +375,7 @@ class Runner:
         started = time.monotonic()
         # Once a stop is asked for, a failed call to ATH Móvil is not retried.
         client = self._client or ATHMovilClient.from_settings(should_stop=self._asked_to_stop)
+        self._calls = (client, client.calls.snapshot())
         sync_run = None
         failure: CannotRun | None = None
         ended = False
@@ -435,6 +441,7 @@ class Runner:
         report.duration_seconds = time.monotonic() - started
         report.unreachable = report.checked == 0 and report.only_connect_failures
         report.ath_down = report.unreachable or self._gave_up_on_ath
+        self._count_calls()
         if not self.options.dry_run:
             self._list_failing_receivers()
         if failure is not None:
@@ -624,8 +631,15 @@ class Runner:
             else:
                 logger.exception("Could not record the end of aborted run %s", self.run_id)
 
+    def _count_calls(self) -> None:
+        """Put the calls the client made since the run began in the report."""
+        if self._calls is not None:
+            client, before = self._calls
+            self.report.api_calls = client.calls.since(before)
+
     def _finish(self, sync_run: SyncRun) -> None:
         report = self.report
+        self._count_calls()
         sync_run.finished_at = clock.now()
         sync_run.checked = report.checked
         sync_run.unchanged = report.unchanged
@@ -638,6 +652,7 @@ class Runner:
                 {"ecommerce_id": "", "reason": f"and {report.errors_not_listed} more error(s)"}
             )
         sync_run.exit_code = report.exit_code
+        sync_run.calls = dict(report.api_calls)
         reconcile.run_locked(
             lambda: sync_run.save(
                 update_fields=[
@@ -649,6 +664,7 @@ class Runner:
                     "receiver_errors",
                     "errors",
                     "exit_code",
+                    "calls",
                 ]
             )
         )
