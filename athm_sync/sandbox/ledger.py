@@ -578,7 +578,7 @@ class Ledger:
         this only from its own clock: the expiry listeners (``athm_sync.sandbox_expiry`` for a
         shop in this process) are called first, outside the lock, so that the shop's deadline
         has passed too before the ``expired`` webhook is posted. A listener that raises stops
-        the expiry: the payment is left as it was.
+        the expiry (:class:`ListenerFailed`): the payment is left as it was.
         """
         with self._lock:
             p = self.get(ecommerce_id)
