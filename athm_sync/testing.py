@@ -108,11 +108,30 @@ def athm_sandbox(athm_sandbox_server: SandboxServer) -> Iterator[SandboxServer]:
         athm_sandbox_server.state.reset()
 
 
+# pytest-django's ways of giving a test the database.
+DATABASE_FIXTURES = (
+    "db",
+    "transactional_db",
+    "django_db_reset_sequences",
+    "django_db_serialized_rollback",
+)
+
+
+def uses_the_database(request: pytest.FixtureRequest) -> bool:
+    """Whether the test may use the database (its mark or a pytest-django fixture)."""
+    return request.node.get_closest_marker("django_db") is not None or any(
+        name in request.fixturenames for name in DATABASE_FIXTURES
+    )
+
+
 @pytest.fixture
-def athm_settings(settings: Any, athm_sandbox: SandboxServer) -> Iterator[SandboxServer]:
+def athm_settings(
+    request: pytest.FixtureRequest, settings: Any, athm_sandbox: SandboxServer
+) -> Iterator[SandboxServer]:
     """Point ``ATHM_SYNC`` at the sandbox (bases and tokens), keeping the other keys, and
     let the sandbox's ``expire`` move the app's deadline of that payment too
-    (:func:`athm_sync.sandbox_expiry.move_deadline_to_now`), so that it is an expiry here.
+    (:func:`athm_sync.sandbox_expiry.move_deadline_to_now`), so that it is an expiry here;
+    only in a test that uses the database (without it, no payment is stored to move).
 
     Uses pytest-django's ``settings`` fixture, so the change is undone after the test.
     Yields the sandbox, so a test that needs both asks for this one fixture.
@@ -129,7 +148,8 @@ def athm_settings(settings: Any, athm_sandbox: SandboxServer) -> Iterator[Sandbo
         "PUBLIC_TOKEN": state.public_token,
         "PRIVATE_TOKEN": state.private_token,
     }
-    state.add_expiry_listener(move_deadline_to_now)
+    if uses_the_database(request):
+        state.add_expiry_listener(move_deadline_to_now)
     try:
         yield athm_sandbox
     finally:

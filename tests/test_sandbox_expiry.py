@@ -172,6 +172,12 @@ def test_a_cancel_is_still_a_cancellation(athm_settings, received):
     assert [name for name, _, _ in received] == ["payment_cancelled"]
 
 
+def test_a_test_without_the_database_expires_in_the_sandbox_alone(athm_settings):
+    # No database, no stored payment to move: expire must not trip over the database block.
+    ecommerce_id, _ = athm_settings.create_payment("8.00")
+    assert athm_settings.expire(ecommerce_id)["cancelReason"] == "expired"
+
+
 # -- a sandbox in another process: manage.py athm_sandbox expire ------------------------------
 
 
