@@ -520,6 +520,8 @@ class ATHMovilClient:
         """Create a payment server-side; returns its id and the auth token to capture it.
 
         Amounts are sent as strings with two decimals, so no float ever carries money.
+        ``phone_number`` is the phone ATH Móvil pushes the payment request to; without one
+        (``None``, ``""``) the body carries no ``phoneNumber`` and no push is sent.
         """
         body: dict[str, Any] = {
             "publicToken": self._public_token,
@@ -531,8 +533,9 @@ class ATHMovilClient:
             "metadata2": metadata_2,
             "items": items or [],
         }
-        if phone_number:
-            body["phoneNumber"] = normalize.digits(phone_number)
+        phone_digits = normalize.digits(phone_number) if phone_number is not None else ""
+        if phone_digits:
+            body["phoneNumber"] = phone_digits
         data = self._data(CREATE_PAYMENT, body)
         return self._parse(
             CREATE_PAYMENT,

@@ -96,7 +96,8 @@ _DURATIONS = (
 _URLS = ("API_BASE_URL", "REPORT_BASE_URL", "CHECKOUT_BUTTON_SCRIPT_URL")
 # Where the sandbox serves what a URL setting names, when it is not the sandbox's root.
 _SANDBOX_PATHS = {"CHECKOUT_BUTTON_SCRIPT_URL": "/api/modal/js/athmovil_base.js"}
-_LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+# Hosts that are this machine: plain http to them is the sandbox, never the network.
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 _URL_SAFE = re.compile(r"[A-Za-z0-9._~-]*")
 _GENERATE_HINT = "Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
@@ -292,7 +293,7 @@ def _url_problems(name: str, value: Any) -> list[Problem]:
                 f"(http://127.0.0.1:8765{_SANDBOX_PATHS.get(name, '')}).",
             )
         ]
-    if parts.scheme == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK_HOSTS:
         return [
             Problem(
                 "athm_sync.W002",

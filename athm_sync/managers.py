@@ -195,7 +195,9 @@ def _validate_created_at(created_at: Any) -> datetime:
 
 
 def _validate_phone_number(phone_number: Any) -> str | None:
-    if phone_number is None:
+    """Ten digits (a leading 1 dropped), or ``None`` for no phone number (``None``, ``""`` or
+    only spaces): then ATH Móvil sends the payment request to no phone."""
+    if phone_number is None or (isinstance(phone_number, str) and not phone_number.strip()):
         return None
     digits = "".join(ch for ch in str(phone_number) if ch.isdigit())
     if len(digits) == 11 and digits.startswith("1"):
@@ -328,7 +330,10 @@ class PaymentManager(models.Manager.from_queryset(PaymentQuerySet)):  # type: ig
     ) -> Payment:
         """Create the payment at ATH Móvil and track it, keeping its auth token for capture.
 
-        Arguments are validated before ATH Móvil is called. If the client raises (an
+        ``phone_number`` is where ATH Móvil sends the payment request (a push to that phone's
+        ATH Móvil app); it is optional: without one (``None`` or ``""``) no push is sent until
+        the payment is sent to a phone with ``updatePhoneNumber``. Arguments are validated
+        before ATH Móvil is called. If the client raises (an
         ``athm_sync.client.ATHMovilError``), the error propagates and nothing is stored.
         """
         cleaned = validate_new_payment(

@@ -13,7 +13,8 @@ Fixtures (all named ``athm_...`` so they do not clash with a shop's own):
 ``athm_settings``
     ``ATHM_SYNC`` pointed at the sandbox (``API_BASE_URL``, ``REPORT_BASE_URL``, its tokens,
     ``CHECKOUT_BUTTON_SCRIPT_URL`` at its stand-in for Evertec's button script)
-    through pytest-django's ``settings``, the shop's other keys kept; returns the sandbox.
+    through pytest-django's ``settings``, the shop's other keys kept, and the sandbox's
+    ``expire`` moving the app's deadline of that payment too; returns the sandbox.
 ``athm_customer``
     a :class:`Customer`: pays, confirms, cancels, lets payments expire, refunds in the Business
     app and sends ATH Móvil's webhook, as the people and the service would.
@@ -107,14 +108,37 @@ def athm_sandbox(athm_sandbox_server: SandboxServer) -> Iterator[SandboxServer]:
         athm_sandbox_server.state.reset()
 
 
+# pytest-django's ways of giving a test the database.
+DATABASE_FIXTURES = (
+    "db",
+    "transactional_db",
+    "django_db_reset_sequences",
+    "django_db_serialized_rollback",
+)
+
+
+def uses_the_database(request: pytest.FixtureRequest) -> bool:
+    """Whether the test may use the database (its mark or a pytest-django fixture)."""
+    return request.node.get_closest_marker("django_db") is not None or any(
+        name in request.fixturenames for name in DATABASE_FIXTURES
+    )
+
+
 @pytest.fixture
-def athm_settings(settings: Any, athm_sandbox: SandboxServer) -> SandboxServer:
-    """Point ``ATHM_SYNC`` at the sandbox (bases and tokens), keeping the other keys.
+def athm_settings(
+    request: pytest.FixtureRequest, settings: Any, athm_sandbox: SandboxServer
+) -> Iterator[SandboxServer]:
+    """Point ``ATHM_SYNC`` at the sandbox (bases and tokens), keeping the other keys, and
+    let the sandbox's ``expire`` move the app's deadline of that payment too
+    (:func:`athm_sync.sandbox_expiry.move_deadline_to_now`), so that it is an expiry here;
+    only in a test that uses the database (without it, no payment is stored to move).
 
     Uses pytest-django's ``settings`` fixture, so the change is undone after the test.
-    Returns the sandbox, so a test that needs both asks for this one fixture.
+    Yields the sandbox, so a test that needs both asks for this one fixture.
     """
     require_app()
+    from athm_sync.sandbox_expiry import move_deadline_to_now
+
     state = athm_sandbox.state
     settings.ATHM_SYNC = {
         **getattr(settings, "ATHM_SYNC", {}),
@@ -124,7 +148,12 @@ def athm_settings(settings: Any, athm_sandbox: SandboxServer) -> SandboxServer:
         "PUBLIC_TOKEN": state.public_token,
         "PRIVATE_TOKEN": state.private_token,
     }
-    return athm_sandbox
+    if uses_the_database(request):
+        state.add_expiry_listener(move_deadline_to_now)
+    try:
+        yield athm_sandbox
+    finally:
+        state.remove_expiry_listener(move_deadline_to_now)
 
 
 # -- time ----------------------------------------------------------------------------------

@@ -18,8 +18,9 @@ project.
 (``_checkout_shop.py``) on 127.0.0.1 for a person to click through in a browser: three orders,
 each payable with the phone form (the app's waiting page) or with Evertec's JavaScript button
 (the sandbox's stand-in for its script), and the sandbox's phone page, the customer's ATH
-Móvil app (approve or decline each payment request). It prints the URLs and every signal;
-Ctrl-C stops it and removes the project.
+Móvil app (approve or decline each payment request; ``POST
+/sandbox/payments/<id>/expire`` lets one time out now, an expiry in the shop too). It prints
+the URLs and every signal; Ctrl-C stops it and removes the project.
 """
 
 from __future__ import annotations
@@ -75,7 +76,12 @@ def serve(port: int) -> int:
     with _shop.throwaway_shop("athm-demo-", urls=_shop.CHECKOUT_URLS) as (sandbox, folder):
         import _checkout_shop
 
+        from athm_sync.sandbox_expiry import move_deadline_to_now
+
         _checkout_shop.SANDBOX = sandbox
+        # The sandbox's expire (POST /sandbox/payments/<id>/expire) moves the shop's deadline
+        # too: an expiry, not a cancellation.
+        sandbox.state.add_expiry_listener(move_deadline_to_now)
         connect_receivers()
         try:
             server = _shop.DjangoServer(port)
@@ -93,8 +99,10 @@ def serve(port: int) -> int:
             say(
                 "\nPick an order and pay with any 10-digit phone, or press ATH Móvil's button "
                 f"(it asks {_checkout_shop.PHONE}); then approve or decline the request on the "
-                f"phone page. An unanswered one expires after {_checkout_shop.TIMEOUT} s. "
-                "Signals are printed here. Ctrl-C stops."
+                f"phone page. An unanswered one expires after {_checkout_shop.TIMEOUT} s, or "
+                f"now with: curl -X POST {sandbox.url}/sandbox/payments/<ecommerceId>/expire "
+                f"(the ids: {sandbox.url}/sandbox/payments). Signals are printed here. "
+                "Ctrl-C stops."
             )
             # Ctrl-C, and a plain kill (SIGTERM), stop it the same way, removing the project.
             signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -580,6 +580,16 @@ def test_create_payment_sends_amounts_as_cents_text(client):
     assert sent["publicToken"] == PUBLIC and sent["metadata1"] == "order-7"
 
 
+@pytest.mark.parametrize("phone_number", [None, "", "  "])
+def test_create_payment_without_a_phone_number_sends_no_phone_number(client, phone_number):
+    # No phone: ATH Móvil pushes the payment request to nobody (an empty one is not a phone).
+    with responses.RequestsMock() as mock:
+        mock.post(CREATE, json=success({"ecommerceId": PAYMENT_ID, "auth_token": "jwt"}))
+        client.create_payment(total=Decimal("5.00"), phone_number=phone_number)
+        sent = json.loads(mock.calls[0].request.body)
+    assert "phoneNumber" not in sent
+
+
 def test_create_payment_refuses_float_money(client):
     with pytest.raises(ValueError, match="not a float"):
         client.create_payment(total=12.5)

@@ -166,3 +166,27 @@ def test_serve_offers_evertecs_button_for_the_servers_total_and_its_payment_comp
     read_until(lines, "payment_completed  order-3")
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+
+
+def test_the_sandboxs_expire_over_http_is_an_expiry_in_the_served_shop(demo):
+    process, lines = demo
+    urls = printed_urls(lines)
+    shop, sandbox = urls["shop"], urls["phone"].removesuffix("/phone/")
+    session = requests.Session()
+
+    order = session.get(f"{shop}/orders/order-2/").text
+    waiting = post(session, f"{shop}/orders/order-2/pay/", order, phone_number="787 555 0142")
+    status_url = shop + re.search(r'data-status-url="([^"]+)"', waiting.text).group(1)
+    assert session.get(status_url).json()["seconds_left"] > 100  # a 120 s payment, just made
+    payments = requests.get(f"{sandbox}/sandbox/payments", timeout=10).json()
+    ecommerce_id = next(p["ecommerceId"] for p in payments if p["metadata1"] == "order-2")
+
+    # As the demo tells a person to, with curl: no time moved, no wait for the timeout.
+    expired = requests.post(f"{sandbox}/sandbox/payments/{ecommerce_id}/expire", timeout=10)
+    assert expired.status_code == 200
+
+    # An expiry, not a cancellation: the shop's own deadline passed with the sandbox's.
+    assert settle(session, status_url)["state"] == "expired"
+    read_until(lines, "payment_expired    order-2")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0

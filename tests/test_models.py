@@ -641,6 +641,16 @@ def test_create_via_api_with_the_real_client_and_the_sandbox(own_sandbox):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("phone_number", [None, "", "   "])
+def test_create_via_api_without_a_phone_number_pushes_to_no_phone(own_sandbox, phone_number):
+    payment = Payment.objects.create_via_api(total="12.50", phone_number=phone_number)
+    remote = own_sandbox.payment(str(payment.ecommerce_id))
+    assert remote["status"] == "OPEN" and remote["phoneNumber"] == ""
+    assert own_sandbox.phones() == []  # no payment request reached any phone
+    assert Payment.objects.get().auth_token  # stored, ready to be sent or captured
+
+
+@pytest.mark.django_db
 def test_create_via_api_with_rejected_credentials_stores_nothing(own_sandbox, settings):
     from athm_sync.errors import ATHMovilError
 

@@ -40,6 +40,8 @@ _MARKED_BLOCK = re.compile(r"<!-- quickstart: (\S+) -->\n```\w*\n(.*?)\n```", re
 _FENCE = re.compile(r"^(```|~~~)")
 _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 _HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
+# "... stops it. ## Trying it": prose, then what was meant as a heading, on one line.
+_GLUED_HEADING = re.compile(r"^\s*[^\s#|].*\s#{2,6} \S")
 
 # The shop's own code, which the README leaves to the reader.
 ORDER_MODELS = """\
@@ -271,6 +273,20 @@ def test_every_relative_link_leads_somewhere(path: Path) -> None:
         elif anchor and file.suffix == ".md" and anchor not in anchors(file):
             broken.append(f"{link}: no heading #{anchor} in {file.name}")
     assert not broken, f"{path.name}: " + "; ".join(broken)
+
+
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda path: path.name)
+def test_every_heading_is_a_line_of_its_own(path: Path) -> None:
+    # A heading glued to the paragraph before it renders as prose, and its anchor is lost.
+    lines = prose_lines(path)
+    glued = [line for line in lines if _GLUED_HEADING.search(line)]
+    crowded = [
+        line
+        for before, line in zip(["", *lines], lines, strict=False)
+        if _HEADING.match(line) and before.strip()
+    ]
+    assert not glued, f"{path.name}: a heading inside a line: {glued}"
+    assert not crowded, f"{path.name}: a heading with no blank line before it: {crowded}"
 
 
 def test_the_slugs_follow_github() -> None:

@@ -16,7 +16,7 @@ them and :mod:`.server` serves them over HTTP. For pytest, see :mod:`athm_sync.t
 
 from athm_sync.sandbox.clock import SandboxClock
 from athm_sync.sandbox.counters import ENDPOINTS, Counters
-from athm_sync.sandbox.errors import SandboxError, StateConflict
+from athm_sync.sandbox.errors import ListenerFailed, SandboxError, StateConflict
 from athm_sync.sandbox.faults import FAULT_KINDS, Fault, Faults
 from athm_sync.sandbox.formats import fee_for
 from athm_sync.sandbox.ledger import CANCEL, COMPLETED, CONFIRM, OPEN, Ledger, Payment, Refund
@@ -38,6 +38,7 @@ __all__: list[str] = [
     "Fault",
     "Faults",
     "Ledger",
+    "ListenerFailed",
     "Payment",
     "Refund",
     "SandboxClock",

@@ -20,6 +20,13 @@ class StateConflict(ValueError):
     """A control action that does not fit the payment's state (the control API answers 409)."""
 
 
+class ListenerFailed(Exception):
+    """An expiry listener (a shop in this process) raised; the payment was left as it was.
+
+    The control API answers 500 with the message: the shop, not the sandbox, is at fault.
+    """
+
+
 def unknown_payment(ecommerce_id: str) -> SandboxError:
     """The error ATH Móvil answers for an ecommerceId it does not know."""
     return SandboxError("BTRA_0031", f"ecommerceId {ecommerce_id} does not exist", 400)

@@ -5,8 +5,11 @@ A payment is ``OPEN`` when created (the Payment Button's first call, or ``create
 ``authorization`` call) and ``CANCEL`` when cancelled or expired (``cancel_reason`` says which).
 Only a ``COMPLETED`` payment takes refunds, up to its total.
 
-Expiry is lazy: a payment past its deadline becomes ``CANCEL`` the first time it is read, so
-moving real time (time-machine) expires payments too; :meth:`Ledger.sweep` applies it to all.
+Expiry is lazy: a payment past its deadline (``created + timeout``) becomes ``CANCEL`` the
+first time it is read, so moving real time (time-machine) expires payments too;
+:meth:`Ledger.sweep` applies it to all. :meth:`Ledger.expire` lets one payment's time run out
+at once by moving its creation back, and tells its expiry listeners (a shop in the same
+process, whose own deadline must pass too) before the expiry's webhook is posted.
 Customer actions (:meth:`Ledger.confirm`, :meth:`Ledger.complete`...) post the automatic
 webhooks they owe before they return; API calls leave that to the server.
 """
@@ -23,7 +26,12 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from athm_sync.sandbox.clock import SandboxClock
-from athm_sync.sandbox.errors import SandboxError, StateConflict, unknown_payment
+from athm_sync.sandbox.errors import (
+    ListenerFailed,
+    SandboxError,
+    StateConflict,
+    unknown_payment,
+)
 from athm_sync.sandbox.formats import (
     BUSINESS_CUSTOMER_ID,
     BUSINESS_INDUSTRY,
@@ -75,8 +83,7 @@ class Payment:
     items: list[Any]
     phone_number: str
     timeout: int
-    created: float  # sandbox epoch seconds
-    deadline: float  # created + timeout, unless expire() pulled it in
+    created: float  # sandbox epoch seconds; expire() moves it back
     status: str = OPEN
     cancel_reason: str = ""  # "cancelled" or "expired" once status is CANCEL
     customer_name: str = ""
@@ -97,6 +104,11 @@ class Payment:
     def total_refunded(self) -> Decimal:
         """The sum of this payment's refunds."""
         return sum((r.amount for r in self.refunds), Decimal("0"))
+
+    @property
+    def deadline(self) -> float:
+        """When ATH Móvil expires the payment (sandbox epoch seconds): created + timeout."""
+        return self.created + self.timeout
 
 
 def _parse_timeout(timeout: Any) -> int:
@@ -204,6 +216,8 @@ class Ledger:
         self._tokens = tokens
         self._webhooks = webhooks
         self._lock = lock or threading.RLock()
+        # Told of every payment expire() is about to expire; wiring, not state: reset keeps them.
+        self._expiry_listeners: list[Callable[[str], Any]] = []
         self.reset()
 
     def reset(self) -> None:
@@ -407,7 +421,6 @@ class Ledger:
                 phone_number="" if phone_number is None else str(phone_number),
                 timeout=seconds,
                 created=created,
-                deadline=created + seconds,
             )
             self._push(self._payments[ecommerce_id])
             return ecommerce_id, self._payments[ecommerce_id].auth_token
@@ -542,11 +555,48 @@ class Ledger:
         """The customer cancels: OPEN/CONFIRM -> CANCEL. Returns :meth:`payment`."""
         return self._customer_action(ecommerce_id, "cancel", (OPEN, CONFIRM), self._cancel)
 
+    def add_expiry_listener(self, listener: Callable[[str], Any]) -> None:
+        """Call ``listener(ecommerce_id)`` whenever :meth:`expire` is about to expire a payment
+        (kept across resets; see :meth:`expire`)."""
+        with self._lock:
+            if listener not in self._expiry_listeners:
+                self._expiry_listeners.append(listener)
+
+    def remove_expiry_listener(self, listener: Callable[[str], Any]) -> None:
+        """Stop calling ``listener``; nothing happens if it was not added."""
+        with self._lock:
+            if listener in self._expiry_listeners:
+                self._expiry_listeners.remove(listener)
+
     def expire(self, ecommerce_id: str) -> dict[str, Any]:
-        """Make this payment's deadline pass now: OPEN/CONFIRM -> CANCEL (expired)."""
+        """Let this payment's time run out now, as if nobody had acted for its whole timeout:
+        OPEN/CONFIRM -> CANCEL (expired). Returns :meth:`payment`.
+
+        Its creation moves back by the time it had left, so ``createdAt + timeout`` is now, as
+        it is for a payment that really timed out (findPayment then says CANCEL, the expiry's
+        webhook is dated now). ATH Móvil's answers carry no creation time, so a shop learns of
+        this only from its own clock: the expiry listeners (``athm_sync.sandbox_expiry`` for a
+        shop in this process) are called first, outside the lock, so that the shop's deadline
+        has passed too before the ``expired`` webhook is posted. A listener that raises stops
+        the expiry (:class:`ListenerFailed`): the payment is left as it was.
+        """
+        with self._lock:
+            p = self.get(ecommerce_id)
+            if p.status not in (OPEN, CONFIRM):
+                raise state_error(p, "expire")
+            listeners = list(self._expiry_listeners)
+        for listener in listeners:
+            try:
+                listener(p.ecommerce_id)
+            except Exception as error:
+                raise ListenerFailed(
+                    f"payment {p.ecommerce_id} was not expired: its expiry listener "
+                    f"{getattr(listener, '__qualname__', listener)!s} raised "
+                    f"{type(error).__name__}: {error}"
+                ) from error
 
         def expire(p: Payment) -> None:
-            p.deadline = self._clock.timestamp()
+            p.created -= max(0.0, p.deadline - self._clock.timestamp())
             self.refresh(p)
 
         return self._customer_action(ecommerce_id, "expire", (OPEN, CONFIRM), expire)

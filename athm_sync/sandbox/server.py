@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from athm_sync.sandbox import phone
-from athm_sync.sandbox.errors import SandboxError, StateConflict
+from athm_sync.sandbox.errors import ListenerFailed, SandboxError, StateConflict
 from athm_sync.sandbox.state import SandboxState
 
 logger = logging.getLogger("athm_sync.sandbox")
@@ -440,6 +440,8 @@ class _Handler(BaseHTTPRequestHandler):
             status, answer = 400, {"error": str(exc)}
         except OSError as exc:  # the shop's webhook listener could not be reached
             status, answer = 502, {"error": f"webhook delivery failed: {exc}"}
+        except ListenerFailed as exc:  # the shop in this process, not the sandbox, failed
+            status, answer = 500, {"error": str(exc)}
         self._send_json(status, answer)
         # Expiries noticed while reading (e.g. GET /sandbox/payments) owe their auto webhooks.
         self.state.deliver_webhooks()

@@ -19,6 +19,7 @@ the flat surface the server, the scripts and older tests use; each one delegates
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -271,8 +272,19 @@ class SandboxState:
         return self.ledger.api_cancel(ecommerce_id)
 
     def expire(self, ecommerce_id: str) -> dict[str, Any]:
-        """Make this payment's deadline pass now: OPEN/CONFIRM -> CANCEL (expired)."""
+        """Let this payment's time run out now: its creation moves back by the time it had
+        left, OPEN/CONFIRM -> CANCEL (expired); the expiry listeners are told first. See
+        :meth:`Ledger.expire`."""
         return self.ledger.expire(ecommerce_id)
+
+    def add_expiry_listener(self, listener: Callable[[str], Any]) -> None:
+        """Call ``listener(ecommerce_id)`` before :meth:`expire` expires a payment: how a shop
+        in this process moves its own deadline too (``athm_sync.sandbox_expiry``)."""
+        self.ledger.add_expiry_listener(listener)
+
+    def remove_expiry_listener(self, listener: Callable[[str], Any]) -> None:
+        """Stop calling ``listener`` (added with :meth:`add_expiry_listener`)."""
+        self.ledger.remove_expiry_listener(listener)
 
     def update_phone_number(self, ecommerce_id: str, phone_number: Any) -> dict[str, Any]:
         """The updatePhoneNumber API: change the phone the payment request goes to."""
