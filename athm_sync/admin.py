@@ -16,6 +16,7 @@ from decimal import Decimal
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.views.main import ChangeList
 from django.db.models import QuerySet
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
@@ -554,6 +555,14 @@ def _pretty(value) -> str:
     return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
+class _ChangeListWithoutBodies(ChangeList):
+    """The inbox's list page, which shows neither the body nor the payload: not read, since
+    each can be 64 KiB and a page lists 100 events."""
+
+    def get_queryset(self, request, *args, **kwargs):
+        return super().get_queryset(request, *args, **kwargs).defer("body", "payload")
+
+
 @admin.register(WebhookEvent)
 class WebhookEventAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     """The inbox: every webhook the view accepted, with what came of it and why."""
@@ -589,12 +598,36 @@ class WebhookEventAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         "processed_at",
         "processing_until",
         "next_attempt_at",
+        "body_as_received",
         "payload_readable",
     )
     fields = readonly_fields
     actions = ("reprocess",)
 
-    @admin.display(description="payload, as received")
+    class Media:
+        css = {"all": ["athm_sync/admin.css"]}
+
+    def get_changelist(self, request, **kwargs):
+        return _ChangeListWithoutBodies
+
+    @admin.display(description="body, as received")
+    def body_as_received(self, event: WebhookEvent) -> str:
+        """The body byte for byte (as text when it is UTF-8, as base64 otherwise)."""
+        if not event.body:
+            return (
+                "Not kept: this event was stored before webhook bodies were kept whole "
+                "(migration 0012); the payload below is its parsed reading."
+            )
+        size = len(event.body_bytes())
+        if event.body_encoding == WebhookEvent.BodyEncoding.BASE64:
+            note = (
+                f"{size} bytes, not UTF-8: shown as base64 (WebhookEvent.body_bytes() decodes it)"
+            )
+        else:
+            note = f"{size} bytes of UTF-8, exactly as received"
+        return format_html('<p>{}</p><pre class="athm-raw">{}</pre>', note, event.body)
+
+    @admin.display(description="payload, as parsed (keys sorted)")
     def payload_readable(self, event: WebhookEvent) -> str:
         return _pretty(event.payload)
 

@@ -8,6 +8,7 @@ how often it was checked, and the claim lease that lets overlapping runs split t
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 from decimal import Decimal
 
@@ -435,9 +436,11 @@ class SyncRun(models.Model):
 class WebhookEvent(models.Model):
     """One webhook body the view accepted (the inbox), and what came of it.
 
-    The body is kept exactly as received (``payload``); the other fields are its normalised
-    reading. ``idempotency_key`` is unique: a second delivery of the same event finds this row
-    and changes nothing more.
+    ``body`` is the body byte for byte as it arrived (see :meth:`body_bytes`); ``payload`` is
+    that body parsed (a JSON value: ``9.00`` reads back ``9.0``, spacing is gone and
+    PostgreSQL's ``jsonb`` reorders the keys); the other fields are its normalised reading.
+    ``idempotency_key`` is unique: a second delivery of the same event finds this row and
+    changes nothing more (the first delivery's body is the one kept).
     """
 
     class Outcome(models.TextChoices):
@@ -447,9 +450,25 @@ class WebhookEvent(models.Model):
         REJECTED = "rejected", _("Rejected: ATH Móvil says otherwise")
         IGNORED = "ignored", _("Ignored")
 
+    class BodyEncoding(models.TextChoices):
+        # A UTF-8 body is kept as the text it is; any other bytes (a JSON body in UTF-16 or
+        # UTF-32, which Python's json reads too) as base64, since a text column cannot hold
+        # them (NUL bytes, no valid decoding) and nothing may be lost.
+        UTF8 = "utf-8", _("UTF-8 text")
+        BASE64 = "base64", _("base64 of the bytes (not UTF-8)")
+
     received_at = AwareDateTimeField(_("received at"), default=timezone.now)
     remote_addr = models.GenericIPAddressField(_("remote address"), null=True, blank=True)
     payload = models.JSONField(_("payload"), encoder=DjangoJSONEncoder)
+    # Empty for events stored before bodies were kept (migration 0012).
+    body = models.TextField(_("body, as received"), blank=True, default="", db_default="")
+    body_encoding = models.CharField(
+        _("body encoding"),
+        max_length=8,
+        choices=BodyEncoding.choices,
+        default=BodyEncoding.UTF8,
+        db_default=BodyEncoding.UTF8,
+    )
     transaction_type = models.CharField(_("transaction type"), max_length=16)
     status = models.CharField(_("status"), max_length=16, blank=True)
     ecommerce_id = models.UUIDField(_("eCommerce id"), null=True, blank=True)
@@ -495,6 +514,13 @@ class WebhookEvent(models.Model):
     def __str__(self) -> str:
         subject = self.ecommerce_id or self.reference_number or "-"
         return f"{self.transaction_type} {self.status} webhook ({subject}): {self.outcome}"
+
+    def body_bytes(self) -> bytes:
+        """The body exactly as it was received (``b""`` for an event stored before bodies
+        were kept)."""
+        if self.body_encoding == self.BodyEncoding.BASE64:
+            return base64.b64decode(self.body)
+        return self.body.encode("utf-8")
 
 
 class ReportScan(models.Model):

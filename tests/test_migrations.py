@@ -65,3 +65,24 @@ def test_0004_schedules_rows_that_had_no_schedule_and_records_who_was_given_up(m
     assert list(Payment.objects.due()) == [rows[ids["never_checked"]]]
     assert list(Payment.objects.due(soon)) == [rows[ids["never_checked"]], rows[ids["scheduled"]]]
     assert all(row.next_check_at is not None for row in rows.values())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_0012_leaves_older_webhook_events_without_a_body_and_the_admin_says_so(
+    migrate_to, admin_client
+):
+    from athm_sync.models import WebhookEvent
+
+    old = migrate_to([("athm_sync", "0011_checkout")]).get_model("athm_sync", "WebhookEvent")
+    stored = old.objects.create(
+        payload={"transactionType": "payment"}, transaction_type="payment", idempotency_key="k"
+    )
+
+    migrate_to([("athm_sync", "0012_webhookevent_body")])
+
+    event = WebhookEvent.objects.get(pk=stored.pk)
+    assert (event.body, event.body_encoding, event.body_bytes()) == ("", "utf-8", b"")
+    page = admin_client.get(f"/admin/athm_sync/webhookevent/{event.pk}/change/")
+    assert "Not kept: this event was stored before webhook bodies were kept whole" in (
+        page.content.decode()
+    )
