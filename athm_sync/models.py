@@ -86,7 +86,7 @@ class Payment(models.Model):
     TERMINAL_STATUSES = (Status.COMPLETED, Status.CANCEL, Status.EXPIRED, Status.MISMATCHED)
     ACTIVE_STATUSES = (Status.OPEN, Status.CONFIRM)
 
-    ecommerce_id = models.UUIDField(_("eCommerce id"), primary_key=True, editable=False)
+    ecommerce_id = models.UUIDField(_("eCommerce ID"), primary_key=True, editable=False)
     status = models.CharField(
         _("status"),
         max_length=16,
@@ -103,7 +103,7 @@ class Payment(models.Model):
     total_refunded_amount = _money(_("total refunded amount"))
 
     reference_number = _text(_("reference number"), 100)
-    daily_transaction_id = _text(_("daily transaction id"), 32)
+    daily_transaction_id = _text(_("daily transaction ID"), 32)
     metadata_1 = _text(_("metadata 1"), 40)
     metadata_2 = _text(_("metadata 2"), 40)
     customer_name = _text(_("customer name"), 255)
@@ -262,7 +262,7 @@ class Refund(models.Model):
     amount = MoneyField(_("amount"))
     # Not unique: ATH Móvil reuses the payment's reference number for its refunds.
     reference_number = models.CharField(_("reference number"), max_length=100, blank=True)
-    daily_transaction_id = models.CharField(_("daily transaction id"), max_length=32, blank=True)
+    daily_transaction_id = models.CharField(_("daily transaction ID"), max_length=32, blank=True)
     message = models.CharField(_("message"), max_length=255, blank=True)
     transaction_date = AwareDateTimeField(_("transaction date"), null=True, blank=True)
     created_at = AwareDateTimeField(_("created at"), default=timezone.now)
@@ -314,7 +314,8 @@ class PaymentEvent(models.Model):
     # Receivers that raised and have not been delivered since (still retried, or given up):
     # each has a ReceiverDelivery; a retry that succeeds takes one off.
     receiver_errors = models.PositiveIntegerField(_("receiver errors"), default=0)
-    # Each receiver that raised when the signal was first sent: {"receiver": ..., "error": ...}.
+    # Each receiver that raised when the signal was first sent: {"receiver": ..., "error": ...,
+    # "traceback": ...} (no "traceback" in events recorded before migration 0013).
     errors = models.JSONField(_("receiver errors, in full"), default=list, blank=True)
 
     class Meta:
@@ -359,6 +360,8 @@ class ReceiverDelivery(models.Model):
     last_failed_at = AwareDateTimeField(_("last failed at"))
     next_attempt_at = AwareDateTimeField(_("next attempt at"), null=True, blank=True)
     last_error = models.TextField(_("last error"), blank=True, default="")
+    # The last failure's traceback, bounded and with secrets masked (athm_sync.tracebacks).
+    last_traceback = models.TextField(_("last traceback"), blank=True, default="", db_default="")
     delivered_at = AwareDateTimeField(_("delivered at"), null=True, blank=True)
     given_up_at = AwareDateTimeField(_("given up at"), null=True, blank=True)
 
@@ -401,7 +404,7 @@ class SyncRun(models.Model):
     started_at = AwareDateTimeField(_("started at"), default=timezone.now)
     finished_at = AwareDateTimeField(_("finished at"), null=True, blank=True)
     host = models.CharField(_("host"), max_length=255, blank=True)
-    pid = models.PositiveIntegerField(_("process id"), null=True, blank=True)
+    pid = models.PositiveIntegerField(_("process ID"), null=True, blank=True)
     options = models.JSONField(_("options"), default=dict, blank=True, encoder=DjangoJSONEncoder)
     checked = models.PositiveIntegerField(_("checked"), default=0)
     unchanged = models.PositiveIntegerField(_("unchanged"), default=0)
@@ -471,7 +474,7 @@ class WebhookEvent(models.Model):
     )
     transaction_type = models.CharField(_("transaction type"), max_length=16)
     status = models.CharField(_("status"), max_length=16, blank=True)
-    ecommerce_id = models.UUIDField(_("eCommerce id"), null=True, blank=True)
+    ecommerce_id = models.UUIDField(_("eCommerce ID"), null=True, blank=True)
     reference_number = models.CharField(_("reference number"), max_length=100, blank=True)
     amount = MoneyField(_("amount"), null=True, blank=True)
     idempotency_key = models.CharField(_("idempotency key"), max_length=200, unique=True)
@@ -609,7 +612,7 @@ class UnmatchedRefund(models.Model):
     key = models.CharField(_("key"), max_length=200, unique=True)
     source = models.CharField(_("seen in"), max_length=16)
     reference_number = models.CharField(_("reference number"), max_length=100, blank=True)
-    daily_transaction_id = models.CharField(_("daily transaction id"), max_length=32, blank=True)
+    daily_transaction_id = models.CharField(_("daily transaction ID"), max_length=32, blank=True)
     transaction_date = AwareDateTimeField(_("transaction date"), null=True, blank=True)
     amount = MoneyField(_("amount"))
     customer_name = models.CharField(_("customer name"), max_length=255, blank=True)
