@@ -9,6 +9,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -496,3 +497,21 @@ def test_the_inbox_list_reads_no_bodies(athm_settings, staff):
     assert listing.status_code == 200
     read = [query["sql"] for query in context.captured_queries if "webhookevent" in query["sql"]]
     assert read and not any('"body"' in sql or '"payload"' in sql for sql in read), read
+
+
+def test_a_payment_with_a_refund_in_flight_is_not_offered(athm_settings, login):
+    from athm_sync import clock
+    from athm_sync.models import RefundIntent
+
+    payment = synced(athm_settings, "10.00")
+    RefundIntent.objects.create(
+        payment=payment,
+        amount=Decimal("2.00"),
+        refunded_before=Decimal("0.00"),
+        busy_until=clock.now() + timedelta(minutes=1),
+    )
+
+    page = refund_page(login(superuser=True), payment)
+
+    assert f"another refund of payment {payment.pk} (2.00) is being sent since" in page
+    assert 'name="amount"' not in page
