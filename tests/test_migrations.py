@@ -86,3 +86,16 @@ def test_0012_leaves_older_webhook_events_without_a_body_and_the_admin_says_so(
     assert "Not kept: this event was stored before webhook bodies were kept whole" in (
         page.content.decode()
     )
+
+
+@pytest.mark.django_db
+def test_the_models_need_no_migration_the_app_does_not_ship():
+    """A label (verbose_name) or field changed without its migration would make a shop's own
+    makemigrations write one into the installed package."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("makemigrations", "athm_sync", "--check", "--dry-run", stdout=out)
+    assert "No changes detected" in out.getvalue()
