@@ -1,25 +1,35 @@
 """Read-only admin pages: payments, refunds and webhooks come from ATH Móvil, never from a form.
 
-The auth token is never shown. What the admin does goes through the app's own functions:
+The auth token is never shown. What the admin does goes through the app's own functions, and
+needs the change permission of the page's model (nothing here is edited by hand, so on these
+pages that permission means "may act"; a user with the view permission only looks):
 "Check now" asks ATH Móvil about the selected payments (:func:`athm_sync.sync_payment`),
 "Reprocess" verifies webhook events again (:func:`athm_sync.inbox.process`), "Send again"
-calls failed signal receivers again (:func:`athm_sync.outbox.redeliver`), and "Refund"
-asks for the amount on a confirmation page, then refunds one payment through
-:func:`athm_sync.refunds.refund` (it needs the ``athm_sync.refund_payment`` permission).
+calls failed signal receivers again (:func:`athm_sync.outbox.redeliver`). "Refund" (the
+``athm_sync.refund_payment`` permission) shows what can be refunded of the selection and why
+not the rest (:func:`athm_sync.refunds.refusal`), asks for the amount on a confirmation page,
+then refunds one payment through :func:`athm_sync.refunds.refund`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
+from typing import NamedTuple
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.db.models import QuerySet
+from django.contrib.admin.views.main import ChangeList
+from django.contrib.auth import get_permission_codename
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Q, QuerySet
 from django.template.response import TemplateResponse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.text import format_lazy
 
+from athm_sync import clock
 from athm_sync.models import (
     Payment,
     PaymentEvent,
@@ -30,10 +40,28 @@ from athm_sync.models import (
     UnmatchedRefund,
     WebhookEvent,
 )
-from athm_sync.refunds import MAX_MESSAGE_LENGTH, RefundError, refund, refundable_amount
+from athm_sync.refunds import (
+    MAX_MESSAGE_LENGTH,
+    RefundError,
+    refund,
+    refundable_amount,
+    refusal,
+    unavailable,
+)
 
 # "Check now" asks ATH Móvil about each selected payment while the page waits: a few at most.
+# The other actions that call ATH Móvil or receivers take as many.
 CHECK_NOW_LIMIT = 20
+
+
+def as_spelled(label):
+    """``label`` shown as written on every admin page. The admin capitalises the first letter
+    of each label and column ("ECommerce ID"); a word joiner in front (U+2060: invisible, and
+    without case) leaves ATH Móvil's spelling, "eCommerce ID", as it is."""
+    return format_lazy("\u2060{}", label)
+
+
+ECOMMERCE_ID = as_spelled(Payment._meta.get_field("ecommerce_id").verbose_name)
 
 
 class _ReadOnlyMixin:
@@ -45,6 +73,43 @@ class _ReadOnlyMixin:
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+    def has_act_permission(self, request) -> bool:
+        """May use the page's actions: the model's change permission (never used to edit)."""
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}")
+
+
+# A search made only of what a phone number is written with: "(787) 555-0142", "555-0142".
+_PHONE_SEARCH = re.compile(r"[\d\s()+.\-]+")
+# Fewer digits than this would match too much to be a phone number searched for.
+MIN_PHONE_DIGITS = 4
+
+
+def phone_digits(search: str) -> str:
+    """The digits of a search that looks like a phone number, as phone numbers are stored
+    (digits only), without the country code 1 of an 11-digit number; ``""`` for a search that
+    does not look like one."""
+    if not _PHONE_SEARCH.fullmatch(search.strip() or "x"):
+        return ""
+    digits = re.sub(r"\D", "", search)
+    if len(digits) == 11 and digits.startswith("1"):
+        digits = digits[1:]
+    return digits if len(digits) >= MIN_PHONE_DIGITS else ""
+
+
+class _PhoneSearchMixin:
+    """The search also finds the rows whose stored phone number (digits only) holds the
+    digits of a search written like a phone number ("(787) 555-0142" finds 7875550142)."""
+
+    phone_field = "customer_phone"
+
+    def get_search_results(self, request, queryset, search_term):
+        found, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        digits = phone_digits(search_term)
+        if digits:
+            found = found | queryset.filter(Q(**{f"{self.phone_field}__contains": digits}))
+        return found, may_have_duplicates
 
 
 class RefundInline(_ReadOnlyMixin, admin.TabularInline):
@@ -99,15 +164,26 @@ class RefundForm(forms.Form):
     )
 
 
+def _refunds_off() -> str | None:
+    """Why no refund can be sent at all now (the settings), or ``None``."""
+    from athm_sync.conf import get_settings
+
+    try:
+        return unavailable(get_settings())
+    except ImproperlyConfigured as error:
+        return f"the ATHM_SYNC setting cannot be used: {str(error).rstrip('.')}"
+
+
 @admin.register(Payment)
-class PaymentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
+class PaymentAdmin(_PhoneSearchMixin, _ReadOnlyMixin, admin.ModelAdmin):
     list_display = (
-        "ecommerce_id",
+        "ecommerce_id_spelled",
         "status",
         "total",
         "remote_total",
         "total_refunded_amount",
         "reference_number",
+        "customer_name",
         "metadata_1",
         "created_at",
     )
@@ -117,14 +193,30 @@ class PaymentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         "metadata_1",
         "metadata_2",
         "ecommerce_id",
+        "customer_name",
+        "customer_phone",
         "customer_email",
+    )
+    search_help_text = (
+        "eCommerce ID, reference number, metadata, or the customer's name, e-mail or phone "
+        "number (written any way: (787) 555-0142, 555-0142)"
     )
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     exclude = ("auth_token",)
     inlines = (RefundInline,)
     fieldsets = (
-        (None, {"fields": ("ecommerce_id", "status", "reference_number", "daily_transaction_id")}),
+        (
+            None,
+            {
+                "fields": (
+                    "ecommerce_id_spelled",
+                    "status",
+                    "reference_number",
+                    "daily_transaction_id",
+                )
+            },
+        ),
         (
             "Amounts",
             {"fields": ("total", "subtotal", "tax", "fee", "net_amount", "total_refunded_amount")},
@@ -168,7 +260,11 @@ class PaymentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
 
     actions = ("check_now", "refund_action")
 
-    @admin.action(description="Check the selected payments with ATH Móvil now")
+    @admin.display(description=ECOMMERCE_ID, ordering="ecommerce_id")
+    def ecommerce_id_spelled(self, payment: Payment):
+        return payment.ecommerce_id
+
+    @admin.action(description="Check the selected payments with ATH Móvil now", permissions=["act"])
     def check_now(self, request, queryset):
         """Ask ATH Móvil about each selected payment, through the same path as the poll."""
         from athm_sync.client import ATHMovilError
@@ -187,6 +283,9 @@ class PaymentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         for pk in ids:
             try:
                 outcome = check_payment(pk, source="admin")
+            except ImproperlyConfigured as error:  # nothing can be asked
+                self.message_user(request, f"Not checked: {error}", messages.ERROR)
+                return
             except ATHMovilError as error:  # credentials rejected: nothing else will work
                 failed.append(f"{pk}: {error}")
                 break
@@ -206,39 +305,66 @@ class PaymentAdmin(_ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.action(description="Refund the selected payment…", permissions=["refund"])
     def refund_action(self, request, queryset):
-        """Ask for the amount, then refund one payment (the confirmation page posts back)."""
-        if queryset.count() != 1:
-            self.message_user(request, "Select exactly one payment to refund.", messages.ERROR)
+        """Show which of the selected payments can be refunded and why not the others; for
+        one that can, ask for the amount, and refund it when that page posts back."""
+        payments = list(
+            queryset.select_related("refund_intent").order_by("-created_at", "pk")[
+                : CHECK_NOW_LIMIT + 1
+            ]
+        )
+        if len(payments) > CHECK_NOW_LIMIT:
+            self.message_user(
+                request,
+                f"Select at most {CHECK_NOW_LIMIT} payments; each is refunded on its own page.",
+                messages.ERROR,
+            )
             return None
-        payment = queryset.get()
-        form = RefundForm(request.POST if "confirm" in request.POST else None)
-        if form.is_bound and form.is_valid():
-            try:
-                made = refund(
-                    payment,
-                    form.cleaned_data["amount"],
-                    form.cleaned_data["message"],
-                    refunded_so_far=form.cleaned_data["refunded_so_far"],
-                )
-            except RefundError as error:
-                self.message_user(request, f"Not refunded: {error}", messages.ERROR)
+        form = None
+        if "confirm" in request.POST and len(payments) == 1:
+            form = RefundForm(request.POST)
+            if form.is_valid():
+                self._refund(request, payments[0], form)
+                return None
+        off = _refunds_off()
+        now = clock.now()
+        refused, refundable = [], []
+        for payment in payments:
+            reason = refusal(payment, now=now) or (off and "no refund can be sent now (see above)")
+            if reason is None:
+                refundable.append((payment, refundable_amount(payment)))
             else:
-                self.message_user(
-                    request, f"Refunded ${made.amount} of payment {payment.pk}.", messages.SUCCESS
-                )
-            return None
+                refused.append((payment, reason))
+        single = refundable[0][0] if len(refundable) == 1 else None
+        if single is not None and form is None:
+            form = RefundForm(initial={"refunded_so_far": single.total_refunded_amount})
         context = {
             **self.admin_site.each_context(request),
             "title": "Refund an ATH Móvil payment",
             "opts": self.model._meta,
-            "payment": payment,
-            "refundable": refundable_amount(payment),
-            "form": form
-            if form.is_bound
-            else RefundForm(initial={"refunded_so_far": payment.total_refunded_amount}),
+            "off": off,
+            "payment": single,
+            "refundable": refundable,
+            "refused": refused,
+            "form": form if single is not None else None,
             "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/athm_sync/payment/refund.html", context)
+
+    def _refund(self, request, payment: Payment, form: RefundForm) -> None:
+        """Refund ``payment`` as the confirmation page asked, and say what came of it."""
+        try:
+            made = refund(
+                payment,
+                form.cleaned_data["amount"],
+                form.cleaned_data["message"],
+                refunded_so_far=form.cleaned_data["refunded_so_far"],
+            )
+        except (RefundError, ImproperlyConfigured) as error:
+            self.message_user(request, f"Not refunded: {error}", messages.ERROR)
+        else:
+            self.message_user(
+                request, f"Refunded ${made.amount} of payment {payment.pk}.", messages.SUCCESS
+            )
 
     def get_fieldsets(self, request, obj=None):
         """The "Held" section only for a payment that is held."""
@@ -267,7 +393,7 @@ class RefundAdmin(_ReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(UnmatchedRefund)
-class UnmatchedRefundAdmin(_ReadOnlyMixin, admin.ModelAdmin):
+class UnmatchedRefundAdmin(_PhoneSearchMixin, _ReadOnlyMixin, admin.ModelAdmin):
     """Refunds ATH Móvil reported that no stored payment could be linked to, for a person to
     look at (``athm_sync.unmatched``). Deleting one dismisses it; a scan that reads it again
     lists it again."""
@@ -283,7 +409,7 @@ class UnmatchedRefundAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         "reason",
     )
     list_filter = ("source",)
-    search_fields = ("reference_number", "daily_transaction_id", "customer_name")
+    search_fields = ("reference_number", "daily_transaction_id", "customer_name", "customer_phone")
     date_hierarchy = "first_seen_at"
     readonly_fields = (
         "amount",
@@ -426,11 +552,27 @@ class PaymentEventAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     inlines = (ReceiverDeliveryInline,)
     actions = ("redeliver_action",)
 
+    class Media:
+        css = {"all": ["athm_sync/admin.css"]}
+
     @admin.display(description="receiver errors, in full")
     def errors_readable(self, event: PaymentEvent) -> str:
-        return _pretty(event.errors)
+        """Each receiver that raised when the signal was first sent: its error and traceback."""
+        if not event.errors:
+            return "None: every receiver returned."
+        return format_html_join(
+            "",
+            "<p><strong>{}</strong>: {}</p>{}",
+            (
+                (error.get("receiver", "?"), error.get("error", ""), _traceback(error))
+                for error in event.errors
+            ),
+        )
 
-    @admin.action(description="Send again now: call the failed receivers of the selected events")
+    @admin.action(
+        description="Send again now: call the failed receivers of the selected events",
+        permissions=["act"],
+    )
     def redeliver_action(self, request, queryset):
         """Call each receiver of the selected events that raised and is not delivered since
         (failing or given up) again now; the receivers that succeeded are never called."""
@@ -489,11 +631,22 @@ class ReceiverDeliveryAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         "delivered_at",
         "given_up_at",
         "last_error",
+        "last_traceback_readable",
     )
     fields = readonly_fields
     actions = ("redeliver_action",)
 
-    @admin.action(description="Send again now: call the selected failed receivers")
+    class Media:
+        css = {"all": ["athm_sync/admin.css"]}
+
+    @admin.display(description="last traceback")
+    def last_traceback_readable(self, delivery: ReceiverDelivery) -> str:
+        return _traceback({"traceback": delivery.last_traceback})
+
+    @admin.action(
+        description="Send again now: call the selected failed receivers",
+        permissions=["act"],
+    )
     def redeliver_action(self, request, queryset):
         """Call the selected receivers that are not delivered (failing or given up) again now."""
         _redeliver(self, request, queryset, "at most")
@@ -550,9 +703,28 @@ class SyncRunAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         return _pretty(run.errors)
 
 
+def _traceback(error: dict) -> str:
+    """A recorded traceback in a ``<pre>``, or why there is none."""
+    if error.get("traceback"):
+        return format_html('<pre class="athm-raw">{}</pre>', error["traceback"])
+    return format_html(
+        "<p>{}</p>",
+        "No traceback: recorded before tracebacks were kept (migration 0013), or the receiver "
+        "was not called (not connected any more).",
+    )
+
+
 def _pretty(value) -> str:
     """A JSON value, indented, in a ``<pre>`` (escaped: it may hold what a sender wrote)."""
     return format_html("<pre>{}</pre>", json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+class _ChangeListWithoutBodies(ChangeList):
+    """The inbox's list page, which shows neither the body nor the payload: not read, since
+    each can be 64 KiB and a page lists 100 events."""
+
+    def get_queryset(self, request, *args, **kwargs):
+        return super().get_queryset(request, *args, **kwargs).defer("body", "payload")
 
 
 @admin.register(WebhookEvent)
@@ -564,7 +736,7 @@ class WebhookEventAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         "transaction_type",
         "status",
         "outcome",
-        "ecommerce_id",
+        "ecommerce_id_spelled",
         "reference_number",
         "amount",
         "deliveries",
@@ -578,7 +750,7 @@ class WebhookEventAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         "remote_addr",
         "transaction_type",
         "status",
-        "ecommerce_id",
+        "ecommerce_id_spelled",
         "reference_number",
         "amount",
         "idempotency_key",
@@ -590,28 +762,157 @@ class WebhookEventAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         "processed_at",
         "processing_until",
         "next_attempt_at",
+        "body_as_received",
         "payload_readable",
     )
     fields = readonly_fields
     actions = ("reprocess",)
 
-    @admin.display(description="payload, as received")
+    class Media:
+        css = {"all": ["athm_sync/admin.css"]}
+
+    def get_changelist(self, request, **kwargs):
+        return _ChangeListWithoutBodies
+
+    @admin.display(description=ECOMMERCE_ID, ordering="ecommerce_id")
+    def ecommerce_id_spelled(self, event: WebhookEvent):
+        return event.ecommerce_id
+
+    @admin.display(description="body, as received")
+    def body_as_received(self, event: WebhookEvent) -> str:
+        """The body byte for byte (as text when it is UTF-8, as base64 otherwise)."""
+        if not event.body:
+            return (
+                "Not kept: this event was stored before webhook bodies were kept whole "
+                "(migration 0012); the payload below is its parsed reading."
+            )
+        size = len(event.body_bytes())
+        if event.body_encoding == WebhookEvent.BodyEncoding.BASE64:
+            note = (
+                f"{size} bytes, not UTF-8: shown as base64 (WebhookEvent.body_bytes() decodes it)"
+            )
+        else:
+            note = f"{size} bytes of UTF-8, exactly as received"
+        return format_html('<p>{}</p><pre class="athm-raw">{}</pre>', note, event.body)
+
+    @admin.display(description="payload, as parsed (keys sorted)")
     def payload_readable(self, event: WebhookEvent) -> str:
         return _pretty(event.payload)
 
-    @admin.action(description="Reprocess: verify the selected pending or rejected events again")
+    @admin.action(
+        description="Reprocess: verify the selected pending or rejected events again",
+        permissions=["act"],
+    )
     def reprocess(self, request, queryset):
-        """Verify pending or rejected events with ATH Móvil again and apply what is true."""
-        from athm_sync.conf import get_settings
-        from athm_sync.inbox import process, verification_client
+        """Verify the selected pending or rejected events with ATH Móvil again and apply what
+        is true; say what came of each event selected, the ones skipped too, and why."""
+        events = list(
+            queryset.order_by("received_at", "pk").values_list("pk", "outcome")[
+                : CHECK_NOW_LIMIT + 1
+            ]
+        )
+        if len(events) > CHECK_NOW_LIMIT:
+            self.message_user(
+                request,
+                f"Select at most {CHECK_NOW_LIMIT} events; the next athm_sync run verifies "
+                "every pending event anyway.",
+                messages.ERROR,
+            )
+            return
+        try:
+            lines = _reprocess_events(events)
+        except ImproperlyConfigured as error:
+            self.message_user(request, f"Nothing reprocessed: {error}", messages.ERROR)
+            return
+        tally: dict[str, int] = {}
+        for line in lines:
+            tally[line.result] = tally.get(line.result, 0) + 1
+        summary = ", ".join(f"{count} {result}" for result, count in tally.items())
+        settled = all(line.level == messages.SUCCESS for line in lines)
+        self.message_user(
+            request,
+            f"Reprocessed {len(events)} selected event(s): {summary}.",
+            messages.SUCCESS if settled else messages.WARNING,
+        )
+        for line in lines:
+            self.message_user(request, line.text, line.level)
 
-        conf = get_settings()
-        client = verification_client(conf)
-        events = queryset.filter(outcome__in=[WebhookEvent.Outcome.PENDING, "rejected"])
-        outcomes: dict[str, int] = {}
-        for event in events[:CHECK_NOW_LIMIT]:
-            done = process(event, client, conf=conf, retry_rejected=True)
-            outcome = done.event.outcome if done is not None else "busy"
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items()))
-        self.message_user(request, f"Reprocessed: {summary or 'nothing pending or rejected'}.")
+
+class _ReprocessLine(NamedTuple):
+    """What "Reprocess" made of one selected event: ``result`` is the summary's word for it."""
+
+    result: str
+    text: str
+    level: int
+
+
+# Only these are verified again; a settled event says why it is left as it is.
+_REPROCESSED = (WebhookEvent.Outcome.PENDING, WebhookEvent.Outcome.REJECTED)
+_SETTLED_WHY = {
+    WebhookEvent.Outcome.APPLIED: "it was applied already",
+    WebhookEvent.Outcome.UNCHANGED: "ATH Móvil confirmed it already (no change)",
+    WebhookEvent.Outcome.IGNORED: "it is ignored (see its reason)",
+}
+
+
+def _reprocess_events(events: list[tuple[int, str]]) -> list[_ReprocessLine]:
+    """Verify each pending or rejected event of ``events`` (``(id, outcome)``) again, as the
+    webhook view would (each within ``WEBHOOK_VERIFY_TIMEOUT``), and word what came of every
+    one of them. After an event ATH Móvil could not be asked about, the rest are not tried
+    (each would wait out the same): they say so. Raises ``ImproperlyConfigured`` when the
+    settings cannot be used (nothing is tried)."""
+    from athm_sync import deadlines
+    from athm_sync.conf import get_settings
+    from athm_sync.inbox import process, verification_client
+
+    conf = get_settings()
+    client = verification_client(conf)
+    lines: list[_ReprocessLine] = []
+    unreachable = False
+    for pk, before in events:
+        name = f"Webhook event {pk}"
+        if before not in _REPROCESSED:
+            why = _SETTLED_WHY.get(before, f"it is {before}")
+            lines.append(
+                _ReprocessLine(
+                    "skipped",
+                    f"{name} skipped: {why}; only pending or rejected events are verified again.",
+                    messages.INFO,
+                )
+            )
+            continue
+        if unreachable:
+            lines.append(
+                _ReprocessLine(
+                    "not tried",
+                    f"{name} not tried: ATH Móvil could not be asked about the event before "
+                    f"it; it stays {before}.",
+                    messages.WARNING,
+                )
+            )
+            continue
+        with deadlines.budget(conf.webhook_verify_timeout):
+            done = process(WebhookEvent(pk=pk), client, conf=conf, retry_rejected=True)
+        if done is None:
+            lines.append(
+                _ReprocessLine(
+                    "skipped",
+                    f"{name} skipped: another process is verifying it right now, or settled it "
+                    "since the page was shown.",
+                    messages.INFO,
+                )
+            )
+            continue
+        unreachable = done.unreachable
+        lines.append(_reprocessed_line(name, before, done.event))
+    return lines
+
+
+def _reprocessed_line(name: str, before: str, event: WebhookEvent) -> _ReprocessLine:
+    outcome = WebhookEvent.Outcome
+    if event.outcome in (outcome.APPLIED, outcome.UNCHANGED):
+        word = "applied" if event.outcome == outcome.APPLIED else "no change"
+        return _ReprocessLine(word, f"{name} {word}: {event.reason}", messages.SUCCESS)
+    word = f"still {event.outcome}" if event.outcome == before else str(event.outcome)
+    level = messages.INFO if event.outcome == outcome.IGNORED else messages.ERROR
+    return _ReprocessLine(word, f"{name} {word}: {event.reason}", level)

@@ -3,10 +3,11 @@
 ATH Móvil's webhooks are not signed, are sometimes not sent and may arrive twice, so a webhook
 is only a hint to look now. The flow, for the view and for the ``athm_sync`` run alike:
 
-1. :func:`read_body` and :func:`parse` turn a body into a :class:`Notice`, or raise
-   :class:`InvalidWebhook` with a short reason (the view answers 400).
+1. :func:`read` (:func:`read_body`, then :func:`parse`) turns a body into a :class:`Notice`,
+   or raises :class:`InvalidWebhook` with a short reason (the view answers 400).
 2. :func:`record` stores it as a :class:`~athm_sync.models.WebhookEvent`, keyed by its
-   idempotency key; a second delivery finds the first row instead.
+   idempotency key, with the body byte for byte (:func:`storable_body`); a second delivery
+   finds the first row instead.
 3. :func:`process` asks ATH Móvil (findPayment) whether the event is true. If it is, the
    observation goes through :func:`athm_sync.reconcile.apply`, the same function the poller
    uses, with the webhook's ``cancelled``/``expired`` as the hint. If ATH Móvil contradicts it,
@@ -36,6 +37,7 @@ Decisions:
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -86,7 +88,8 @@ class InvalidWebhook(ValueError):
 
 @dataclass(frozen=True)
 class Notice:
-    """A webhook body, read: what it claims, in the app's types, and the body itself."""
+    """A webhook body, read: what it claims, in the app's types, the body parsed
+    (``payload``) and the bytes as received (``body``; empty for a notice parsed from a dict)."""
 
     transaction_type: str
     status: str
@@ -95,9 +98,16 @@ class Notice:
     amount: Decimal | None
     idempotency_key: str
     payload: dict[str, Any]
+    body: bytes = b""
 
 
 # -- reading -------------------------------------------------------------------------------
+
+
+def read(body: bytes) -> Notice:
+    """The :class:`Notice` a webhook body makes, with the body's bytes kept on it; raises
+    :class:`InvalidWebhook` (see :func:`read_body` and :func:`parse`)."""
+    return dataclasses.replace(parse(read_body(body)), body=bytes(body))
 
 
 def read_body(body: bytes) -> dict[str, Any]:
@@ -256,11 +266,15 @@ def record(
     """
     ignored = notice.transaction_type in IGNORED_TYPES
 
+    body, body_encoding = storable_body(notice.body)
+
     def create() -> WebhookEvent:
         with transaction.atomic():
             return WebhookEvent.objects.create(
                 remote_addr=_ip_or_none(remote_addr),
                 payload=notice.payload,
+                body=body,
+                body_encoding=body_encoding,
                 transaction_type=notice.transaction_type,
                 status=notice.status,
                 ecommerce_id=notice.ecommerce_id,
@@ -279,6 +293,25 @@ def record(
         existing = WebhookEvent.objects.filter(idempotency_key=notice.idempotency_key)
         reconcile.run_locked(lambda: existing.update(deliveries=F("deliveries") + 1))
         return existing.get(), False
+
+
+def storable_body(body: bytes) -> tuple[str, str]:
+    """``body`` as text a database column keeps byte for byte, and its encoding
+    (:class:`~athm_sync.models.WebhookEvent.BodyEncoding`).
+
+    A UTF-8 body (every body ATH Móvil is known to send) is kept as the text it is: its
+    spacing, key order, number spellings, escapes and byte order mark included. Other bytes
+    (a JSON body in UTF-16 or UTF-32, which :func:`read_body` accepts) are kept as base64,
+    since a text column cannot hold them. Either way
+    :meth:`~athm_sync.models.WebhookEvent.body_bytes` gives back the very bytes.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:  # PostgreSQL's text refuses NUL
+        return base64.b64encode(body).decode("ascii"), WebhookEvent.BodyEncoding.BASE64
+    return text, WebhookEvent.BodyEncoding.UTF8
 
 
 def _ip_or_none(value: str | None) -> str | None:

@@ -8,6 +8,7 @@ how often it was checked, and the claim lease that lets overlapping runs split t
 
 from __future__ import annotations
 
+import base64
 from datetime import timedelta
 from decimal import Decimal
 
@@ -85,7 +86,7 @@ class Payment(models.Model):
     TERMINAL_STATUSES = (Status.COMPLETED, Status.CANCEL, Status.EXPIRED, Status.MISMATCHED)
     ACTIVE_STATUSES = (Status.OPEN, Status.CONFIRM)
 
-    ecommerce_id = models.UUIDField(_("eCommerce id"), primary_key=True, editable=False)
+    ecommerce_id = models.UUIDField(_("eCommerce ID"), primary_key=True, editable=False)
     status = models.CharField(
         _("status"),
         max_length=16,
@@ -102,7 +103,7 @@ class Payment(models.Model):
     total_refunded_amount = _money(_("total refunded amount"))
 
     reference_number = _text(_("reference number"), 100)
-    daily_transaction_id = _text(_("daily transaction id"), 32)
+    daily_transaction_id = _text(_("daily transaction ID"), 32)
     metadata_1 = _text(_("metadata 1"), 40)
     metadata_2 = _text(_("metadata 2"), 40)
     customer_name = _text(_("customer name"), 255)
@@ -267,7 +268,7 @@ class Refund(models.Model):
     amount = MoneyField(_("amount"))
     # Not unique: ATH Móvil reuses the payment's reference number for its refunds.
     reference_number = models.CharField(_("reference number"), max_length=100, blank=True)
-    daily_transaction_id = models.CharField(_("daily transaction id"), max_length=32, blank=True)
+    daily_transaction_id = models.CharField(_("daily transaction ID"), max_length=32, blank=True)
     message = models.CharField(_("message"), max_length=255, blank=True)
     transaction_date = AwareDateTimeField(_("transaction date"), null=True, blank=True)
     created_at = AwareDateTimeField(_("created at"), default=timezone.now)
@@ -319,7 +320,8 @@ class PaymentEvent(models.Model):
     # Receivers that raised and have not been delivered since (still retried, or given up):
     # each has a ReceiverDelivery; a retry that succeeds takes one off.
     receiver_errors = models.PositiveIntegerField(_("receiver errors"), default=0)
-    # Each receiver that raised when the signal was first sent: {"receiver": ..., "error": ...}.
+    # Each receiver that raised when the signal was first sent: {"receiver": ..., "error": ...,
+    # "traceback": ...} (no "traceback" in events recorded before migration 0013).
     errors = models.JSONField(_("receiver errors, in full"), default=list, blank=True)
 
     class Meta:
@@ -364,6 +366,8 @@ class ReceiverDelivery(models.Model):
     last_failed_at = AwareDateTimeField(_("last failed at"))
     next_attempt_at = AwareDateTimeField(_("next attempt at"), null=True, blank=True)
     last_error = models.TextField(_("last error"), blank=True, default="")
+    # The last failure's traceback, bounded and with secrets masked (athm_sync.tracebacks).
+    last_traceback = models.TextField(_("last traceback"), blank=True, default="", db_default="")
     delivered_at = AwareDateTimeField(_("delivered at"), null=True, blank=True)
     given_up_at = AwareDateTimeField(_("given up at"), null=True, blank=True)
 
@@ -406,7 +410,7 @@ class SyncRun(models.Model):
     started_at = AwareDateTimeField(_("started at"), default=timezone.now)
     finished_at = AwareDateTimeField(_("finished at"), null=True, blank=True)
     host = models.CharField(_("host"), max_length=255, blank=True)
-    pid = models.PositiveIntegerField(_("process id"), null=True, blank=True)
+    pid = models.PositiveIntegerField(_("process ID"), null=True, blank=True)
     options = models.JSONField(_("options"), default=dict, blank=True, encoder=DjangoJSONEncoder)
     checked = models.PositiveIntegerField(_("checked"), default=0)
     unchanged = models.PositiveIntegerField(_("unchanged"), default=0)
@@ -444,9 +448,11 @@ class SyncRun(models.Model):
 class WebhookEvent(models.Model):
     """One webhook body the view accepted (the inbox), and what came of it.
 
-    The body is kept exactly as received (``payload``); the other fields are its normalised
-    reading. ``idempotency_key`` is unique: a second delivery of the same event finds this row
-    and changes nothing more.
+    ``body`` is the body byte for byte as it arrived (see :meth:`body_bytes`); ``payload`` is
+    that body parsed (a JSON value: ``9.00`` reads back ``9.0``, spacing is gone and
+    PostgreSQL's ``jsonb`` reorders the keys); the other fields are its normalised reading.
+    ``idempotency_key`` is unique: a second delivery of the same event finds this row and
+    changes nothing more (the first delivery's body is the one kept).
     """
 
     class Outcome(models.TextChoices):
@@ -456,12 +462,28 @@ class WebhookEvent(models.Model):
         REJECTED = "rejected", _("Rejected: ATH Móvil says otherwise")
         IGNORED = "ignored", _("Ignored")
 
+    class BodyEncoding(models.TextChoices):
+        # A UTF-8 body is kept as the text it is; any other bytes (a JSON body in UTF-16 or
+        # UTF-32, which Python's json reads too) as base64, since a text column cannot hold
+        # them (NUL bytes, no valid decoding) and nothing may be lost.
+        UTF8 = "utf-8", _("UTF-8 text")
+        BASE64 = "base64", _("base64 of the bytes (not UTF-8)")
+
     received_at = AwareDateTimeField(_("received at"), default=timezone.now)
     remote_addr = models.GenericIPAddressField(_("remote address"), null=True, blank=True)
     payload = models.JSONField(_("payload"), encoder=DjangoJSONEncoder)
+    # Empty for events stored before bodies were kept (migration 0012).
+    body = models.TextField(_("body, as received"), blank=True, default="", db_default="")
+    body_encoding = models.CharField(
+        _("body encoding"),
+        max_length=8,
+        choices=BodyEncoding.choices,
+        default=BodyEncoding.UTF8,
+        db_default=BodyEncoding.UTF8,
+    )
     transaction_type = models.CharField(_("transaction type"), max_length=16)
     status = models.CharField(_("status"), max_length=16, blank=True)
-    ecommerce_id = models.UUIDField(_("eCommerce id"), null=True, blank=True)
+    ecommerce_id = models.UUIDField(_("eCommerce ID"), null=True, blank=True)
     reference_number = models.CharField(_("reference number"), max_length=100, blank=True)
     amount = MoneyField(_("amount"), null=True, blank=True)
     idempotency_key = models.CharField(_("idempotency key"), max_length=200, unique=True)
@@ -504,6 +526,13 @@ class WebhookEvent(models.Model):
     def __str__(self) -> str:
         subject = self.ecommerce_id or self.reference_number or "-"
         return f"{self.transaction_type} {self.status} webhook ({subject}): {self.outcome}"
+
+    def body_bytes(self) -> bytes:
+        """The body exactly as it was received (``b""`` for an event stored before bodies
+        were kept)."""
+        if self.body_encoding == self.BodyEncoding.BASE64:
+            return base64.b64decode(self.body)
+        return self.body.encode("utf-8")
 
 
 class ReportScan(models.Model):
@@ -592,7 +621,7 @@ class UnmatchedRefund(models.Model):
     key = models.CharField(_("key"), max_length=200, unique=True)
     source = models.CharField(_("seen in"), max_length=16)
     reference_number = models.CharField(_("reference number"), max_length=100, blank=True)
-    daily_transaction_id = models.CharField(_("daily transaction id"), max_length=32, blank=True)
+    daily_transaction_id = models.CharField(_("daily transaction ID"), max_length=32, blank=True)
     transaction_date = AwareDateTimeField(_("transaction date"), null=True, blank=True)
     amount = MoneyField(_("amount"))
     customer_name = models.CharField(_("customer name"), max_length=255, blank=True)

@@ -32,7 +32,7 @@ from typing import Any
 from django.db import DatabaseError, transaction
 from django.db.models import Count, F, Min, Q, QuerySet
 
-from athm_sync import clock, database, normalize, reconcile, signals
+from athm_sync import clock, database, normalize, reconcile, signals, tracebacks
 from athm_sync.conf import AthmSyncSettings, get_settings
 from athm_sync.models import PaymentEvent, ReceiverDelivery, fit_to_column
 
@@ -67,6 +67,7 @@ def record_failures(event: PaymentEvent, errors: Iterable[dict[str, str]], now: 
             last_failed_at=now,
             next_attempt_at=now + FIRST_RETRY,
             last_error=error["error"],
+            last_traceback=error.get("traceback", ""),
         )
         for error in errors
     )
@@ -330,13 +331,21 @@ def _failed(
     delivery.attempts += 1
     delivery.last_failed_at = now
     delivery.last_error = reason
+    delivery.last_traceback = tracebacks.full(error) if error is not None else ""
     was_given_up = delivery.given_up_at is not None
     scheduled = None if give_up or was_given_up else next_attempt(delivery, now, conf)
     delivery.next_attempt_at = scheduled
     if scheduled is None and not was_given_up:
         delivery.given_up_at = now
     delivery.save(
-        update_fields=["attempts", "last_failed_at", "last_error", "next_attempt_at", "given_up_at"]
+        update_fields=[
+            "attempts",
+            "last_failed_at",
+            "last_error",
+            "last_traceback",
+            "next_attempt_at",
+            "given_up_at",
+        ]
     )
     given_up_now = scheduled is None and not was_given_up
     exc_info = (type(error), error, error.__traceback__) if error is not None else None

@@ -49,7 +49,7 @@ from asgiref.sync import AsyncToSync, async_to_sync
 from django.db import DatabaseError, OperationalError, connection, transaction
 from django.db.models import Q, QuerySet
 
-from athm_sync import calls, clock, database, normalize, signals
+from athm_sync import calls, clock, database, normalize, signals, tracebacks
 from athm_sync.client import (
     ATHMovilClient,
     ATHMovilError,
@@ -840,7 +840,9 @@ def _send(event: PaymentEvent) -> list[dict[str, str]]:
         error = call_receiver(receiver, signal, sender, arguments)
         if error is None:
             continue
-        errors.append({"receiver": name, "error": describe_error(error)})
+        errors.append(
+            {"receiver": name, "error": describe_error(error), "traceback": tracebacks.full(error)}
+        )
         logger.error(
             "Receiver %s of %s failed for payment %s; its database writes were rolled back",
             name,
@@ -869,8 +871,9 @@ def call_receiver(
 
 
 def describe_error(error: BaseException) -> str:
-    """A receiver's error as it is recorded: its type and message, cut to 500 characters."""
-    return f"{type(error).__name__}: {error}"[:500]
+    """A receiver's error as it is recorded: its type and message, secrets masked, cut to 500
+    characters (:func:`athm_sync.tracebacks.one_line`)."""
+    return tracebacks.one_line(error)
 
 
 def named_receivers(signal: Any, sender: type) -> list[tuple[str, Callable[..., Any]]]:

@@ -99,8 +99,9 @@ def refund(
     is recorded; refunds made elsewhere that the answer reveals become ``Refund`` rows too.
     """
     conf = get_settings()
-    if not conf.private_token:
-        raise RefundError("refunds need ATHM_SYNC['PRIVATE_TOKEN']; it is not configured")
+    off = unavailable(conf)
+    if off is not None:
+        raise RefundError(off)
     text = _message(message)
     wanted = None if amount is None else _amount(amount)
     shown = None if refunded_so_far is None else _amount(refunded_so_far, zero=True)
@@ -304,17 +305,51 @@ def refundable_amount(payment: Payment) -> Decimal:
     return max(charged - payment.total_refunded_amount, Decimal("0.00"))
 
 
-def _check_refundable(payment: Payment, wanted: Decimal | None) -> Decimal:
+def unavailable(conf: AthmSyncSettings) -> str | None:
+    """Why no refund at all can be sent with these settings (``None``: refunds can be sent)."""
+    if not conf.private_token:
+        return "refunds need ATHM_SYNC['PRIVATE_TOKEN']; it is not configured"
+    return None
+
+
+def refusal(payment: Payment, *, now: datetime | None = None) -> str | None:
+    """Why :func:`refund` would refuse ``payment`` before sending anything, in one line, read
+    from the row as it is (``None``: it would send it).
+
+    A status other than COMPLETED or MISMATCHED, no reference number from ATH Móvil yet,
+    nothing left to refund, or another refund of it being sent right now. The admin's refund
+    page says it instead of offering a form; :func:`refund` checks the same again with the
+    row locked. (A refund left behind by a process that died is settled by :func:`refund`
+    first, so it is no refusal.)
+    """
+    reason = _payment_refusal(payment)
+    if reason is not None:
+        return reason
+    try:
+        intent = payment.refund_intent
+    except RefundIntent.DoesNotExist:
+        return None
+    return _in_flight(intent) if intent.busy_until > (now or clock.now()) else None
+
+
+def _payment_refusal(payment: Payment) -> str | None:
     if payment.status not in REFUNDABLE_STATUSES:
-        raise RefundError(
+        return (
             f"payment {payment.pk} is {payment.status}: only a COMPLETED or MISMATCHED payment "
             "can be refunded"
         )
     if not payment.reference_number:
-        raise RefundError(f"payment {payment.pk} has no reference number from ATH Móvil yet")
+        return f"payment {payment.pk} has no reference number from ATH Móvil yet"
+    if refundable_amount(payment) <= 0:
+        return f"payment {payment.pk} is already refunded in full"
+    return None
+
+
+def _check_refundable(payment: Payment, wanted: Decimal | None) -> Decimal:
+    reason = _payment_refusal(payment)
+    if reason is not None:
+        raise RefundError(reason)
     left = refundable_amount(payment)
-    if left <= 0:
-        raise RefundError(f"payment {payment.pk} is already refunded in full")
     if wanted is not None and wanted > left:
         raise RefundError(
             f"payment {payment.pk} has {left} left to refund; {wanted} is more than that"

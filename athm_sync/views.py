@@ -1,7 +1,7 @@
 """The webhook view: ATH Móvil's fast path into the reconciler.
 
-It stores what it accepts and verifies it with ATH Móvil before anything changes (see
-:mod:`athm_sync.inbox`). Answers:
+It stores what it accepts (the body byte for byte, beside its reading) and verifies it with
+ATH Móvil before anything changes (see :mod:`athm_sync.inbox`). Answers:
 
 - 404 when ``WEBHOOK_SECRET`` is not set (webhooks are opt-in) or the token in the URL is
   neither it nor ``WEBHOOK_PREVIOUS_SECRET`` (accepted too while rotating);
@@ -64,7 +64,7 @@ def webhook(request: HttpRequest, token: str) -> HttpResponse:
     if body is None:
         return _refuse(request, token, 413, f"the body is over {inbox.MAX_BODY_BYTES // 1024} KiB")
     try:
-        notice = inbox.parse(inbox.read_body(body))
+        notice = inbox.read(body)
     except inbox.InvalidWebhook as error:
         return _refuse(request, token, 400, str(error))
     try:

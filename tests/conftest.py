@@ -32,15 +32,49 @@ def received(athm_signals: list) -> list:
 
 
 @pytest.fixture
-def staff(client):
-    """The test client, logged in as a staff member who may look at everything of
-    athm_sync's in the admin, and change nothing."""
+def login():
+    """Log a new test client in to the admin: ``login("view")`` as a staff member with the
+    athm_sync permissions whose codenames start with the prefixes given ("view", "change",
+    "refund"), ``login(superuser=True)`` as a superuser."""
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Permission
+    from django.db.models import Q
+    from django.test import Client
 
-    user = get_user_model().objects.create_user("clerk", "clerk@example.com", "pw", is_staff=True)
-    user.user_permissions.add(
-        *Permission.objects.filter(content_type__app_label="athm_sync", codename__startswith="view")
-    )
-    client.force_login(user)
-    return client
+    made = 0
+
+    def log_in(*prefixes: str, superuser: bool = False) -> Client:
+        nonlocal made
+        made += 1
+        users = get_user_model().objects
+        name = f"user{made}"
+        if superuser:
+            user = users.create_superuser(name, f"{name}@example.com", "pw")
+        else:
+            user = users.create_user(name, f"{name}@example.com", "pw", is_staff=True)
+            wanted = Q()
+            for prefix in prefixes:
+                wanted |= Q(codename__startswith=prefix)
+            user.user_permissions.add(
+                *Permission.objects.filter(wanted, content_type__app_label="athm_sync")
+            )
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return log_in
+
+
+@pytest.fixture
+def staff(login):
+    """A test client logged in as a staff member who may look at everything of athm_sync's in
+    the admin, and do nothing."""
+    return login("view")
+
+
+@pytest.fixture
+def operator(login):
+    """A test client logged in as a staff member who may look at everything of athm_sync's in
+    the admin and use its actions ("Check now", "Reprocess", "Send again"; the change
+    permissions), but not refund."""
+    return login("view", "change")

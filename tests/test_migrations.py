@@ -65,3 +65,37 @@ def test_0004_schedules_rows_that_had_no_schedule_and_records_who_was_given_up(m
     assert list(Payment.objects.due()) == [rows[ids["never_checked"]]]
     assert list(Payment.objects.due(soon)) == [rows[ids["never_checked"]], rows[ids["scheduled"]]]
     assert all(row.next_check_at is not None for row in rows.values())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_0013_leaves_older_webhook_events_without_a_body_and_the_admin_says_so(
+    migrate_to, admin_client
+):
+    from athm_sync.models import WebhookEvent
+
+    old = migrate_to([("athm_sync", "0011_checkout")]).get_model("athm_sync", "WebhookEvent")
+    stored = old.objects.create(
+        payload={"transactionType": "payment"}, transaction_type="payment", idempotency_key="k"
+    )
+
+    migrate_to([("athm_sync", "0013_webhookevent_body")])
+
+    event = WebhookEvent.objects.get(pk=stored.pk)
+    assert (event.body, event.body_encoding, event.body_bytes()) == ("", "utf-8", b"")
+    page = admin_client.get(f"/admin/athm_sync/webhookevent/{event.pk}/change/")
+    assert "Not kept: this event was stored before webhook bodies were kept whole" in (
+        page.content.decode()
+    )
+
+
+@pytest.mark.django_db
+def test_the_models_need_no_migration_the_app_does_not_ship():
+    """A label (verbose_name) or field changed without its migration would make a shop's own
+    makemigrations write one into the installed package."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("makemigrations", "athm_sync", "--check", "--dry-run", stdout=out)
+    assert "No changes detected" in out.getvalue()

@@ -417,19 +417,23 @@ def test_health_costs_the_same_queries_however_many_receivers_fail(athm_settings
 
 
 @pytest.mark.parametrize("page", ["receiverdelivery", "paymentevent"])
-def test_the_admin_sends_a_failed_receiver_again_now(athm_settings, receivers, staff, page):
+def test_the_admin_sends_a_failed_receiver_again_now(
+    athm_settings, receivers, operator, staff, page
+):
     track_completed(athm_settings)
     receivers(failures=1)
     run()
     delivery = ReceiverDelivery.objects.get()
     selected = delivery.pk if page == "receiverdelivery" else delivery.event_id
+    send_again = {"action": "redeliver_action", "_selected_action": [str(selected)]}
 
-    listing = staff.get(f"/admin/athm_sync/{page}/").content.decode()
-    done = staff.post(
-        f"/admin/athm_sync/{page}/",
-        {"action": "redeliver_action", "_selected_action": [str(selected)]},
-        follow=True,
-    )
+    # With the view permission only: not offered, and a post of it calls nothing.
+    assert "redeliver_action" not in staff.get(f"/admin/athm_sync/{page}/").content.decode()
+    staff.post(f"/admin/athm_sync/{page}/", send_again)
+    assert rows() == ["steady"] and ReceiverDelivery.objects.get().delivered_at is None
+
+    listing = operator.get(f"/admin/athm_sync/{page}/").content.decode()
+    done = operator.post(f"/admin/athm_sync/{page}/", send_again, follow=True)
 
     assert "redeliver_action" in listing
     said = "Called 1 failed receiver(s) again: 1 delivered, 0 failed again."
@@ -437,7 +441,7 @@ def test_the_admin_sends_a_failed_receiver_again_now(athm_settings, receivers, s
     assert rows() == ["flaky", "steady"]  # now, before its backoff; steady not again
     delivery.refresh_from_db()
     assert delivery.delivered_at is not None
-    event_page = staff.get(f"/admin/athm_sync/paymentevent/{delivery.event_id}/change/")
+    event_page = operator.get(f"/admin/athm_sync/paymentevent/{delivery.event_id}/change/")
     assert f"{__name__}.flaky" in event_page.content.decode()
 
 

@@ -93,3 +93,24 @@ def test_nothing_younger_than_the_retention_is_pruned(athm_settings, settings):
 
     assert pruned == {"webhook_events": 0, "payment_events": 0, "sync_runs": 0}
     assert retention.prune(get_settings(), clock.now() + timedelta(days=8))["sync_runs"] == 1
+
+
+def test_pruning_webhook_events_deletes_their_bodies_without_reading_them(athm_settings):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for n in range(3):
+        WebhookEvent.objects.create(
+            payload={"message": "x" * 60_000},
+            body='{"message": "' + "x" * 60_000 + '"}',
+            transaction_type="payment",
+            idempotency_key=f"big-{n}",
+            outcome="ignored",
+        )
+
+    with CaptureQueriesContext(connection) as context:
+        pruned = retention.prune(get_settings(), clock.now() + timedelta(days=91))
+
+    assert pruned["webhook_events"] == 3 and not WebhookEvent.objects.exists()
+    read = [query["sql"] for query in context.captured_queries if "webhookevent" in query["sql"]]
+    assert not any('"body"' in sql or '"payload"' in sql for sql in read), read

@@ -16,6 +16,7 @@ import pytest
 from django.db import OperationalError
 from django.test import Client
 from django.urls import reverse
+from django.utils.html import escape
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -99,7 +100,7 @@ def test_a_genuine_completion_fires_payment_completed_once_without_a_poll(athm, 
     assert event.ecommerce_id == payment.pk and event.payment_id == payment.pk
     assert event.remote_addr == "10.1.2.3"
     assert event.amount == Decimal("10.00")
-    assert event.payload["ecommerceId"] == str(payment.pk)  # the body as received
+    assert event.payload["ecommerceId"] == str(payment.pk)  # the body, parsed
     assert event.idempotency_key == f"ecommerce:{payment.pk}:completed"
 
 
@@ -344,6 +345,113 @@ def test_stray_spaces_around_the_ids_are_accepted(athm, web, received):
     # The same event spelled differently is still the same event.
     body["ecommerceId"] = str(payment.pk).upper()
     assert post(web, body).json()["duplicate"] is True
+
+
+# -- the body, byte for byte ---------------------------------------------------------------
+
+
+def completion_bytes(payment: Payment, sandbox) -> bytes:
+    """A completion of ``payment`` as ATH Móvil might format it: its own key order, spacing,
+    line ends, ``9.00``-style amounts, an escaped and a literal accent."""
+    fields = sandbox.webhook_payload(str(payment.pk), "completed")
+    return (
+        "{\r\n"
+        f'  "total" : 10.00,  "ecommerceId": "{payment.pk}",\n'
+        '\t"transactionType":"ecommerce", "status":"completed",\n'
+        f'  "referenceNumber": "{fields["referenceNumber"]}",'
+        '  "fee": 0.6000000238418579, "tax": 0.00, "name": "Ana R\\u00edos", "message": "¡Gracias!"'
+        "\r\n}"
+    ).encode()
+
+
+def test_the_body_is_kept_byte_for_byte_beside_its_parsed_payload(athm, web, received):
+    sandbox = athm
+    payment = track(sandbox)
+    sandbox.complete(str(payment.pk))
+    body = completion_bytes(payment, sandbox)
+
+    assert post(web, body).json()["outcome"] == "applied"
+
+    event = WebhookEvent.objects.get()
+    assert event.body_bytes() == body
+    assert event.body == body.decode() and event.body_encoding == "utf-8"
+    assert event.payload["total"] == 10.0 and event.payload["name"] == "Ana Ríos"  # parsed
+    assert '"total" : 10.00,' in event.body and "R\\u00edos" in event.body
+
+
+def test_every_stored_event_keeps_its_body_rejected_and_ignored_ones_too(athm, web, received):
+    sandbox = athm
+    payment = track(sandbox)  # ATH Móvil says OPEN: a completion is rejected
+    forged = completion_bytes(payment, sandbox)
+    donation = b'{"transactionType": "donation", "status": "completed", "total": 5.00}'
+
+    assert post(web, forged).json()["outcome"] == "rejected"
+    assert post(web, donation).json()["outcome"] == "ignored"
+
+    bodies = {event.outcome: event.body_bytes() for event in WebhookEvent.objects.all()}
+    assert bodies == {"rejected": forged, "ignored": donation}
+
+
+@pytest.mark.parametrize(
+    ("codec", "kept_as"),
+    [("utf-8-sig", "utf-8"), ("utf-16", "base64"), ("utf-16-le", "base64"), ("utf-32", "base64")],
+)
+def test_a_body_in_any_encoding_json_reads_is_given_back_whole(athm, web, received, codec, kept_as):
+    """A byte order mark stays in the text; bytes that are not UTF-8 are kept as base64."""
+    sandbox = athm
+    payment = track(sandbox)
+    sandbox.complete(str(payment.pk))
+    body = json.dumps(sandbox.webhook_payload(str(payment.pk))).encode(codec)
+
+    assert post(web, body).json()["outcome"] == "applied"
+
+    event = WebhookEvent.objects.get()
+    assert event.body_encoding == kept_as and event.body_bytes() == body
+
+
+def test_a_body_of_64_kib_is_kept_whole(athm, web):
+    body = b'{"transactionType": "payment", "message": ""}'
+    body = body[:-1] + b" " * (inbox.MAX_BODY_BYTES - len(body)) + b"}"
+    assert len(body) == inbox.MAX_BODY_BYTES
+
+    assert post(web, body).status_code == 200
+
+    assert WebhookEvent.objects.get().body_bytes() == body
+
+
+def test_a_duplicate_keeps_the_first_body(athm, web, received):
+    sandbox = athm
+    payment = track(sandbox)
+    sandbox.complete(str(payment.pk))
+    first = completion_bytes(payment, sandbox)
+    post(web, first)
+
+    assert post(web, json.dumps(json.loads(first)).encode()).json()["duplicate"] is True
+
+    event = WebhookEvent.objects.get()
+    assert event.deliveries == 2 and event.body_bytes() == first
+
+
+def test_the_admin_shows_the_body_as_received_beside_the_payload(athm, web, admin_client):
+    sandbox = athm
+    payment = track(sandbox)
+    sandbox.complete(str(payment.pk))
+    post(web, completion_bytes(payment, sandbox))
+    simulated = json.dumps({"transactionType": "simulated"}).encode("utf-32")
+    assert post(web, simulated).status_code == 200
+    utf8, utf32 = sorted(
+        WebhookEvent.objects.all(), key=lambda event: event.body_encoding != "utf-8"
+    )
+
+    page = admin_client.get(f"/admin/athm_sync/webhookevent/{utf8.pk}/change/").content.decode()
+    other = admin_client.get(f"/admin/athm_sync/webhookevent/{utf32.pk}/change/").content.decode()
+
+    raw = page.split('<pre class="athm-raw">')[1].split("</pre>")[0]
+    assert raw == escape(utf8.body)  # every space, line end and escape, HTML-escaped only
+    assert "&quot;total&quot; : 10.00," in raw and "R\\u00edos" in raw
+    assert "exactly as received" in page and "athm_sync/admin.css" in page
+    assert "&quot;total&quot;: 10.0," in page  # the parsed payload, beside it
+    assert "not UTF-8: shown as base64" in other and utf32.body in other
 
 
 # -- ATH Móvil down ------------------------------------------------------------------------
