@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from decimal import Decimal
 
 import pytest
@@ -148,7 +149,8 @@ def test_calls_are_bounded_and_a_refund_linked_to_nothing_is_listed_and_logged_o
     assert code == 0 and "1 matching no payment (listed in the admin)" in out
     assert sandbox.counts()["findPayment"] == 0  # a listed refund costs no call again
     assert caplog.text.count("listed for review") == 1
-    assert "555" not in caplog.text  # never the customer's phone
+    # Never the customer's phone, however written (a random reference may hold "555").
+    assert not re.search(r"555\D?0100", caplog.text)
     unmatched = UnmatchedRefund.objects.get()
     assert unmatched.times_seen == 2 and unmatched.reference_number == reference
     page = admin_client.get("/admin/athm_sync/unmatchedrefund/").content.decode()
