@@ -37,10 +37,12 @@ JSON_KEYS = {
     "pruned",
     "errors",
     "error_count",
+    "error_kinds",
     "duration_seconds",
     "dry_run",
     "exit_code",
     "stopped",
+    "error",
 }
 
 
@@ -197,15 +199,18 @@ def test_json_summary_is_the_only_thing_on_stdout(story, received):
             "given_up": 0,
             "failing": 0,
             "failing_since": None,
+            "given_up_unacknowledged": 0,
         },
         "webhooks": {"applied": 0, "unchanged": 0, "rejected": 0, "ignored": 0, "pending": 0},
         "backfill": None,
         "pruned": {"webhook_events": 0, "payment_events": 0, "sync_runs": 0},
         "errors": [],
         "error_count": 0,
+        "error_kinds": {},
         "dry_run": False,
         "exit_code": 0,
         "stopped": None,
+        "error": None,
     }
     assert len(received) == 4
 
@@ -501,8 +506,10 @@ def test_exit_2_for_a_bad_setting(athm_settings, settings):
     settings.ATHM_SYNC = {**settings.ATHM_SYNC, "PUBLIC_TOKEN": ""}
     code, out, err = run("--json")
     assert code == 2
-    assert "PUBLIC_TOKEN" in assert_one_line(err)
-    assert out == ""
+    line = assert_one_line(err)
+    assert "PUBLIC_TOKEN" in line
+    # The one document on stdout says the same: a monitor parsing it is never left empty.
+    assert json.loads(out) == {"exit_code": 2, "error": line.removeprefix("athm_sync: error: ")}
     assert not SyncRun.objects.exists()
 
 
@@ -653,7 +660,7 @@ def test_an_unexpected_crash_is_recorded_and_releases_claims(athm_settings, monk
     sync_run = SyncRun.objects.get()
     assert sync_run.exit_code == 2 and sync_run.finished_at is not None
     assert sync_run.errors == [
-        {"ecommerce_id": "", "reason": "run aborted: RuntimeError: disk full"}
+        {"ecommerce_id": "", "reason": "run aborted: RuntimeError: disk full", "kind": "aborted"}
     ]
     assert not Payment.objects.exclude(claimed_by="").exists()
 

@@ -443,4 +443,5 @@ def test_a_backfill_shows_progress_on_a_terminal(athm_settings):
     code, out, _ = call("athm_sync", "--from-date", start, "--to-date", today(), stderr=stderr)
 
     assert code == 0 and "1/3" in stderr.getvalue() and "3/3" in stderr.getvalue()
-    assert "backfill: 4 report row(s) in 3 range(s); payments created 2" in out
+    assert f"backfill {start} to {today()}: 4 report row(s) in 3 range(s)" in out
+    assert "payments: created 2, updated 0, already up to date 0" in out
