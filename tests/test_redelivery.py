@@ -138,6 +138,7 @@ def test_a_receiver_that_raised_once_is_called_again_alone_after_the_backoff(
         "given_up": 0,
         "failing": 0,
         "failing_since": None,
+        "given_up_unacknowledged": 0,
     }
     assert retried["signals_sent"] == 0 and retried["receiver_errors"] == 0
     assert rows() == ["flaky", "steady"]  # steady was not called again
@@ -310,9 +311,16 @@ def test_a_receiver_that_keeps_failing_is_given_up_loudly_once(
     errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name != RECONCILE]
     assert len(errors) == 1 and "Gave up on receiver" in errors[0].getMessage()
     assert f"--redeliver {delivery.pk}" in errors[0].getMessage()
-    # Given up: no more calls, and the runs are clean again (health still counts it).
-    assert after["receivers"]["retried"] == 0 and code == 0
+    # Given up: no more calls, but every run still lists it (exit 1) until a person
+    # acknowledges it; then the runs are clean again.
+    assert after["receivers"]["retried"] == 0 and code == 1
+    assert after["receivers"]["given_up_unacknowledged"] == 1
+    assert [error["kind"] for error in after["errors"]] == ["receiver_given_up"]
+    assert f"--acknowledge {delivery.pk}" in after["errors"][0]["reason"]
     assert Fulfilment.objects.filter(kind="flaky").count() == 0
+    assert call("athm_sync", "--acknowledge", str(delivery.pk))[0] == 0
+    code, acknowledged = run()
+    assert code == 0 and acknowledged["errors"] == []
 
 
 def test_a_receiver_no_longer_connected_is_given_up_with_the_reason(
@@ -411,8 +419,9 @@ def test_health_costs_the_same_queries_however_many_receivers_fail(athm_settings
 
     with CaptureQueriesContext(connection) as context:
         health = check_health()
-    # runs, given up, held, receivers; unhealthy, the latest run is read too, to name it
-    assert len(context.captured_queries) == 5
+    # the latest run, the payments (given up, failing), held, receivers, the refund scan;
+    # the latest run failed: the last success too; none is recent: the newest run, to name it
+    assert len(context.captured_queries) == 7
     assert (health.healthy, health.receivers_failing) == (False, 3)
 
 
