@@ -215,7 +215,8 @@ class Command(OneLineErrorCommand):
         except ConnectionLost as error:
             self._fail_with_report(runner.report, str(error))
         except StopNow as stopped:
-            self._fail_with_report(runner.report, f"{stopped}; its claims were released")
+            message = f"{stopped}; its claims were released"
+            self._fail_with_report(runner.report, message, stopped.exit_code)
         self._end_progress()
         self._print_report(report)
         if report.stopped:
@@ -402,14 +403,17 @@ class Command(OneLineErrorCommand):
         self._end_progress()
         self.fail(message, exit_code)
 
-    def _fail_with_report(self, report: RunReport, message: str) -> NoReturn:
+    def _fail_with_report(
+        self, report: RunReport, message: str, exit_code: int | None = None
+    ) -> NoReturn:
         """End a run that could not finish (credentials rejected, the connection lost, a
         second signal): its summary, then the one line; with ``--json`` one document, the
-        summary with ``error`` set to that line."""
+        summary with ``error`` set to that line. ``exit_code``: the report's unless told."""
         self._end_progress()
         if not self._json:
             self._print_report(report, always=True)
-        self.fail(message, report.exit_code, document=report.as_json())
+        code = report.exit_code if exit_code is None else exit_code
+        self.fail(message, code, document=report.as_json())
 
     def _print_report(self, report: RunReport, *, always: bool = False) -> None:
         """The run's summary: its JSON document, or its lines for a person. Nothing (one line
