@@ -5,7 +5,8 @@ needs the change permission of the page's model (nothing here is edited by hand,
 pages that permission means "may act"; a user with the view permission only looks):
 "Check now" asks ATH Móvil about the selected payments (:func:`athm_sync.sync_payment`),
 "Reprocess" verifies webhook events again (:func:`athm_sync.inbox.process`), "Send again"
-calls failed signal receivers again (:func:`athm_sync.outbox.redeliver`). "Refund" (the
+calls failed signal receivers again (:func:`athm_sync.outbox.redeliver`), "Acknowledge"
+marks given-up ones as settled by hand (:func:`athm_sync.outbox.acknowledge`). "Refund" (the
 ``athm_sync.refund_payment`` permission) shows what can be refunded of the selection and why
 not the rest (:func:`athm_sync.refunds.refusal`), asks for the amount on a confirmation page,
 then refunds one payment through :func:`athm_sync.refunds.refund`.
@@ -510,6 +511,7 @@ class ReceiverDeliveryInline(_ReadOnlyMixin, admin.TabularInline):
         "next_attempt_at",
         "delivered_at",
         "given_up_at",
+        "acknowledged_at",
         "last_error",
     )
     readonly_fields = fields
@@ -587,13 +589,22 @@ class ReceiverStateFilter(admin.SimpleListFilter):
     parameter_name = "state"
 
     def lookups(self, request, model_admin):
-        return (("failing", "Failing"), ("given_up", "Given up"), ("delivered", "Delivered"))
+        return (
+            ("failing", "Failing"),
+            ("given_up", "Given up, not acknowledged"),
+            ("acknowledged", "Given up, acknowledged"),
+            ("delivered", "Delivered"),
+        )
 
     def queryset(self, request, queryset):
         if self.value() == "failing":
             return queryset.filter(delivered_at__isnull=True, given_up_at__isnull=True)
         if self.value() == "given_up":
-            return queryset.filter(delivered_at__isnull=True, given_up_at__isnull=False)
+            return queryset.filter(
+                delivered_at__isnull=True, given_up_at__isnull=False, acknowledged_at__isnull=True
+            )
+        if self.value() == "acknowledged":
+            return queryset.filter(delivered_at__isnull=True, acknowledged_at__isnull=False)
         if self.value() == "delivered":
             return queryset.filter(delivered_at__isnull=False)
         return queryset
@@ -615,6 +626,7 @@ class ReceiverDeliveryAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         "next_attempt_at",
         "delivered_at",
         "given_up_at",
+        "acknowledged_at",
     )
     list_filter = (ReceiverStateFilter, "event__kind")
     search_fields = ("receiver", "event__payment__ecommerce_id", "event__payment__metadata_1")
@@ -630,11 +642,12 @@ class ReceiverDeliveryAdmin(_ReadOnlyMixin, admin.ModelAdmin):
         "next_attempt_at",
         "delivered_at",
         "given_up_at",
+        "acknowledged_at",
         "last_error",
         "last_traceback_readable",
     )
     fields = readonly_fields
-    actions = ("redeliver_action",)
+    actions = ("redeliver_action", "acknowledge_action")
 
     class Media:
         css = {"all": ["athm_sync/admin.css"]}
@@ -650,6 +663,41 @@ class ReceiverDeliveryAdmin(_ReadOnlyMixin, admin.ModelAdmin):
     def redeliver_action(self, request, queryset):
         """Call the selected receivers that are not delivered (failing or given up) again now."""
         _redeliver(self, request, queryset, "at most")
+
+    def has_acknowledge_permission(self, request) -> bool:
+        """Acknowledging silences a given-up receiver: the change permission, not view."""
+        return request.user.has_perm("athm_sync.change_receiverdelivery")
+
+    @admin.action(
+        description="Acknowledge: their orders are settled by hand, stop reporting them",
+        permissions=["acknowledge"],
+    )
+    def acknowledge_action(self, request, queryset):
+        """Mark the selected given-up receivers as settled (:func:`athm_sync.outbox.acknowledge`):
+        runs stop listing them, ``--health`` stops counting them. Others are left alone, and
+        the message says why."""
+        from athm_sync.outbox import acknowledge
+
+        rows = list(queryset.values_list("pk", "delivered_at", "given_up_at", "acknowledged_at"))
+        given_up = [pk for pk, delivered, given, seen in rows if not delivered and given]
+        done = acknowledge(
+            [pk for pk, delivered, given, seen in rows if pk in given_up and not seen]
+        )
+        skipped = {
+            "delivered": sum(1 for _, delivered, _, _ in rows if delivered),
+            "still being retried (they count until delivered or given up)": sum(
+                1 for _, delivered, given, _ in rows if not delivered and not given
+            ),
+            "acknowledged already": len(given_up) - len(done),
+        }
+        words = "; ".join(f"{n} {why}" for why, n in skipped.items() if n)
+        self.message_user(
+            request,
+            f"Acknowledged {len(done)} given-up receiver(s)"
+            + (f"; left alone: {words}" if words else "")
+            + ".",
+            messages.SUCCESS if done else messages.WARNING,
+        )
 
 
 @admin.register(SyncRun)

@@ -4,7 +4,8 @@ django-crontab calls the job's function inside ``manage.py crontab run``, logs a
 with a traceback and exits 0 whatever happened, so cron never sees a failure. This job runs
 ``manage.py athm_sync`` and turns its exit status into one log line instead (on
 ``athm_sync.cron``, at ERROR): with the job's output sent to a log file (the README's
-example) and ``manage.py athm_sync --health`` in your monitoring, a failing run is seen.
+example) and ``manage.py athm_sync --health`` in your monitoring, a failing run is seen. A run
+with nothing to say writes nothing there, so the file grows with events, not every minute.
 """
 
 from __future__ import annotations

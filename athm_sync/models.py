@@ -350,7 +350,9 @@ class ReceiverDelivery(models.Model):
     is named by its dotted path (``module.qualname``) and found again among the signal's live
     receivers at each retry; only it is called again, never the receivers that succeeded.
     Outstanding while neither ``delivered_at`` nor ``given_up_at`` is set; due at
-    ``next_attempt_at``.
+    ``next_attempt_at``. A given-up one needs a person until it is delivered (``--redeliver``)
+    or ``acknowledged_at`` is set (the admin's "Acknowledge", ``--acknowledge``): until then
+    every run lists it and ``--health`` is unhealthy.
     """
 
     event = models.ForeignKey(
@@ -370,6 +372,8 @@ class ReceiverDelivery(models.Model):
     last_traceback = models.TextField(_("last traceback"), blank=True, default="", db_default="")
     delivered_at = AwareDateTimeField(_("delivered at"), null=True, blank=True)
     given_up_at = AwareDateTimeField(_("given up at"), null=True, blank=True)
+    # A person saw it given up and settled it by hand: no run lists it, --health ignores it.
+    acknowledged_at = AwareDateTimeField(_("acknowledged at"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("ATH Móvil failed receiver")
@@ -398,10 +402,13 @@ class ReceiverDelivery(models.Model):
 
     @property
     def state(self) -> str:
-        """``delivered``, ``given up`` or ``failing``."""
+        """``delivered``, ``acknowledged`` (given up, settled by a person), ``given up`` or
+        ``failing``."""
         if self.delivered_at is not None:
             return "delivered"
-        return "given up" if self.given_up_at is not None else "failing"
+        if self.given_up_at is None:
+            return "failing"
+        return "acknowledged" if self.acknowledged_at is not None else "given up"
 
 
 class SyncRun(models.Model):

@@ -14,6 +14,12 @@ longer connected (removed or renamed) is given up at once, with that reason. A p
 send any outstanding one again at once (:func:`redeliver`: the admin's action and
 ``manage.py athm_sync --redeliver``), a given-up one included.
 
+A failed receiver counts against the sync (every run lists it in its errors and exits 1;
+``--health`` is unhealthy) while it is *unsettled* (:func:`unsettled`): failing, or given up
+and not acknowledged. It stops counting when it is delivered (a retry, ``--redeliver``), or,
+once given up, when a person acknowledges it (:func:`acknowledge`: the admin's action and
+``manage.py athm_sync --acknowledge``), having settled its order by hand.
+
 Each retry is made the way the first send was: one transaction holds the retry's mark and
 what the receiver writes (in a savepoint), so a process killed at any moment either leaves
 the retry to be made again or has made it once. Two processes never retry the same receiver
@@ -49,6 +55,10 @@ ALL = "all"
 
 class RedeliveryError(ValueError):
     """Ids that cannot be sent again (not a number, no such failed receiver, delivered)."""
+
+
+class AcknowledgeError(ValueError):
+    """Ids that cannot be acknowledged (no such failed receiver, delivered, still retried)."""
 
 
 # -- recording a failure (in the sending transaction) -------------------------------------
@@ -107,6 +117,18 @@ def outstanding() -> QuerySet[ReceiverDelivery]:
     return ReceiverDelivery.objects.filter(delivered_at__isnull=True)
 
 
+def given_up_unacknowledged() -> QuerySet[ReceiverDelivery]:
+    """Receivers given up, not delivered since, that no person has acknowledged yet."""
+    return ReceiverDelivery.objects.filter(
+        delivered_at__isnull=True, given_up_at__isnull=False, acknowledged_at__isnull=True
+    )
+
+
+def unsettled() -> QuerySet[ReceiverDelivery]:
+    """The receivers that count against the sync: failing, or given up and not acknowledged."""
+    return ReceiverDelivery.objects.filter(delivered_at__isnull=True, acknowledged_at__isnull=True)
+
+
 def due(now: datetime) -> QuerySet[ReceiverDelivery]:
     """The failing receivers whose retry is due at ``now``, most overdue first (an index)."""
     return failing().filter(next_attempt_at__lte=now).order_by("next_attempt_at", "pk")
@@ -114,25 +136,39 @@ def due(now: datetime) -> QuerySet[ReceiverDelivery]:
 
 @dataclass(frozen=True)
 class Status:
-    """How many receivers are failing and since when; how many were given up lately."""
+    """How many receivers are failing and since when; how many were given up lately; how
+    many given-up ones no person has acknowledged yet (however long ago)."""
 
     failing: int
     failing_since: datetime | None
     given_up: int
+    given_up_unacknowledged: int = 0
+    given_up_unacknowledged_since: datetime | None = None
 
 
 def status(given_up_since: datetime) -> Status:
-    """One query: the failing receivers (how many, the first failure among them) and those
-    given up since ``given_up_since`` and not delivered since."""
+    """One query: the failing receivers (how many, the first failure among them), those
+    given up since ``given_up_since`` and not delivered since, and those given up and not
+    acknowledged (how many, the first given up among them)."""
+    given_up = Q(given_up_at__isnull=False)
+    unacknowledged = given_up & Q(acknowledged_at__isnull=True)
     counts = ReceiverDelivery.objects.filter(
-        Q(given_up_at__isnull=True) | Q(given_up_at__gte=given_up_since),
+        Q(given_up_at__isnull=True) | Q(given_up_at__gte=given_up_since) | unacknowledged,
         delivered_at__isnull=True,
     ).aggregate(
         failing=Count("pk", filter=Q(given_up_at__isnull=True)),
         since=Min("first_failed_at", filter=Q(given_up_at__isnull=True)),
-        given_up=Count("pk", filter=Q(given_up_at__isnull=False)),
+        given_up=Count("pk", filter=Q(given_up_at__gte=given_up_since)),
+        unacknowledged=Count("pk", filter=unacknowledged),
+        unacknowledged_since=Min("given_up_at", filter=unacknowledged),
     )
-    return Status(counts["failing"], counts["since"], counts["given_up"])
+    return Status(
+        counts["failing"],
+        counts["since"],
+        counts["given_up"],
+        counts["unacknowledged"],
+        counts["unacknowledged_since"],
+    )
 
 
 def describe(delivery: ReceiverDelivery) -> str:
@@ -145,6 +181,11 @@ def describe(delivery: ReceiverDelivery) -> str:
     )
     if delivery.given_up_at is not None:
         line += f"; given up at {delivery.given_up_at:%Y-%m-%d %H:%M:%S} UTC"
+        if delivery.acknowledged_at is None:
+            line += (
+                f" (--redeliver {delivery.pk} calls it again, --acknowledge {delivery.pk} "
+                "once its order is settled by hand)"
+            )
     elif delivery.next_attempt_at is not None:
         line += f"; next attempt at {delivery.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC"
     return f"{line}: {error}"
@@ -206,18 +247,18 @@ def retry_due(
     return _attempt_each(ids, conf or get_settings(), due_at=now)
 
 
-def parse_ids(values: Sequence[str]) -> list[int] | None:
-    """``--redeliver``'s values: ids, or ``all`` alone (``None``); raises
-    :class:`RedeliveryError`."""
+def parse_ids(values: Sequence[str], option: str = "--redeliver") -> list[int] | None:
+    """``--redeliver``'s (or ``--acknowledge``'s) values: ids, or ``all`` alone (``None``);
+    raises :class:`RedeliveryError`."""
     values = [str(value).strip() for value in values]
     if ALL in (value.lower() for value in values):
         if len(values) > 1:
-            raise RedeliveryError("--redeliver takes ids or 'all', not both")
+            raise RedeliveryError(f"{option} takes ids or 'all', not both")
         return None
     ids: list[int] = []
     for value in values:
         if not value.isdigit() or int(value) < 1:
-            raise RedeliveryError(f"--redeliver {value!r} is not a failed receiver's id (or 'all')")
+            raise RedeliveryError(f"{option} {value!r} is not a failed receiver's id (or 'all')")
         if int(value) not in ids:
             ids.append(int(value))
     return ids
@@ -248,6 +289,52 @@ def redeliver(
                 "a delivered receiver is never called again"
             )
     return _attempt_each(ids, conf or get_settings(), due_at=None)
+
+
+def acknowledge(ids: Sequence[int] | None = None, *, now: datetime | None = None) -> list[int]:
+    """Mark the given given-up receivers as settled by a person, so that runs stop listing
+    them and ``--health`` stops counting them; ``None``: every given-up one not acknowledged
+    yet. Returns the ids acknowledged now (one acknowledged already is left as it was).
+
+    Raises :class:`AcknowledgeError`, having changed nothing, when an id is not a failed
+    receiver, was delivered, or is still being retried (it counts until it is delivered or
+    given up: ``--redeliver`` calls it now).
+    """
+    now = now or clock.now()
+    if ids is None:
+        ids = list(given_up_unacknowledged().order_by("pk").values_list("pk", flat=True))
+    else:
+        ids = list(dict.fromkeys(ids))
+        found = {
+            row["pk"]: row
+            for row in ReceiverDelivery.objects.filter(pk__in=ids).values(
+                "pk", "delivered_at", "given_up_at", "acknowledged_at"
+            )
+        }
+        missing = [str(pk) for pk in ids if pk not in found]
+        if missing:
+            raise AcknowledgeError(f"no failed receiver with id {', '.join(missing)}")
+        for refused, why in (
+            (
+                [str(pk) for pk in ids if found[pk]["delivered_at"] is not None],
+                "was delivered: there is nothing to acknowledge",
+            ),
+            (
+                [str(pk) for pk in ids if found[pk]["given_up_at"] is None],
+                "is still being retried: it counts until it is delivered or given up "
+                "(--redeliver calls it now)",
+            ),
+        ):
+            if refused:
+                raise AcknowledgeError(f"failed receiver {', '.join(refused)} {why}")
+        ids = [pk for pk in ids if found[pk]["acknowledged_at"] is None]
+    if not ids:
+        return []
+    reconcile.run_locked(
+        lambda: given_up_unacknowledged().filter(pk__in=ids).update(acknowledged_at=now)
+    )
+    logger.info("Acknowledged given-up receiver(s) %s", ", ".join(map(str, ids)))
+    return ids
 
 
 def _attempt_each(ids: Sequence[int], conf: AthmSyncSettings, due_at: datetime | None) -> Attempts:
@@ -389,11 +476,14 @@ __all__ = [
     "FIRST_RETRY",
     "MAX_RETRY_INTERVAL",
     "RETRY_BATCH",
+    "AcknowledgeError",
     "Attempt",
     "Attempts",
     "RedeliveryError",
     "Status",
+    "acknowledge",
     "failing",
+    "given_up_unacknowledged",
     "next_attempt",
     "outstanding",
     "parse_ids",
@@ -402,4 +492,5 @@ __all__ = [
     "retry_delay",
     "retry_due",
     "status",
+    "unsettled",
 ]

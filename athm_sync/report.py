@@ -315,12 +315,18 @@ def backfill_id(row: ReportTransaction) -> uuid.UUID:
 
 @dataclass
 class BackfillResult:
-    """What a backfill did, chunk after chunk (the ``backfill`` key of ``--json``)."""
+    """What a backfill did, chunk after chunk (the ``backfill`` key of ``--json``).
+
+    Each completed eCommerce row names one payment, which is ``payments_created`` (new here),
+    ``payments_updated`` (stored, and the report changed it) or ``payments_unchanged`` (stored
+    as the report has it already); ``refunds`` are the refunds recorded.
+    """
 
     chunks: int = 0
     rows: int = 0
     payments_created: int = 0
     payments_updated: int = 0
+    payments_unchanged: int = 0
     refunds: int = 0
     skipped_types: dict[str, int] = field(default_factory=dict)
     unparsable: list[str] = field(default_factory=list)
@@ -331,6 +337,7 @@ class BackfillResult:
             "rows": self.rows,
             "payments_created": self.payments_created,
             "payments_updated": self.payments_updated,
+            "payments_unchanged": self.payments_unchanged,
             "refunds": self.refunds,
             "skipped": dict(self.skipped_types),
             "unparsable": list(self.unparsable),
@@ -424,5 +431,7 @@ def _import_payment(
         result.payments_created += 1
     elif outcome.changed:
         result.payments_updated += 1
+    elif not outcome.error:
+        result.payments_unchanged += 1
     result.refunds += sum(1 for event in outcome.events if event.refund_id)
     return outcome

@@ -7,7 +7,8 @@ through an index, so the cost of a run stays bounded and a backlog clears over a
 
 - webhook events that are settled (any outcome but ``pending``);
 - payment events whose signal was sent (a pending one is never lost), but never one with a
-  receiver still being retried (``athm_sync.outbox``); a given-up one goes with its event;
+  receiver still being retried, or given up and not acknowledged by a person
+  (``athm_sync.outbox``: it is still reported); an acknowledged one goes with its event;
 - sync runs (one that never finished died long before the cutoff).
 
 Payments and refunds are never deleted: they are the shop's records of money.
@@ -30,8 +31,8 @@ BATCH = 1000
 def prune(conf: AthmSyncSettings, now: datetime, batch: int = BATCH) -> dict[str, int]:
     """Delete one batch of each kind of old history; returns how many rows of each."""
     cutoff = now - conf.history_retention
-    retried = ReceiverDelivery.objects.filter(
-        event=OuterRef("pk"), delivered_at__isnull=True, given_up_at__isnull=True
+    unsettled = ReceiverDelivery.objects.filter(
+        event=OuterRef("pk"), delivered_at__isnull=True, acknowledged_at__isnull=True
     )
     old: dict[str, tuple[type[models.Model], Q, str]] = {
         "webhook_events": (
@@ -41,7 +42,7 @@ def prune(conf: AthmSyncSettings, now: datetime, batch: int = BATCH) -> dict[str
         ),
         "payment_events": (
             PaymentEvent,
-            Q(created_at__lt=cutoff, dispatched_at__isnull=False) & ~Exists(retried),
+            Q(created_at__lt=cutoff, dispatched_at__isnull=False) & ~Exists(unsettled),
             "created_at",
         ),
         # A run that started that long ago and never finished died long ago: it goes too.

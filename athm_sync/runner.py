@@ -65,9 +65,50 @@ ABANDONED_BATCH = 100
 WEBHOOK_OUTCOMES = ("applied", "unchanged", "rejected", "ignored", "pending")
 
 
+class ErrorKind:
+    """The ``kind`` of each entry of a run's ``errors`` (docs/operations.md lists them): what
+    went wrong, for a monitor to count (``error_kinds``) without parsing the reasons."""
+
+    # A payment could not be checked: ATH Móvil failed or could not be reached after the
+    # retries, answered something invalid, or its answer could not be stored.
+    PAYMENT_NOT_CHECKED = "payment_not_checked"
+    # ATH Móvil failed for STOP_AFTER_FAILURES payments in a row: the run stopped early.
+    ATH_MOVIL_DOWN = "ath_movil_down"
+    # Signals the database would not let be read or sent: they stay pending for the next run.
+    SIGNALS_UNSENT = "signals_unsent"
+    # A signal receiver that raised and is still retried; one given up that no person has
+    # acknowledged (athm_sync.outbox).
+    RECEIVER_FAILING = "receiver_failing"
+    RECEIVER_GIVEN_UP = "receiver_given_up"
+    # The transaction report failed (the refund scan or a backfill); a report row a backfill
+    # could not import.
+    REPORT_FAILED = "report_failed"
+    REPORT_ROW_SKIPPED = "report_row_skipped"
+    # The database refused a read or a write the run needed (the rest of the run went on).
+    DATABASE = "database_error"
+    # The database connection died mid-run: the run stopped there.
+    CONNECTION_LOST = "connection_lost"
+    # Exit 2: ATH Móvil rejected the credentials; the run failed unexpectedly (a bug).
+    CREDENTIALS_REJECTED = "credentials_rejected"
+    ABORTED = "aborted"
+    # A second signal stopped the run at once.
+    STOPPED = "stopped"
+    # Written by a later run on a run that never recorded its end (exit -1).
+    ABANDONED = "abandoned"
+    # The SyncRun row's last entry when more errors were counted than listed.
+    NOT_LISTED = "not_listed"
+
+
 def _no_receivers() -> dict[str, Any]:
     """The ``receivers`` document of a run that retried none and found none failing."""
-    return {"retried": 0, "delivered": 0, "given_up": 0, "failing": 0, "failing_since": None}
+    return {
+        "retried": 0,
+        "delivered": 0,
+        "given_up": 0,
+        "failing": 0,
+        "failing_since": None,
+        "given_up_unacknowledged": 0,
+    }
 
 
 # A payment to ask ATH Móvil about, and whether it may be captured.
@@ -142,9 +183,11 @@ class RunReport:
     refund_scan: dict[str, Any] | None = None
     backfill: dict[str, Any] | None = None
     pruned: dict[str, int] = field(default_factory=dict)
-    # The first SAMPLE_SIZE errors; error_count counts them all.
+    # The first SAMPLE_SIZE errors ({"ecommerce_id", "reason", "kind"}); error_count counts
+    # them all, error_kinds counts them all by kind.
     errors: list[dict[str, str]] = field(default_factory=list)
     error_count: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
     duration_seconds: float = 0.0
     exit_code: int = EXIT_OK
     # The first SAMPLE_SIZE changes (``on_change`` sees every one).
@@ -158,15 +201,24 @@ class RunReport:
     # The run's calls to ATH Móvil by endpoint, with their retries and failures by kind
     # (athm_sync.calls); recorded in SyncRun.calls, not in the --json document.
     api_calls: dict[str, Any] = field(default_factory=dict)
+    # The one line the command ended with (exit 2, a lost connection...), for ``--json``.
+    error: str | None = None
     _connect_failures: int = 0
 
-    def add_error(self, ecommerce_id: Any, reason: str) -> None:
-        """Count an error, and keep it when fewer than ``SAMPLE_SIZE`` are kept."""
-        self.error_count += 1
-        if "could not connect" in reason:
+    def add_error(self, ecommerce_id: Any, reason: str, kind: str, *, always: bool = False) -> None:
+        """Count an error of ``kind`` (an :class:`ErrorKind`), and keep it when fewer than
+        ``SAMPLE_SIZE`` are kept, or ``always`` (what ended the run)."""
+        self.count_errors(kind, 1)
+        if kind == ErrorKind.PAYMENT_NOT_CHECKED and "could not connect" in reason:
             self._connect_failures += 1
-        if len(self.errors) < SAMPLE_SIZE:
-            self.errors.append({"ecommerce_id": str(ecommerce_id), "reason": reason})
+        if always or len(self.errors) < SAMPLE_SIZE:
+            self.errors.append({"ecommerce_id": str(ecommerce_id), "reason": reason, "kind": kind})
+
+    def count_errors(self, kind: str, count: int) -> None:
+        """Count ``count`` errors of ``kind`` without listing them (they are past the sample)."""
+        if count > 0:
+            self.error_count += count
+            self.error_kinds[kind] = self.error_kinds.get(kind, 0) + count
 
     def add_change(self, change: Change) -> None:
         """Count nothing (the transitions are counted apart); keep the first changes."""
@@ -175,8 +227,46 @@ class RunReport:
 
     @property
     def only_connect_failures(self) -> bool:
-        """Whether there were errors and every one says ATH Móvil could not be reached."""
-        return self.error_count > 0 and self._connect_failures == self.error_count
+        """Whether payments could not be checked and for every one ATH Móvil could not be
+        reached."""
+        failed = self.error_kinds.get(ErrorKind.PAYMENT_NOT_CHECKED, 0)
+        return failed > 0 and self._connect_failures == failed
+
+    @property
+    def quiet(self) -> bool:
+        """Whether nothing happened a person would want to read about: only checks that
+        changed nothing (and old history pruned). The command prints nothing then."""
+        return self.is_quiet()
+
+    def is_quiet(self, *, unsettled_receivers: bool = True) -> bool:
+        """:attr:`quiet`; with ``unsettled_receivers=False``, receivers still failing or given
+        up since an earlier run (listed in every run's errors) do not count as news."""
+        receivers = self.receivers
+        scan = self.refund_scan or {}
+        errors = self.error_count
+        if not unsettled_receivers:
+            errors -= self.error_kinds.get(ErrorKind.RECEIVER_FAILING, 0)
+            errors -= self.error_kinds.get(ErrorKind.RECEIVER_GIVEN_UP, 0)
+        return not (
+            any(self.transitions.values())
+            or self.captured
+            or self.given_up
+            or self.signals_sent
+            or self.receiver_errors
+            or self.redispatched
+            or receivers["retried"]
+            or (unsettled_receivers and receivers["failing"])
+            or (unsettled_receivers and receivers["given_up_unacknowledged"])
+            or self.webhooks["rejected"]
+            or self.webhooks["pending"]
+            or scan.get("refunds")
+            or scan.get("linked")
+            or scan.get("unmatched")
+            or scan.get("unparsable")
+            or errors > 0
+            or (self.exit_code and (unsettled_receivers or self.exit_code != EXIT_ERRORS))
+            or self.stopped
+        )
 
     @property
     def errors_not_listed(self) -> int:
@@ -200,10 +290,12 @@ class RunReport:
             "pruned": dict(self.pruned),
             "errors": list(self.errors),
             "error_count": self.error_count,
+            "error_kinds": dict(self.error_kinds),
             "duration_seconds": round(self.duration_seconds, 3),
             "dry_run": self.dry_run,
             "exit_code": self.exit_code,
             "stopped": self.stopped,
+            "error": self.error,
         }
 
 
@@ -305,7 +397,10 @@ def close_abandoned_runs(closed_by: str, now: datetime | None = None) -> int:
             ).update(
                 finished_at=now,
                 exit_code=EXIT_ABANDONED,
-                errors=[*(run.errors or []), {"ecommerce_id": "", "reason": reason}],
+                errors=[
+                    *(run.errors or []),
+                    {"ecommerce_id": "", "reason": reason, "kind": ErrorKind.ABANDONED},
+                ],
             )
         )
     if closed:
@@ -443,23 +538,49 @@ class Runner:
         report.ath_down = report.unreachable or self._gave_up_on_ath
         self._count_calls()
         if not self.options.dry_run:
-            self._list_failing_receivers()
+            self._list_unsettled_receivers()
         if failure is not None:
             report.exit_code = EXIT_CANNOT_RUN
-            report.add_error("", str(failure))
+            report.add_error("", str(failure), ErrorKind.CREDENTIALS_REJECTED, always=True)
         elif self._asked_to_stop():
             report.stopped = self._stop_reason()
             report.exit_code = exit_code_for(report.stopped)
-        elif report.error_count or report.receiver_errors:
-            # A receiver that raised, or one still failing since an earlier run, left the
-            # shop's side of a transition undone: say so (each is listed in the errors).
+            if report.exit_code == EXIT_ERRORS:  # a caller's reason, not a signal: say it
+                report.add_error(
+                    "", f"stopped before its end: {report.stopped}", ErrorKind.STOPPED, always=True
+                )
+        elif report.error_count:
+            # Exit 1 always has its reasons listed: a monitor never sees it with no errors.
             report.exit_code = EXIT_ERRORS
         if sync_run is not None:
             database.on_new_connection(lambda: self._finish(sync_run))
             self._prune()
+        self._log_summary()
         if failure is not None:
             raise failure
         return report
+
+    def _log_summary(self) -> None:
+        """The run's summary in one log line: INFO when something happened, DEBUG for a run
+        that only checked payments that did not change (so a log grows with events)."""
+        report = self.report
+        transitions = ", ".join(f"{kind} {n}" for kind, n in report.transitions.items() if n)
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(report.error_kinds.items()))
+        logger.log(
+            logging.DEBUG if report.quiet else logging.INFO,
+            "Run %s%s ended with exit %d: checked %d (unchanged %d), %s; signals sent %d, "
+            "receiver errors %d; errors %d%s",
+            self.run_id,
+            " (dry run)" if report.dry_run else "",
+            report.exit_code,
+            report.checked,
+            report.unchanged,
+            f"transitions: {transitions}" if transitions else "no transitions",
+            report.signals_sent,
+            report.receiver_errors,
+            report.error_count,
+            f" ({kinds})" if kinds else "",
+        )
 
     def _work(self, pool: ThreadPoolExecutor, client: ATHMovilClient) -> None:
         """What a run that writes does: a backfill, or the webhooks left pending, the refunds
@@ -516,8 +637,7 @@ class Runner:
         cause = database.first_line(error)
         message = f"the database connection was lost: {cause}"
         # Listed even when the sample is full: it is what ended the run.
-        report.error_count += 1
-        report.errors.append({"ecommerce_id": "", "reason": message})
+        report.add_error("", message, ErrorKind.CONNECTION_LOST, always=True)
         parts = [
             message,
             f"the run stopped after {report.checked} payment(s); the others are left for the "
@@ -548,7 +668,11 @@ class Runner:
         except DatabaseError as error:
             if database.connection_lost(error):
                 raise
-            self._record_error("", f"signals left by an earlier run could not be read: {error}")
+            self._record_error(
+                "",
+                f"signals left by an earlier run could not be read: {error}",
+                ErrorKind.SIGNALS_UNSENT,
+            )
             return
         report = self.report
         report.redispatched = dispatched.leftovers
@@ -557,18 +681,20 @@ class Runner:
         if dispatched.connection_lost:
             raise ConnectionLost(dispatched.failures[-1][1])
         if dispatched.problem:
-            self._record_error("", dispatched.problem)
+            self._record_error("", dispatched.problem, ErrorKind.SIGNALS_UNSENT)
 
     def _retry_receivers(self) -> None:
         """Call again the receivers that raised earlier and are due for a retry (a bounded
         batch, ``outbox.RETRY_BATCH``). Each that fails again counts as a receiver error;
-        one given up now is listed in the errors (the failing ones are listed at the end)."""
+        those still failing and those given up are listed at the end of the run."""
         try:
             attempts = outbox.retry_due(conf=self.conf)
         except DatabaseError as error:
             if database.connection_lost(error):
                 raise
-            self._record_error("", f"failed receivers could not be retried: {error}")
+            self._record_error(
+                "", f"failed receivers could not be retried: {error}", ErrorKind.DATABASE
+            )
             return
         if attempts.connection_lost:
             raise ConnectionLost(attempts.problems[-1][1])
@@ -577,31 +703,55 @@ class Runner:
             retried=len(attempts.done), delivered=attempts.delivered, given_up=attempts.given_up
         )
         report.receiver_errors += attempts.failed
-        for attempt in attempts.done:
-            if attempt.given_up:
-                self._record_error(attempt.ecommerce_id, attempt.description)
         for pk, reason in attempts.problems:
-            self._record_error("", f"failed receiver {pk} could not be retried: {reason}")
+            self._record_error(
+                "", f"failed receiver {pk} could not be retried: {reason}", ErrorKind.DATABASE
+            )
 
-    def _list_failing_receivers(self) -> None:
-        """List every receiver still failing in the errors (the first ``SAMPLE_SIZE``; the
-        count is exact): until it is delivered or given up, no run looks clean."""
+    def _list_unsettled_receivers(self) -> None:
+        """List every receiver still failing, and every one given up that no person has
+        acknowledged, in the errors (the first ``SAMPLE_SIZE``; the counts are exact): until
+        it is delivered or acknowledged, no run looks clean."""
         try:
             rows = list(
-                outbox.failing()
+                outbox.unsettled()
                 .select_related("event")
                 .order_by("first_failed_at", "pk")[:SAMPLE_SIZE]
             )
-            total = len(rows) if len(rows) < SAMPLE_SIZE else outbox.failing().count()
+            failing = [row for row in rows if row.given_up_at is None]
+            given_up = len(rows) - len(failing)
+            if len(rows) < SAMPLE_SIZE:
+                total_failing, total_given_up = len(failing), given_up
+            else:
+                total_failing = outbox.failing().count()
+                total_given_up = outbox.given_up_unacknowledged().count()
         except DatabaseError as error:
-            self._record_error("", f"failed receivers could not be read: {error}")
+            self._record_error(
+                "", f"failed receivers could not be read: {error}", ErrorKind.DATABASE
+            )
             return
         report = self.report
-        report.receivers["failing"] = total
-        report.receivers["failing_since"] = rows[0].first_failed_at.isoformat() if rows else None
+        report.receivers["failing"] = total_failing
+        report.receivers["failing_since"] = (
+            failing[0].first_failed_at.isoformat() if failing else None
+        )
+        report.receivers["given_up_unacknowledged"] = total_given_up
         for delivery in rows:
-            self._record_error(delivery.event.payment_id, outbox.describe(delivery))
-        report.error_count += total - len(rows)
+            kind = ErrorKind.RECEIVER_FAILING
+            if delivery.given_up_at is not None:
+                kind = ErrorKind.RECEIVER_GIVEN_UP
+            self._record_error(delivery.event.payment_id, outbox.describe(delivery), kind)
+        report.count_errors(ErrorKind.RECEIVER_FAILING, total_failing - len(failing))
+        report.count_errors(ErrorKind.RECEIVER_GIVEN_UP, total_given_up - given_up)
+        if report.receiver_errors and not rows:
+            # They raised during this run and were delivered since (another process retried
+            # them) or their record is gone: still, the shop's side was late.
+            self._record_error(
+                "",
+                f"{report.receiver_errors} signal receiver call(s) raised during this run "
+                "(rolled back alone) and are no longer recorded as failing",
+                ErrorKind.RECEIVER_FAILING,
+            )
 
     def _abort(self, sync_run: SyncRun | None, error: BaseException, started: float) -> None:
         report = self.report
@@ -614,9 +764,11 @@ class Runner:
         else:
             report.exit_code = EXIT_CANNOT_RUN
         reason = f"run aborted: {type(error).__name__}: {error}".rstrip(": ")
+        kind = ErrorKind.ABORTED
+        if isinstance(error, StopNow | KeyboardInterrupt):
+            kind = ErrorKind.STOPPED
         # Listed even when the sample is full: it is what ended the run.
-        report.error_count += 1
-        report.errors.append({"ecommerce_id": "", "reason": reason[:1000]})
+        report.add_error("", reason[:1000], kind, always=True)
         if sync_run is None:
             return
         try:
@@ -649,7 +801,11 @@ class Runner:
         sync_run.errors = list(report.errors)
         if report.errors_not_listed:
             sync_run.errors.append(
-                {"ecommerce_id": "", "reason": f"and {report.errors_not_listed} more error(s)"}
+                {
+                    "ecommerce_id": "",
+                    "reason": f"and {report.errors_not_listed} more error(s)",
+                    "kind": ErrorKind.NOT_LISTED,
+                }
             )
         sync_run.exit_code = report.exit_code
         sync_run.calls = dict(report.api_calls)
@@ -707,7 +863,9 @@ class Runner:
         except AuthenticationError:
             raise
         except ATHMovilError as error:
-            self._record_error("", f"refund scan: the transaction report failed: {error}")
+            self._record_error(
+                "", f"refund scan: the transaction report failed: {error}", ErrorKind.REPORT_FAILED
+            )
             return
         self.report.refund_scan = scan.as_json()
         for outcome in scan.outcomes:
@@ -723,7 +881,12 @@ class Runner:
             self._progress(0, self._total)
 
         def counted(outcome: reconcile.Outcome) -> None:
-            self.report.checked += 1
+            # Each payment the report named (or whose refunds it showed) is one checked, unless
+            # it could not be stored (an error); one stored as the report has it already is one
+            # unchanged.
+            if not outcome.error:
+                self.report.checked += 1
+                self.report.unchanged += not (outcome.events or outcome.changed)
             self._record_outcome(outcome)
 
         try:
@@ -740,11 +903,17 @@ class Runner:
         except AuthenticationError:
             raise
         except ATHMovilError as error:
-            self._record_error("", f"backfill: the transaction report failed: {error}")
+            self._record_error(
+                "", f"backfill: the transaction report failed: {error}", ErrorKind.REPORT_FAILED
+            )
             return
         self.report.backfill = result.as_json()
         for problem in result.unparsable:
-            self._record_error("", f"backfill: a report row was not imported: {problem}")
+            self._record_error(
+                "",
+                f"backfill: a report row was not imported: {problem}",
+                ErrorKind.REPORT_ROW_SKIPPED,
+            )
 
     # -- the three ways to pick payments -------------------------------------------------
 
@@ -889,7 +1058,11 @@ class Runner:
             if database.connection_lost(error):
                 self._lost = error
                 raise
-            self._record_error("", f"{len(held)} unchanged check(s) could not be stored: {error}")
+            self._record_error(
+                "",
+                f"{len(held)} unchanged check(s) could not be stored: {error}",
+                ErrorKind.DATABASE,
+            )
             return
         # The others were deleted, or checked meanwhile by another door, whose outcome stands.
         self.report.checked += taken
@@ -912,7 +1085,9 @@ class Runner:
         if outcome.given_up:
             report.given_up += 1
         if outcome.error:
-            self._record_error(observation.ecommerce_id, outcome.error)
+            self._record_error(
+                observation.ecommerce_id, outcome.error, ErrorKind.PAYMENT_NOT_CHECKED
+            )
             if isinstance(observation.error, TransientError):
                 self._ath_failed(observation.error)
             return
@@ -943,16 +1118,16 @@ class Runner:
                 "and leaves the other due payments for the next run"
             )
             logger.error(message)
-            self._record_error("", message)
+            self._record_error("", message, ErrorKind.ATH_MOVIL_DOWN)
 
     def _record_outcome(self, outcome: reconcile.Outcome) -> None:
         """Count what ``apply`` did for a payment a webhook or the report (not the poll) led to."""
         if outcome.error:
-            self._record_error(outcome.payment.pk, outcome.error)
+            self._record_error(outcome.payment.pk, outcome.error, ErrorKind.PAYMENT_NOT_CHECKED)
         self._record_events(outcome)
 
-    def _record_error(self, ecommerce_id: Any, reason: str) -> None:
-        self.report.add_error(ecommerce_id, reason)
+    def _record_error(self, ecommerce_id: Any, reason: str, kind: str) -> None:
+        self.report.add_error(ecommerce_id, reason, kind)
 
     def _record_events(self, outcome: reconcile.Outcome) -> None:
         """Count the transitions ``apply`` recorded and the signals it sent."""
@@ -964,7 +1139,7 @@ class Runner:
             self._count_transitions(outcome)
             raise ConnectionLost(outcome.unsent)
         if outcome.unsent:
-            self._record_error(outcome.payment.pk, outcome.unsent)
+            self._record_error(outcome.payment.pk, outcome.unsent, ErrorKind.SIGNALS_UNSENT)
         self._count_transitions(outcome)
 
     def _count_transitions(self, outcome: reconcile.Outcome) -> None:
@@ -1026,7 +1201,7 @@ class Runner:
     ) -> None:
         report = self.report
         if observation.error is not None:
-            self._record_error(payment.pk, str(observation.error))
+            self._record_error(payment.pk, str(observation.error), ErrorKind.PAYMENT_NOT_CHECKED)
             return
         report.checked += 1
         snapshot = observation.snapshot
@@ -1085,6 +1260,7 @@ __all__ = [
     "CannotRun",
     "Change",
     "ConnectionLost",
+    "ErrorKind",
     "RunOptions",
     "RunReport",
     "Runner",

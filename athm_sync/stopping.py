@@ -27,6 +27,8 @@ from typing import Any
 logger = logging.getLogger("athm_sync.stopping")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The exit codes of a run those signals stopped (143, 130): neither a success nor a failure.
+SIGNAL_EXIT_CODES = tuple(128 + int(signum) for signum in STOP_SIGNALS)
 
 
 def exit_code_for(reason: str) -> int:
@@ -123,4 +125,11 @@ def signals_stop(stop: StopRequest, *, chain: bool = False) -> Iterator[bool]:
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
-__all__ = ["STOP_SIGNALS", "StopNow", "StopRequest", "exit_code_for", "signals_stop"]
+__all__ = [
+    "SIGNAL_EXIT_CODES",
+    "STOP_SIGNALS",
+    "StopNow",
+    "StopRequest",
+    "exit_code_for",
+    "signals_stop",
+]

@@ -401,7 +401,8 @@ class SyncResult:
     """One run of ``manage.py athm_sync --json``: its exit code, its JSON summary, its output.
 
     ``summary`` is the documented ``--json`` document (``checked``, ``transitions``,
-    ``signals_sent``, ``errors``...), or ``{}`` when the run refused to start.
+    ``signals_sent``, ``errors``...), or ``{"exit_code": 2, "error": ...}`` when the run
+    refused to start.
     """
 
     exit_code: int

@@ -214,8 +214,10 @@ def test_each_user_is_offered_the_actions_their_permissions_allow(
 
     assert offered_actions(client, "payment") == payment_actions
     assert offered_actions(client, "webhookevent") == ({"reprocess"} if acts else set())
-    for name in ("paymentevent", "receiverdelivery"):
-        assert offered_actions(client, name) == ({"redeliver_action"} if acts else set())
+    assert offered_actions(client, "paymentevent") == ({"redeliver_action"} if acts else set())
+    assert offered_actions(client, "receiverdelivery") == (
+        {"redeliver_action", "acknowledge_action"} if acts else set()
+    )
 
 
 def test_a_view_only_user_cannot_check_now_or_reprocess(athm_settings, staff, received):

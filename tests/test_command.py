@@ -15,9 +15,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from athm_sync import clock, reconcile, signals
-from athm_sync.models import Payment, PaymentEvent, Refund, SyncRun
+from athm_sync.models import Payment, PaymentEvent, Refund, ReportScan, SyncRun
 from tests import commands
 from tests.commands import call
+from tests.test_overlap import track_completed
 
 S = Payment.Status
 JSON_KEYS = {
@@ -37,10 +38,12 @@ JSON_KEYS = {
     "pruned",
     "errors",
     "error_count",
+    "error_kinds",
     "duration_seconds",
     "dry_run",
     "exit_code",
     "stopped",
+    "error",
 }
 
 
@@ -197,15 +200,18 @@ def test_json_summary_is_the_only_thing_on_stdout(story, received):
             "given_up": 0,
             "failing": 0,
             "failing_since": None,
+            "given_up_unacknowledged": 0,
         },
         "webhooks": {"applied": 0, "unchanged": 0, "rejected": 0, "ignored": 0, "pending": 0},
         "backfill": None,
         "pruned": {"webhook_events": 0, "payment_events": 0, "sync_runs": 0},
         "errors": [],
         "error_count": 0,
+        "error_kinds": {},
         "dry_run": False,
         "exit_code": 0,
         "stopped": None,
+        "error": None,
     }
     assert len(received) == 4
 
@@ -501,8 +507,10 @@ def test_exit_2_for_a_bad_setting(athm_settings, settings):
     settings.ATHM_SYNC = {**settings.ATHM_SYNC, "PUBLIC_TOKEN": ""}
     code, out, err = run("--json")
     assert code == 2
-    assert "PUBLIC_TOKEN" in assert_one_line(err)
-    assert out == ""
+    line = assert_one_line(err)
+    assert "PUBLIC_TOKEN" in line
+    # The one document on stdout says the same: a monitor parsing it is never left empty.
+    assert json.loads(out) == {"exit_code": 2, "error": line.removeprefix("athm_sync: error: ")}
     assert not SyncRun.objects.exists()
 
 
@@ -653,7 +661,7 @@ def test_an_unexpected_crash_is_recorded_and_releases_claims(athm_settings, monk
     sync_run = SyncRun.objects.get()
     assert sync_run.exit_code == 2 and sync_run.finished_at is not None
     assert sync_run.errors == [
-        {"ecommerce_id": "", "reason": "run aborted: RuntimeError: disk full"}
+        {"ecommerce_id": "", "reason": "run aborted: RuntimeError: disk full", "kind": "aborted"}
     ]
     assert not Payment.objects.exclude(claimed_by="").exists()
 
@@ -721,3 +729,217 @@ def test_an_outage_stops_the_run_early_and_speaks_once(athm_settings, caplog):
     assert not Payment.objects.exclude(claimed_by="").exists()
     ours = [r for r in caplog.records if r.name.startswith("athm_sync")]
     assert len(ours) <= 3, [r.getMessage() for r in ours]
+
+
+# --- issue 20: exit codes, errors and --health agree; --json always; quiet runs --------------
+
+
+def child(sandbox, tmp_path, **env: str) -> dict[str, str]:
+    """The environment of a real child run against this test's database and the sandbox."""
+    from tests.test_overlap import child_env
+
+    return {**child_env(sandbox, tmp_path / "signals.log"), **env}
+
+
+def real_json(env: dict[str, str], *args: str) -> tuple[int, dict]:
+    """A real ``athm_sync --json ...`` process: its exit code and its one JSON document."""
+    result = commands.run_process("athm_sync", "--json", *args, env=env)
+    assert result.stdout.count("\n") == 1, result.stdout  # one document, one line
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == result.returncode, result.stderr
+    return result.returncode, document
+
+
+def kinds(document: dict) -> list[str]:
+    return sorted(problem["kind"] for problem in document["problems"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_receiver_that_raises_is_listed_with_its_kind_and_health_agrees(sandbox, tmp_path):
+    """The issue's first finding: exit 1 with ``errors: []`` while --health said healthy."""
+    (ecommerce_id,) = track_completed(sandbox)
+    env = child(sandbox, tmp_path, ATHM_TEST_SHOP_RECEIVER="broken")
+
+    code, summary = real_json(env)
+
+    assert code == 1 and summary["receiver_errors"] == 1
+    (error,) = summary["errors"]
+    assert error["kind"] == "receiver_failing" and error["ecommerce_id"] == ecommerce_id
+    assert "tests.shop.apps" in error["reason"] and "order service is down" in error["reason"]
+    assert (summary["error_count"], summary["error_kinds"]) == (1, {"receiver_failing": 1})
+    code, health = real_json(env, "--health")
+    assert code == 1 and health["healthy"] is False
+    assert kinds(health) == ["latest_run_failed", "no_recent_success", "receivers_failing"]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("cause", "kind", "lasting"),
+    [
+        ("payment", "payment_not_checked", "payments_failing"),
+        ("report", "report_failed", "report_failing"),
+    ],
+)
+def test_each_cause_of_exit_1_is_listed_and_keeps_health_unhealthy_while_it_lasts(
+    sandbox, tmp_path, cause, kind, lasting
+):
+    """A run that fails, then a run that exits 0 because it does not meet the cause again
+    (the payment waits out its backoff; the report is tried again a minute later): --health
+    stays unhealthy until the cause is gone, and then says healthy."""
+    env = child(sandbox, tmp_path)
+    if cause == "payment":
+        ecommerce_id, _ = sandbox.create_payment("5.00")
+        Payment.objects.track(ecommerce_id, total=Decimal("5.00"))
+        sandbox.inject_fault("http503", "findPayment", times=1000)
+    else:
+        sandbox.inject_fault("http503", "transactionReport", times=1000)
+
+    code, failed = real_json(env)
+    assert code == 1 and failed["error_kinds"] == {kind: 1}
+    assert [error["kind"] for error in failed["errors"]] == [kind]
+
+    code, clean = real_json(env)  # nothing due, no scan due: this run itself is fine
+    assert (code, clean["errors"]) == (0, [])
+
+    code, health = real_json(env, "--health")
+    assert code == 1 and kinds(health) == [lasting]
+    sandbox.clear_faults()
+    Payment.objects.update(next_check_at=clock.now())
+    ReportScan.objects.update(next_scan_at=clock.now())
+    assert real_json(env)[0] == 0  # checked (or scanned) again, and it worked
+    code, health = real_json(env, "--health")
+    assert code == 0 and health["problems"] == [], health["reason"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_signals_the_database_will_not_send_are_an_error_of_their_kind(athm_settings, monkeypatch):
+    from django.db import DatabaseError
+
+    payment = track(athm_settings)
+    athm_settings.complete(str(payment.pk))
+
+    def refused(*args, **kwargs):
+        raise DatabaseError("disk I/O error")
+
+    monkeypatch.setattr(reconcile, "_dispatch_one", refused)
+    code, document, _ = run_json()
+
+    assert code == 1 and document["error_kinds"] == {"signals_unsent": 1}
+    assert "left pending" in document["errors"][0]["reason"]
+    monkeypatch.undo()
+    code, health, _ = call("athm_sync", "--health", "--json")
+    assert code == 1 and "latest_run_failed" in kinds(json.loads(health))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--limit", "x"], "argument --limit: invalid int value: 'x'"),
+        (["--workers", "0"], "--workers must be at least 1"),
+        ([], "the database cannot be used: "),
+        (["--health"], "the database cannot be used: "),
+        (["--redeliver", "all"], "the database cannot be used: "),
+        (["--acknowledge", "all"], "the database cannot be used: "),
+        (["--from-date", "2026-01-01", "--to-date", "2026-01-02"], "the database cannot be used"),
+        (["--health", "--max-age", "soon"], "--max-age must be a duration"),
+    ],
+)
+def test_json_is_one_document_on_stdout_whatever_the_exit_code(args, message):
+    """A monitor parsing stdout gets ``{"exit_code": 2, "error": ...}``, the same line as
+    stderr's (the default database of tests/settings.py is never migrated, as a new
+    project's)."""
+    result = commands.run_process("athm_sync", *args, "--json")
+
+    assert result.returncode == 2, result.stderr
+    line = assert_one_line(result.stderr).removeprefix("athm_sync: error: ")
+    assert message in line
+    assert result.stdout.count("\n") == 1
+    assert json.loads(result.stdout) == {"exit_code": 2, "error": line}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_json_of_a_run_the_credentials_stop_is_its_summary_with_the_error(sandbox, tmp_path):
+    track_completed(sandbox)
+    (tmp_path / "wrong_token.py").write_text(
+        "from tests.settings import *  # noqa: F403\n"
+        'ATHM_SYNC = {**ATHM_SYNC, "PUBLIC_TOKEN": "not-the-token"}  # noqa: F405\n'
+    )
+    env = child(sandbox, tmp_path, DJANGO_SETTINGS_MODULE="wrong_token")
+    env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
+
+    code, summary = real_json(env)
+
+    assert code == 2 and set(summary) == JSON_KEYS
+    assert summary["error"].startswith("ATH Móvil rejected the credentials")
+    assert summary["error_kinds"] == {"credentials_rejected": 1}
+    assert "not-the-token" not in json.dumps(summary)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_with_nothing_to_say_prints_nothing_so_a_cron_log_grows_with_events(
+    sandbox, tmp_path
+):
+    """The README's cron line appends a run's output to a log every minute: runs that only
+    checked payments that did not change add nothing; the run with a transition adds its
+    summary. --json and the SyncRun keep every run's summary."""
+    ecommerce_id, _ = sandbox.create_payment("5.00")
+    Payment.objects.track(ecommerce_id, total=Decimal("5.00"))
+    env = child(sandbox, tmp_path)
+    log = ""
+    for _ in range(3):
+        Payment.objects.update(next_check_at=clock.now())
+        result = commands.run_process("athm_sync", env=env)
+        assert result.returncode == 0, result.stderr
+        log += result.stdout + result.stderr
+
+    assert log == ""
+    assert list(SyncRun.objects.values_list("checked", "unchanged")) == [(1, 1)] * 3
+    Payment.objects.update(next_check_at=clock.now())
+    code, summary = real_json(env)
+    assert (code, summary["checked"], summary["unchanged"]) == (0, 1, 1)  # --json says it all
+
+    sandbox.complete(ecommerce_id)
+    Payment.objects.update(next_check_at=clock.now())
+    result = commands.run_process("athm_sync", env=env)
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.startswith("athm_sync: checked 1 payment(s)")
+    assert "completed: 1" in result.stdout
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_quiet_run_says_one_line_at_a_terminal_and_everything_with_v2(athm_settings, caplog):
+    import logging
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    track(athm_settings)
+    terminal = Terminal()
+    with caplog.at_level(logging.DEBUG, logger="athm_sync.runner"):
+        call_command_with(terminal)
+    (line,) = terminal.getvalue().splitlines()
+    assert line.startswith("athm_sync: checked 1 payment(s) in ") and "nothing changed" in line
+    (logged,) = [r for r in caplog.records if "ended with exit" in r.getMessage()]
+    assert logged.levelno == logging.DEBUG  # the log, too, grows with events
+    Payment.objects.update(next_check_at=clock.now())
+    code, out, _ = run("-v", "2")
+    assert code == 0 and "unchanged: 1" in out and "errors: 0" in out
+
+
+def call_command_with(stdout: io.StringIO) -> None:
+    from django.core.management import call_command
+
+    call_command("athm_sync", stdout=stdout, stderr=io.StringIO())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_with_events_is_logged_at_info(story, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="athm_sync.runner"):
+        assert run()[0] == 0
+    (logged,) = [r for r in caplog.records if "ended with exit" in r.getMessage()]
+    assert logged.levelno == logging.INFO
+    assert "checked 5 (unchanged 1)" in logged.getMessage()
+    assert "completed 2" in logged.getMessage()

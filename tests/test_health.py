@@ -79,7 +79,9 @@ def test_health_costs_a_few_queries_however_many_runs(athm_settings):
     SyncRun.objects.bulk_create([SyncRun(finished_at=clock.now(), exit_code=0) for _ in range(200)])
     with CaptureQueriesContext(connection) as context:
         assert check_health().healthy
-    assert len(context.captured_queries) == 4  # runs, given up, held, receivers
+    # the latest run (the success), the payments (given up, failing), held, receivers, the
+    # refund scan
+    assert len(context.captured_queries) == 5
 
 
 @pytest.mark.parametrize("text", ["ten minutes", "0", "-5m", "5w", ""])
@@ -118,3 +120,80 @@ def test_a_database_that_is_not_migrated_is_one_line_and_exit_2(athm_settings, t
         assert result.stderr.startswith("athm_sync: error: the database cannot be used: ")
         assert "migrate" in result.stderr and result.stderr.count("\n") == 1
         assert "Traceback" not in result.stderr
+
+
+def test_health_needs_only_the_database_not_the_tokens(sandbox, tmp_path):
+    """It reads the run history: a host that runs only the health check needs no tokens."""
+    SyncRun.objects.create(finished_at=clock.now(), exit_code=0)
+    (tmp_path / "no_tokens.py").write_text(
+        "from tests.settings import *  # noqa: F403\n"
+        'ATHM_SYNC = {**ATHM_SYNC, "PUBLIC_TOKEN": "", "PRIVATE_TOKEN": ""}  # noqa: F405\n'
+    )
+    env = child_env(sandbox, tmp_path / "signals.log")
+    env["DJANGO_SETTINGS_MODULE"] = "no_tokens"
+    env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
+
+    healthy = run_process("athm_sync", "--health", env=env)
+    as_json = run_process("athm_sync", "--health", "--json", env=env)
+    a_run = run_process("athm_sync", env=env)
+
+    assert healthy.returncode == 0, healthy.stderr
+    assert healthy.stdout.startswith("athm_sync: healthy: the last successful run finished")
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["exit_code"] == 0
+    assert a_run.returncode == 2 and "PUBLIC_TOKEN" in a_run.stderr  # a run does need them
+
+
+def test_a_run_that_failed_after_a_success_is_unhealthy(athm_settings):
+    """A success five minutes ago does not hide the failures since (a run stopped by SIGTERM
+    counts neither way)."""
+    SyncRun.objects.create(finished_at=clock.now() - timedelta(minutes=5), exit_code=0)
+    SyncRun.objects.create(
+        finished_at=clock.now(),
+        exit_code=1,
+        errors=[{"ecommerce_id": "", "reason": "refund scan: ... failed", "kind": "report_failed"}],
+    )
+
+    code, out, err = health()
+    _, document, _ = health("--json")
+
+    assert (code, out) == (1, "")
+    assert err.startswith(
+        "athm_sync: unhealthy: the latest run ended with exit 1, 1 error(s): refund scan"
+    )
+    document = json.loads(document)
+    assert [problem["kind"] for problem in document["problems"]] == ["latest_run_failed"]
+    assert document["latest_run_exit_code"] == 1 and document["exit_code"] == 1
+    assert document["last_success"] is not None
+    # A run that then succeeds is the latest word; one stopped by a signal is no word at all.
+    SyncRun.objects.create(finished_at=clock.now(), exit_code=0)
+    SyncRun.objects.create(finished_at=clock.now(), exit_code=143)  # systemctl stop
+    assert health()[0] == 0
+
+
+def test_an_open_payment_whose_last_check_failed_is_unhealthy_until_checked(athm_settings):
+    SyncRun.objects.create(finished_at=clock.now(), exit_code=0)
+    payment = Payment.objects.track(uuid.uuid4(), total="5.00")
+    Payment.objects.filter(pk=payment.pk).update(failures=2, last_error="ATH Móvil: 503")
+    Payment.objects.create(  # given up: a person's business (counted), not the sync's
+        ecommerce_id=uuid.uuid4(), total=Decimal("5"), failures=3, given_up_at=clock.now()
+    )
+
+    code, _, err = health()
+    assert code == 1 and "1 open payment(s) could not be checked at their last try" in err
+
+    Payment.objects.filter(pk=payment.pk).update(failures=0)
+    assert health()[0] == 0
+
+
+def test_every_problem_and_error_kind_is_documented():
+    """docs/operations.md lists what each kind means: a monitor's author reads it there."""
+    from pathlib import Path
+
+    from athm_sync.health import ProblemKind
+    from athm_sync.runner import ErrorKind
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    for holder in (ProblemKind, ErrorKind):
+        for name, kind in vars(holder).items():
+            if not name.startswith("_"):
+                assert f"`{kind}`" in page, kind

@@ -139,6 +139,7 @@ def test_no_run_yet_is_503_and_a_real_run_makes_it_200(client, athm_settings):
     unhealthy = client.get(HEALTH)
     assert unhealthy.status_code == 503
     assert unhealthy.json()["healthy"] is False and unhealthy.json()["last_success"] is None
+    assert unhealthy.json()["problems"] == ["no_recent_success"]
 
     open_payment(athm_settings)
     assert sync() == 0
@@ -156,6 +157,11 @@ def test_no_run_yet_is_503_and_a_real_run_makes_it_200(client, athm_settings):
         "receivers_failing",
         "receivers_failing_since",
         "receivers_given_up",
+        "receivers_given_up_unacknowledged",
+        "payments_failing",
+        "latest_run_exit_code",
+        "latest_run_finished_at",
+        "problems",
         "checked_at",
     }
     run = SyncRun.objects.get()
@@ -164,6 +170,7 @@ def test_no_run_yet_is_503_and_a_real_run_makes_it_200(client, athm_settings):
     assert 0 <= document["last_success_age_seconds"] < 60
     assert document["max_age_seconds"] == 600
     assert (document["given_up"], document["held"], document["receivers_failing"]) == (0, 0, 0)
+    assert document["problems"] == [] and document["latest_run_exit_code"] == 0
 
 
 def test_a_run_older_than_max_age_is_503_and_the_window_is_the_shops_choice(
@@ -260,9 +267,10 @@ def test_head_answers_like_get_without_a_body_and_nothing_is_cached(client, athm
 def test_health_costs_a_few_indexed_queries_however_much_is_stored(
     client, athm_settings, django_assert_max_num_queries
 ):
-    """Four queries when healthy, five when not, with one run or 300, and many payments."""
+    """Five queries when healthy, seven at most when not (``--health``'s own), with one run or
+    300, and many payments."""
     assert sync() == 0
-    with django_assert_max_num_queries(4):
+    with django_assert_max_num_queries(5):
         assert client.get(HEALTH).status_code == 200
     SyncRun.objects.bulk_create(
         [SyncRun(finished_at=clock.now(), exit_code=1, errors=[]) for _ in range(300)]
@@ -271,7 +279,7 @@ def test_health_costs_a_few_indexed_queries_however_much_is_stored(
         [Payment(ecommerce_id=uuid.uuid4(), total=Decimal("5")) for _ in range(300)]
     )
     SyncRun.objects.filter(exit_code=0).update(finished_at=clock.now() - timedelta(hours=1))
-    with django_assert_max_num_queries(5):
+    with django_assert_max_num_queries(7):
         assert client.get(HEALTH).status_code == 503
 
 
@@ -546,7 +554,7 @@ def test_metrics_cost_the_same_few_queries_however_much_is_stored(
     )
     with django_assert_max_num_queries(len(few.captured_queries)):
         families = scrape(client)
-    assert len(few.captured_queries) <= 12
+    assert len(few.captured_queries) <= 13
     assert value(families, "athm_sync_due_payments") == 300
     assert value(families, "athm_sync_recent_runs", exit_code="0") == 301
     assert (

@@ -28,7 +28,7 @@ from athm_sync import clock, outbox, reconcile, retention, signals
 from athm_sync.conf import get_settings
 from athm_sync.models import Payment, PaymentEvent, ReceiverDelivery
 from athm_sync.sandbox import SandboxServer
-from tests.commands import call
+from tests.commands import call, run_process
 from tests.shop import apps as shop
 from tests.shop.models import Fulfilment
 from tests.test_overlap import child_env, start_child, track_completed
@@ -138,6 +138,7 @@ def test_a_receiver_that_raised_once_is_called_again_alone_after_the_backoff(
         "given_up": 0,
         "failing": 0,
         "failing_since": None,
+        "given_up_unacknowledged": 0,
     }
     assert retried["signals_sent"] == 0 and retried["receiver_errors"] == 0
     assert rows() == ["flaky", "steady"]  # steady was not called again
@@ -310,9 +311,16 @@ def test_a_receiver_that_keeps_failing_is_given_up_loudly_once(
     errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name != RECONCILE]
     assert len(errors) == 1 and "Gave up on receiver" in errors[0].getMessage()
     assert f"--redeliver {delivery.pk}" in errors[0].getMessage()
-    # Given up: no more calls, and the runs are clean again (health still counts it).
-    assert after["receivers"]["retried"] == 0 and code == 0
+    # Given up: no more calls, but every run still lists it (exit 1) until a person
+    # acknowledges it; then the runs are clean again.
+    assert after["receivers"]["retried"] == 0 and code == 1
+    assert after["receivers"]["given_up_unacknowledged"] == 1
+    assert [error["kind"] for error in after["errors"]] == ["receiver_given_up"]
+    assert f"--acknowledge {delivery.pk}" in after["errors"][0]["reason"]
     assert Fulfilment.objects.filter(kind="flaky").count() == 0
+    assert call("athm_sync", "--acknowledge", str(delivery.pk))[0] == 0
+    code, acknowledged = run()
+    assert code == 0 and acknowledged["errors"] == []
 
 
 def test_a_receiver_no_longer_connected_is_given_up_with_the_reason(
@@ -411,8 +419,9 @@ def test_health_costs_the_same_queries_however_many_receivers_fail(athm_settings
 
     with CaptureQueriesContext(connection) as context:
         health = check_health()
-    # runs, given up, held, receivers; unhealthy, the latest run is read too, to name it
-    assert len(context.captured_queries) == 5
+    # the latest run, the payments (given up, failing), held, receivers, the refund scan;
+    # the latest run failed: the last success too; none is recent: the newest run, to name it
+    assert len(context.captured_queries) == 7
     assert (health.healthy, health.receivers_failing) == (False, 3)
 
 
@@ -498,6 +507,129 @@ def test_history_retention_keeps_an_event_whose_receiver_is_outstanding(
 
     assert pruned["payment_events"] == 1  # the one whose receivers all succeeded
     assert PaymentEvent.objects.get().receiver_deliveries.count() == 1
+
+
+# -- given up: counted until a person acknowledges it ------------------------------------------
+
+
+def give_up_all() -> None:
+    """The failing receivers reach RECEIVER_GIVE_UP_AFTER and are given up (as a run would)."""
+    ReceiverDelivery.objects.filter(given_up_at__isnull=True).update(
+        given_up_at=clock.now(), next_attempt_at=None
+    )
+
+
+def test_a_given_up_receiver_counts_until_a_person_acknowledges_it(
+    athm_settings, receivers, tmp_path
+):
+    """Given up is not settled: every run lists it (exit 1) and --health is unhealthy until
+    --acknowledge (or the admin) says its order was settled by hand."""
+    track_completed(athm_settings)
+    receivers(failures=1000)
+    run()
+    give_up_all()
+    (delivery,) = ReceiverDelivery.objects.all()
+    env = child_env(athm_settings, tmp_path / "signals.log")
+
+    code, summary = run()
+    health = run_process("athm_sync", "--health", "--json", env=env)
+
+    assert code == 1 and [error["kind"] for error in summary["errors"]] == ["receiver_given_up"]
+    assert summary["receivers"]["given_up_unacknowledged"] == 1
+    (listed,) = summary["errors"]
+    assert f"--acknowledge {delivery.pk} once its order is settled" in listed["reason"]
+    assert health.returncode == 1
+    document = json.loads(health.stdout)
+    assert [problem["kind"] for problem in document["problems"]] == [
+        "receivers_given_up",
+        "no_recent_success",
+        "latest_run_failed",
+    ]
+    assert document["receivers_given_up_unacknowledged"] == 1
+
+    acknowledged = run_process("athm_sync", "--acknowledge", str(delivery.pk), env=env)
+
+    assert acknowledged.returncode == 0, acknowledged.stderr
+    assert acknowledged.stdout == (
+        f"athm_sync: acknowledged 1 given-up receiver(s): {delivery.pk}; runs no longer list "
+        "them and --health no longer counts them\n"
+    )
+    delivery.refresh_from_db()
+    assert delivery.state == "acknowledged" and delivery.delivered_at is None
+    code, summary = run()
+    assert (code, summary["errors"]) == (0, [])
+    assert run_process("athm_sync", "--health", env=env).returncode == 0
+
+
+def test_acknowledge_refuses_what_it_cannot_acknowledge_changing_nothing(athm_settings, receivers):
+    track_completed(athm_settings, 3)
+    receivers(failures=1000)
+    run()
+    given_up, failing, delivered = ReceiverDelivery.objects.order_by("pk")
+    give_up_all()
+    ReceiverDelivery.objects.filter(pk=failing.pk).update(given_up_at=None)
+    ReceiverDelivery.objects.filter(pk=delivered.pk).update(delivered_at=clock.now())
+
+    for bad, says in [
+        ([str(failing.pk)], f"failed receiver {failing.pk} is still being retried"),
+        ([str(delivered.pk)], f"failed receiver {delivered.pk} was delivered"),
+        ([str(delivered.pk + 100)], f"no failed receiver with id {delivered.pk + 100}"),
+        (["x"], "--acknowledge 'x' is not a failed receiver's id"),
+        ([str(given_up.pk), "--health"], "--acknowledge does not go with --health"),
+        ([str(given_up.pk), "--redeliver", "all"], "--acknowledge does not go with --redeliver"),
+    ]:
+        code, out, err = call("athm_sync", "--acknowledge", *bad)
+        assert (code, out) == (2, "") and says in err and err.count("\n") <= 1, err
+    assert not ReceiverDelivery.objects.filter(acknowledged_at__isnull=False).exists()
+
+    code, out, _ = call("athm_sync", "--acknowledge", "all", "--json")
+    assert (code, json.loads(out)) == (0, {"acknowledged": [given_up.pk], "exit_code": 0})
+    code, out, _ = call("athm_sync", "--acknowledge", "all")
+    assert code == 0 and "acknowledged 0 given-up receiver(s): none left" in out
+
+
+def test_the_admin_acknowledges_with_the_change_permission_only(athm_settings, receivers, staff):
+    from django.contrib.auth.models import Permission
+
+    track_completed(athm_settings, 2)
+    receivers(failures=1000)
+    run()
+    given_up, failing = ReceiverDelivery.objects.order_by("pk")
+    ReceiverDelivery.objects.filter(pk=given_up.pk).update(given_up_at=clock.now())
+    page = "/admin/athm_sync/receiverdelivery/"
+    selection = {
+        "action": "acknowledge_action",
+        "_selected_action": [str(given_up.pk), str(failing.pk)],
+    }
+
+    assert "acknowledge_action" not in staff.get(page).content.decode()  # view only
+    staff.post(page, selection, follow=True)
+    assert not ReceiverDelivery.objects.filter(acknowledged_at__isnull=False).exists()
+
+    user = staff.get(page).wsgi_request.user
+    user.user_permissions.add(Permission.objects.get(codename="change_receiverdelivery"))
+    assert "acknowledge_action" in staff.get(page).content.decode()
+    done = staff.post(page, selection, follow=True).content.decode()
+
+    assert "Acknowledged 1 given-up receiver(s); left alone: 1 still being retried" in done
+    assert list(
+        ReceiverDelivery.objects.filter(acknowledged_at__isnull=False).values_list("pk", flat=True)
+    ) == [given_up.pk]
+
+
+def test_history_retention_keeps_a_given_up_receiver_until_it_is_acknowledged(
+    athm_settings, receivers, time_machine
+):
+    track_completed(athm_settings)
+    receivers(failures=1000)
+    run()
+    give_up_all()
+    later(time_machine, days=91)
+
+    assert retention.prune(get_settings(), clock.now())["payment_events"] == 0
+    outbox.acknowledge(None)
+    assert retention.prune(get_settings(), clock.now())["payment_events"] == 1
+    assert not ReceiverDelivery.objects.exists()
 
 
 # -- real processes ----------------------------------------------------------------------------

@@ -443,4 +443,38 @@ def test_a_backfill_shows_progress_on_a_terminal(athm_settings):
     code, out, _ = call("athm_sync", "--from-date", start, "--to-date", today(), stderr=stderr)
 
     assert code == 0 and "1/3" in stderr.getvalue() and "3/3" in stderr.getvalue()
-    assert "backfill: 4 report row(s) in 3 range(s); payments created 2" in out
+    assert f"backfill {start} to {today()}: 4 report row(s) in 3 range(s)" in out
+    assert "payments: created 2, updated 0, already up to date 0" in out
+
+
+def test_a_backfill_summary_counts_what_it_did(sandbox, tmp_path):
+    """Not "checked 2 payment(s), unchanged: 0" with every transition at 0 for a backfill
+    that found everything already imported: it says created, updated, already up to date."""
+    from tests.commands import run_process
+    from tests.test_overlap import child_env
+
+    history(sandbox)
+    env = child_env(sandbox, tmp_path / "signals.log")
+    days = ["--from-date", today(), "--to-date", today()]
+
+    first = run_process("athm_sync", *days, "--no-signals", env=env)
+    again = run_process("athm_sync", *days, env=env)
+    as_json = run_process("athm_sync", *days, "--json", env=env)
+
+    assert (first.returncode, again.returncode, as_json.returncode) == (0, 0, 0), first.stderr
+    assert first.stdout.splitlines()[1:] == [
+        "  payments: created 2, updated 0, already up to date 0",
+        "  completed: 2, held (mismatched): 0, refunds: 2",
+        "  skipped: none; rows not imported: 0",
+        "  no signals sent (--no-signals: history recorded quietly)",
+        "  errors: 0",
+    ]
+    assert first.stdout.startswith(f"athm_sync: backfill {today()} to {today()}: 4 report row(s)")
+    assert again.stdout.splitlines()[1:3] == [
+        "  payments: created 0, updated 0, already up to date 2",
+        "  completed: 0, held (mismatched): 0, refunds: 0",
+    ]
+    assert "unchanged: 0" not in again.stdout
+    summary = json.loads(as_json.stdout)
+    assert (summary["checked"], summary["unchanged"]) == (2, 2)
+    assert summary["backfill"]["payments_unchanged"] == 2

@@ -209,7 +209,7 @@ def test_a_failed_run_fails_the_test_unless_asked_not_to(athm_sync_now, athm_san
     settings.ATHM_SYNC = {**settings.ATHM_SYNC, "PRIVATE_TOKEN": ""}
     result = athm_sync_now(check=False)
     assert result.exit_code == 2
-    assert result.summary == {}
+    assert result.summary["exit_code"] == 2 and "PRIVATE_TOKEN" in result.summary["error"]
     assert "PRIVATE_TOKEN" in result.stderr
     with pytest.raises(pytest.fail.Exception, match="athm_sync exited 2"):
         athm_sync_now()

@@ -17,7 +17,7 @@ from athm_sync import watch as watch_module
 from athm_sync.conf import get_settings
 from athm_sync.models import Payment, SyncRun
 from athm_sync.runner import RunOptions
-from tests.commands import call
+from tests.commands import call, run_process
 from tests.test_overlap import REPO_ROOT, child_env, first_call
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -133,3 +133,53 @@ def test_one_bad_payment_does_not_slow_the_loop(athm_settings):
     )
 
     assert (result.passes, result.failed_passes) == (2, 0)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_watch_on_a_database_it_cannot_use_exits_2_in_one_line(as_json):
+    """As every mode does (the default database of tests/settings.py is never migrated): not
+    exit 0 after "backing off" from a database that was never usable."""
+    result = run_process(
+        "athm_sync", "--watch", "--iterations", "1", *(["--json"] if as_json else [])
+    )
+
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("athm_sync: error: the database cannot be used: ") and "migrate" in line
+    assert "backing off" not in result.stderr and "Traceback" not in result.stderr
+    if as_json:
+        assert json.loads(result.stdout) == {
+            "exit_code": 2,
+            "error": line.removeprefix("athm_sync: error: "),
+        }
+    else:
+        assert result.stdout == ""
+
+
+def test_watch_v2_prints_the_lines_a_plain_v2_run_prints(sandbox, tmp_path):
+    ecommerce_id, _ = sandbox.create_payment("5.00", metadata1="order-5")
+    Payment.objects.track(ecommerce_id, total=Decimal("5.00"), metadata_1="order-5")
+    sandbox.complete(ecommerce_id)
+    env = child_env(sandbox, tmp_path / "signals.log")
+
+    result = run_process(
+        "athm_sync", "--watch", "--iterations", "1", "--interval", "0", "-v", "2", env=env
+    )
+
+    assert result.returncode == 0, result.stderr
+    line = f"COMPLETED  {ecommerce_id}  $5.00  order-5 (signal payment_completed)"
+    assert line in result.stdout.splitlines()
+    assert "completed: 1" in result.stdout
+
+
+def test_passes_with_nothing_to_say_print_nothing(sandbox, tmp_path):
+    """Only checks that change nothing: a container's log grows with events, not passes."""
+    ecommerce_id, _ = sandbox.create_payment("5.00")
+    Payment.objects.track(ecommerce_id, total=Decimal("5.00"))
+    env = child_env(sandbox, tmp_path / "signals.log")
+
+    result = run_process("athm_sync", "--watch", "--iterations", "3", "--interval", "0", env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "athm_sync: --watch done after 3 pass(es)\n" and result.stderr == ""
+    assert SyncRun.objects.count() == 3 and Payment.objects.get().check_count == 1

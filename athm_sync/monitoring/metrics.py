@@ -71,8 +71,8 @@ def _last_success(snap: monitoring.Snapshot) -> float:
 GAUGES = (
     Gauge(
         "athm_sync_healthy",
-        "1 when manage.py athm_sync --health says healthy (a run succeeded within the window "
-        "and no signal receiver is failing), else 0.",
+        "1 when manage.py athm_sync --health says healthy (a run succeeded within the window, "
+        "the latest run did not fail, and nothing is failing now), else 0.",
         (),
         _one(lambda snap: 1 if snap.health.healthy else 0),
     ),

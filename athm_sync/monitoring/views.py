@@ -42,6 +42,10 @@ PUBLIC_KEYS = (
     "receivers_failing",
     "receivers_failing_since",
     "receivers_given_up",
+    "receivers_given_up_unacknowledged",
+    "payments_failing",
+    "latest_run_exit_code",
+    "latest_run_finished_at",
 )
 UNUSABLE = "the database cannot be used"
 NO_PROMETHEUS = 'prometheus_client is not installed: pip install "django-athm-sync[metrics]"'
@@ -65,6 +69,8 @@ def health(request: HttpRequest, max_age: str | timedelta | None = None) -> Http
     answer["last_success_age_seconds"] = (
         None if last is None else round(max(0.0, (now - last).total_seconds()), 3)
     )
+    # What is wrong by kind only: the messages can quote a run's errors.
+    answer["problems"] = [problem.kind for problem in verdict.problems]
     answer["checked_at"] = now.isoformat()
     if _may_see_the_runs(request):
         answer["reason"] = verdict.reason
