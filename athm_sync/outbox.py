@@ -435,11 +435,12 @@ def _failed(
         ]
     )
     given_up_now = scheduled is None and not was_given_up
-    exc_info = (type(error), error, error.__traceback__) if error is not None else None
+    # Masked as stored, never exc_info: a receiver's message may quote a token.
+    shown = f"\n{tracebacks.full(error).rstrip()}" if error is not None else ""
     if given_up_now:
         logger.error(
             "Gave up on receiver %s of %s for payment %s after %d failed attempt(s) since %s: "
-            "%s (manage.py athm_sync --redeliver %d calls it again)",
+            "%s (manage.py athm_sync --redeliver %d calls it again)%s",
             delivery.receiver,
             signal_name(event),
             event.payment_id,
@@ -447,18 +448,18 @@ def _failed(
             f"{delivery.first_failed_at:%Y-%m-%d %H:%M:%S} UTC",
             reason,
             delivery.pk,
-            exc_info=exc_info,
+            shown,
         )
     else:
         logger.warning(
             "Receiver %s of %s failed again for payment %s (attempt %d); its database writes "
-            "were rolled back; %s",
+            "were rolled back; %s%s",
             delivery.receiver,
             signal_name(event),
             event.payment_id,
             delivery.attempts,
             f"next attempt at {scheduled:%Y-%m-%d %H:%M:%S} UTC" if scheduled else "given up",
-            exc_info=exc_info,
+            shown,
         )
     return Attempt(
         delivery.pk,

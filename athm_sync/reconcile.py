@@ -843,12 +843,14 @@ def _send(event: PaymentEvent) -> list[dict[str, str]]:
         errors.append(
             {"receiver": name, "error": describe_error(error), "traceback": tracebacks.full(error)}
         )
+        # The traceback as stored (secrets masked), not exc_info: a receiver's message may
+        # quote a token, and log handlers would print it as raised.
         logger.error(
-            "Receiver %s of %s failed for payment %s; its database writes were rolled back",
+            "Receiver %s of %s failed for payment %s; its database writes were rolled back\n%s",
             name,
             event.kind,
             event.payment_id,
-            exc_info=(type(error), error, error.__traceback__),
+            errors[-1]["traceback"].rstrip("\n"),
         )
     logger.debug("Sent %s for payment %s (sender %s)", event.kind, event.payment_id, sender)
     return errors
