@@ -26,7 +26,17 @@ from typing import Any
 from django.db import DatabaseError
 from django.db.models import Q
 
-from athm_sync import clock, database, inbox, outbox, reconcile, retention
+from athm_sync import (
+    bulk_checks,
+    claims,
+    clock,
+    database,
+    inbox,
+    outbox,
+    reconcile,
+    retention,
+    sending,
+)
 from athm_sync import report as transaction_report
 from athm_sync.client import ATHMovilClient, ATHMovilError, AuthenticationError, TransientError
 from athm_sync.conf import AthmSyncSettings, get_settings
@@ -379,7 +389,7 @@ def close_abandoned_runs(closed_by: str, now: datetime | None = None) -> int:
     run as running forever. A run from before ``alive_until`` existed counts from its start.
     Returns how many were closed; one indexed query when there are none."""
     now = now or clock.now()
-    late = now - reconcile.CLAIM_LEASE
+    late = now - claims.CLAIM_LEASE
     abandoned = SyncRun.objects.filter(finished_at__isnull=True).filter(
         Q(alive_until__lt=now) | Q(alive_until__isnull=True, started_at__lt=late)
     )
@@ -391,7 +401,7 @@ def close_abandoned_runs(closed_by: str, now: datetime | None = None) -> int:
             f"its end; last alive {seen:%Y-%m-%d %H:%M:%S} UTC, closed by run {closed_by}"
         )
         # Only if it is still unfinished: a live run that was late renewing finishes itself.
-        closed += reconcile.run_locked(
+        closed += database.run_locked(
             lambda run=run, reason=reason: SyncRun.objects.filter(
                 pk=run.pk, finished_at__isnull=True
             ).update(
@@ -456,7 +466,7 @@ class Runner:
         # The client's counts when the run began: a --watch client serves several runs.
         self._calls: tuple[ATHMovilClient, dict[str, Any]] | None = None
         # Checks that changed nothing, not written yet (one query per batch).
-        self._unchanged: list[reconcile.Settled] = []
+        self._unchanged: list[bulk_checks.Settled] = []
 
     def _should_stop(self) -> bool:
         return self._gave_up_on_ath or self._asked_to_stop()
@@ -481,12 +491,12 @@ class Runner:
                 self._dispatch_leftovers()
                 self._retry_receivers()
                 # Retried like every write of a run: SQLite's one writer may be another run.
-                sync_run = reconcile.run_locked(
+                sync_run = database.run_locked(
                     lambda: SyncRun.objects.create(
                         host=socket.gethostname(),
                         pid=os.getpid(),
                         options=self.options.as_dict(),
-                        alive_until=clock.now() + reconcile.CLAIM_LEASE,
+                        alive_until=clock.now() + claims.CLAIM_LEASE,
                     )
                 )
                 self.report.sync_run_id = sync_run.pk
@@ -498,7 +508,7 @@ class Runner:
                         self._dry_run(pool, client)
                     else:
                         # Claims and the run's heartbeat, renewed while it lives.
-                        with reconcile.LeaseKeeper(self.run_id, sync_run_id=sync_run.pk):
+                        with claims.LeaseKeeper(self.run_id, sync_run_id=sync_run.pk):
                             self._work(pool, client)
                 except AuthenticationError as error:
                     failure = CannotRun(f"ATH Móvil rejected the credentials: {error}")
@@ -612,7 +622,7 @@ class Runner:
         ``quietly``: an error is on its way out; a failure here is said in one line instead of
         hiding it (the claims' lease frees them within ``CLAIM_LEASE``)."""
         try:
-            database.on_new_connection(lambda: reconcile.release_claims(self.run_id))
+            database.on_new_connection(lambda: claims.release_claims(self.run_id))
         except DatabaseError as error:
             if not quietly:
                 raise
@@ -623,7 +633,7 @@ class Runner:
                 "Could not release the claims of run %s (%s); they are free again within %s",
                 self.run_id,
                 self._unreleased,
-                reconcile.CLAIM_LEASE,
+                claims.CLAIM_LEASE,
             )
 
     def _end_lost(self, sync_run: SyncRun | None, error: BaseException, started: float) -> None:
@@ -644,7 +654,7 @@ class Runner:
             "next run",
         ]
         if self._unreleased:
-            parts.append(f"its claims are free again within {reconcile.CLAIM_LEASE}")
+            parts.append(f"its claims are free again within {claims.CLAIM_LEASE}")
         if sync_run is not None:
             try:
                 database.on_new_connection(lambda: self._finish(sync_run))
@@ -664,7 +674,7 @@ class Runner:
         """Send the signals an earlier run left unsent; a database that refuses is an error
         of this run (exit 1), not the end of it."""
         try:
-            dispatched = reconcile.dispatch_pending(self._asked_to_stop)
+            dispatched = sending.dispatch_pending(self._asked_to_stop)
         except DatabaseError as error:
             if database.connection_lost(error):
                 raise
@@ -809,7 +819,7 @@ class Runner:
             )
         sync_run.exit_code = report.exit_code
         sync_run.calls = dict(report.api_calls)
-        reconcile.run_locked(
+        database.run_locked(
             lambda: sync_run.save(
                 update_fields=[
                     "finished_at",
@@ -940,8 +950,8 @@ class Runner:
                 if size <= 0:
                     return
                 # The lease counts from the claim, not from the start of the run.
-                claimed = reconcile.claim_due(
-                    self.run_id, size, reconcile.CLAIM_LEASE + (clock.now() - now), now=now
+                claimed = claims.claim_due(
+                    self.run_id, size, claims.CLAIM_LEASE + (clock.now() - now), now=now
                 )
                 if not claimed:
                     return
@@ -1035,7 +1045,9 @@ class Runner:
     def _settle_claimed(self, payment: Payment, observation: reconcile.Observation) -> None:
         """A claimed payment's answer: kept for one bulk write when it changes nothing but the
         schedule, otherwise applied at once in a transaction of its own."""
-        checked = reconcile.settle_unchanged(payment, observation, now=clock.now(), conf=self.conf)
+        checked = bulk_checks.settle_unchanged(
+            payment, observation, now=clock.now(), conf=self.conf
+        )
         if checked is None:
             self._apply(observation, source="poll")
             return
@@ -1053,7 +1065,7 @@ class Runner:
         if self._lost is not None:
             return  # they stay due: the run's claims are released on a new connection
         try:
-            taken = reconcile.record_unchanged(self.run_id, held)
+            taken = bulk_checks.record_unchanged(self.run_id, held)
         except DatabaseError as error:
             if database.connection_lost(error):
                 self._lost = error
