@@ -49,12 +49,13 @@ def settle_unchanged(
 ) -> Settled | None:
     """The claimed ``payment`` as one more check leaves it, when ``observation`` changes
     nothing but its schedule and descriptive fields; ``None`` when it must go through
-    :func:`apply` instead.
+    :func:`~athm_sync.reconcile.apply` instead.
 
     That is when the answer was read (no error), nothing was captured or dropped,
-    :func:`decide` finds no transition, refund, note or mismatch, and the payment is not given
-    up now. Such checks are written many at a time by :func:`record_unchanged`. The decision
-    is made by the same functions as :func:`apply`'s, on the row as it was claimed.
+    :func:`~athm_sync.reconcile.decide` finds no transition, refund, note or mismatch, and the
+    payment is not given up now. Such checks are written many at a time by
+    :func:`record_unchanged`. The decision is made by the same functions as
+    :func:`~athm_sync.reconcile.apply`'s, on the row as it was claimed.
     """
     if observation.error is not None or observation.captured or observation.drop_auth_token:
         return None
@@ -85,8 +86,8 @@ def record_unchanged(run_id: str, settled: Iterable[Settled], now: datetime | No
     took them.
 
     Only rows ``run_id`` still holds are written: any other door that checked a payment
-    meanwhile (a webhook, ``sync_payment``, the admin) went through :func:`apply`, which
-    released the claim, and its write stands.
+    meanwhile (a webhook, ``sync_payment``, the admin) went through
+    :func:`~athm_sync.reconcile.apply`, which released the claim, and its write stands.
     """
     settled = list(settled)
     by_pk = {each.payment.pk: each.payment for each in settled}

@@ -61,8 +61,8 @@ class Dispatched:
 def dispatch(events: Iterable[int | PaymentEvent]) -> Dispatched:
     """Send the signal of each given event not yet sent, each in one transaction.
 
-    ``events`` are ids, or the events :func:`apply` just committed (with their payment and
-    refund attached), which are sent as they are instead of being read again.
+    ``events`` are ids, or the events :func:`~athm_sync.reconcile.apply` just committed (with
+    their payment and refund attached), which are sent as they are instead of being read again.
 
     The transaction holds the event's "sent" mark and everything its receivers write to the
     database, so a process killed at any moment either rolls both back (the event stays
