@@ -42,7 +42,7 @@ from typing import Any, Protocol
 from django.db import DatabaseError, transaction
 
 from athm_sync import calls, clock, database, normalize
-from athm_sync.claims import (
+from athm_sync.claims import (  # noqa: F401
     CLAIM_LEASE,
     LeaseKeeper,
     claim_due,
@@ -64,7 +64,7 @@ from athm_sync.client import (
 from athm_sync.conf import AthmSyncSettings, get_settings
 from athm_sync.database import run_locked
 from athm_sync.models import Payment, PaymentEvent, Refund, fit_to_column
-from athm_sync.sending import (
+from athm_sync.sending import (  # noqa: F401
     IN_FLIGHT,
     Dispatched,
     call_receiver,
@@ -75,6 +75,9 @@ from athm_sync.sending import (
     signal_for_kind,
     signal_of,
 )
+
+# The claims, the sending and run_locked lived in this module: shops and the app's other modules
+# still import their names from here (re-exported: the imports above, hence the noqa).
 
 logger = logging.getLogger("athm_sync.reconcile")
 
@@ -695,43 +698,3 @@ def check_payment(
         if own_client:
             client.close()
     return apply(observation, hint, source=source, conf=conf)
-
-
-# Re-exported: the names that lived here before the claims, the sending and the retry got
-# modules of their own, which shops and other modules import from here.
-__all__ = [
-    "CLAIM_LEASE",
-    "FITTED_FIELDS",
-    "HINTS",
-    "HINT_ALLOWANCE",
-    "IN_FLIGHT",
-    "Decision",
-    "Dispatched",
-    "Expected",
-    "LeaseKeeper",
-    "Observation",
-    "Outcome",
-    "RefundDetail",
-    "apply",
-    "auth_token_usable",
-    "call_receiver",
-    "check_answer",
-    "check_payment",
-    "claim_due",
-    "claimable",
-    "decide",
-    "describe_error",
-    "dispatch",
-    "dispatch_pending",
-    "keep_run_alive",
-    "mismatch",
-    "named_receivers",
-    "next_check",
-    "observe",
-    "refund_parts",
-    "release_claims",
-    "renew_claims",
-    "run_locked",
-    "signal_for_kind",
-    "signal_of",
-]
