@@ -5,11 +5,16 @@ timeout) fails every query after it, so going on would turn one event into one l
 or one traceback, per payment. Where the app catches a database error to go on with the next
 payment, it asks :func:`connection_lost` first and lets the error through when the connection
 is gone; the run then ends in one line (:mod:`athm_sync.runner`).
+
+And SQLite's one writer: :func:`run_locked` runs a transaction again while another process
+holds the write lock ("database is locked").
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -89,6 +94,24 @@ def interrupted_by(error: BaseException, kind: type[BaseException]) -> BaseExcep
     return None
 
 
+def run_locked(work: Callable[[], T], attempts: int = 8) -> T:
+    """Run a transaction, retrying it while SQLite says "database is locked".
+
+    With Django's default deferred transactions, SQLite refuses at once a transaction that read
+    and then tries to write while another process writes; running it again succeeds. Other
+    databases wait for the lock instead, so this never retries there.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return work()
+        except OperationalError as error:
+            locked = connection.vendor == "sqlite" and "locked" in str(error)
+            if not locked or attempt == attempts or connection.in_atomic_block:
+                raise
+            time.sleep(min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))  # noqa: S311
+    raise AssertionError("unreachable")
+
+
 __all__ = [
     "ConnectionLost",
     "connection_lost",
@@ -96,4 +119,5 @@ __all__ = [
     "first_line",
     "interrupted_by",
     "on_new_connection",
+    "run_locked",
 ]

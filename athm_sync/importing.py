@@ -62,7 +62,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from athm_sync import clock, normalize, reconcile
+from athm_sync import clock, database, normalize, reconcile
 from athm_sync.models import Payment, Refund, fit_to_column
 
 logger = logging.getLogger("athm_sync.importing")
@@ -424,7 +424,7 @@ def import_django_athm(
         if dry_run:
             written, raced, failed = new, [], []
         else:
-            written, raced, failed = reconcile.run_locked(lambda new=new: _write(new))
+            written, raced, failed = database.run_locked(lambda new=new: _write(new))
         report.refused += failed
         for item in raced:
             report.already_present += 1

@@ -288,10 +288,10 @@ def record(
             )
 
     try:
-        return reconcile.run_locked(create), True
+        return database.run_locked(create), True
     except IntegrityError:
         existing = WebhookEvent.objects.filter(idempotency_key=notice.idempotency_key)
-        reconcile.run_locked(lambda: existing.update(deliveries=F("deliveries") + 1))
+        database.run_locked(lambda: existing.update(deliveries=F("deliveries") + 1))
         return existing.get(), False
 
 
@@ -389,7 +389,7 @@ def process(
     if not claimed:
         now = clock.now()
         takeable = [Outcome.PENDING, Outcome.REJECTED] if retry_rejected else [Outcome.PENDING]
-        taken = reconcile.run_locked(
+        taken = database.run_locked(
             lambda: WebhookEvent.objects.filter(
                 Q(processing_until__isnull=True) | Q(processing_until__lt=now),
                 pk=event.pk,
@@ -433,7 +433,7 @@ def process(
         if verdict.outcome == Outcome.PENDING and not verdict.unreachable
         else None
     )
-    reconcile.run_locked(
+    database.run_locked(
         lambda: event.save(
             update_fields=[
                 "outcome",
@@ -464,7 +464,7 @@ def retry_delay(attempts: int) -> timedelta:
 
 
 def _release(event: WebhookEvent) -> None:
-    reconcile.run_locked(
+    database.run_locked(
         lambda: WebhookEvent.objects.filter(pk=event.pk).update(processing_until=None)
     )
 
@@ -622,7 +622,7 @@ def _process_unidentified(
     if len(checked) == MAX_CANDIDATE_CHECKS:
         now = clock.now()
         rest = found.exclude(pk__in=[payment.pk for payment in checked])
-        made_due = reconcile.run_locked(lambda: rest.make_due(now))
+        made_due = database.run_locked(lambda: rest.make_due(now))
     observations, failure, asked = _look(event, checked, client)
     confirmed, transitions, failure = _apply_looks(event, observations, failure, conf)
     checks = f"checked {asked} of the {len(checked)} payments it can be"

@@ -22,8 +22,8 @@ from django.db import DatabaseError, connection
 from django.db.models import Q
 
 from athm_sync import clock
+from athm_sync.database import run_locked
 from athm_sync.models import RunLock
-from athm_sync.reconcile import run_locked
 
 logger = logging.getLogger("athm_sync.locks")
 

@@ -1,6 +1,6 @@
 """Receivers that raised, delivered again alone: the retries of the outbox.
 
-:func:`athm_sync.reconcile.dispatch` sends each event's signal once, every receiver in a
+:func:`athm_sync.sending.dispatch` sends each event's signal once, every receiver in a
 savepoint of its own. A receiver that raises there is rolled back alone and recorded, in the
 transaction that marks the event sent, as a :class:`~athm_sync.models.ReceiverDelivery`
 (:func:`record_failures`): a failure that is recorded is never lost.
@@ -38,7 +38,7 @@ from typing import Any
 from django.db import DatabaseError, transaction
 from django.db.models import Count, F, Min, Q, QuerySet
 
-from athm_sync import clock, database, normalize, reconcile, signals, tracebacks
+from athm_sync import clock, database, normalize, sending, signals, tracebacks
 from athm_sync.conf import AthmSyncSettings, get_settings
 from athm_sync.models import PaymentEvent, ReceiverDelivery, fit_to_column
 
@@ -193,7 +193,7 @@ def describe(delivery: ReceiverDelivery) -> str:
 
 def signal_name(event: PaymentEvent) -> str:
     """The name of the signal ``event`` sends (``payment_completed``...)."""
-    signal = reconcile.signal_for_kind(event.kind)
+    signal = sending.signal_for_kind(event.kind)
     return next(name for name in signals.__all__ if getattr(signals, name) is signal)
 
 
@@ -330,7 +330,7 @@ def acknowledge(ids: Sequence[int] | None = None, *, now: datetime | None = None
         ids = [pk for pk in ids if found[pk]["acknowledged_at"] is None]
     if not ids:
         return []
-    reconcile.run_locked(
+    database.run_locked(
         lambda: given_up_unacknowledged().filter(pk__in=ids).update(acknowledged_at=now)
     )
     logger.info("Acknowledged given-up receiver(s) %s", ", ".join(map(str, ids)))
@@ -341,7 +341,7 @@ def _attempt_each(ids: Sequence[int], conf: AthmSyncSettings, due_at: datetime |
     result = Attempts()
     for pk in ids:
         try:
-            attempt = reconcile.run_locked(lambda pk=pk: _attempt(pk, conf, due_at))
+            attempt = database.run_locked(lambda pk=pk: _attempt(pk, conf, due_at))
         except DatabaseError as error:
             if database.connection_lost(error):
                 # Every other retry would fail alike: the run says it once, and stops.
@@ -375,8 +375,8 @@ def _attempt(pk: int, conf: AthmSyncSettings, due_at: datetime | None) -> Attemp
         # second process waits for this one, then finds it done.
         ReceiverDelivery.objects.filter(pk=pk).update(next_attempt_at=None)
         event = delivery.event
-        signal, sender, arguments = reconcile.signal_of(event)
-        receiver = dict(reconcile.named_receivers(signal, sender)).get(delivery.receiver)
+        signal, sender, arguments = sending.signal_of(event)
+        receiver = dict(sending.named_receivers(signal, sender)).get(delivery.receiver)
         now = clock.now()
         if receiver is None:
             reason = (
@@ -384,9 +384,9 @@ def _attempt(pk: int, conf: AthmSyncSettings, due_at: datetime | None) -> Attemp
                 "any more (removed or renamed?)"
             )
             return _failed(delivery, reason, now, conf, give_up=True)
-        error = reconcile.call_receiver(receiver, signal, sender, arguments)
+        error = sending.call_receiver(receiver, signal, sender, arguments)
         if error is not None:
-            return _failed(delivery, reconcile.describe_error(error), now, conf, error=error)
+            return _failed(delivery, sending.describe_error(error), now, conf, error=error)
         delivery.delivered_at = now
         delivery.next_attempt_at = None
         delivery.save(update_fields=["delivered_at", "next_attempt_at"])

@@ -1,4 +1,4 @@
-"""The one place that decides a payment's transitions, and the outbox that fires signals.
+"""The one place that decides a payment's transitions and applies them.
 
 Every door (the ``athm_sync`` command, the webhook view, :func:`athm_sync.sync_payment`, the
 admin) goes through the same three steps:
@@ -11,16 +11,17 @@ admin) goes through the same three steps:
    remote fields, the status, any new refund and one :class:`~athm_sync.models.PaymentEvent`
    per transition, all in one transaction. A database error while doing so is recorded on
    that payment alone, which is retried later with backoff.
-3. After commit, :func:`dispatch` sends each event's signal once, claiming the event first so
-   that two processes never send the same one. An event a crash left unsent is sent by the
-   next :func:`dispatch_pending`.
+3. After commit, :func:`athm_sync.sending.dispatch` sends each event's signal once, claiming
+   the event first so that two processes never send the same one. An event a crash left
+   unsent is sent by the next :func:`~athm_sync.sending.dispatch_pending`.
 
 A second door arriving at the same payment sees the status already changed and does nothing.
 
 A poll's check that changes nothing but the payment's schedule (most of them) is decided by the
-same :func:`decide` on the row as claimed (:func:`settle_unchanged`) and written with the rest
-of its batch in one query (:func:`record_unchanged`), only where the run still holds the claim:
-any door that applied the payment meanwhile released it, and its write stands.
+same :func:`decide` and written in bulk (:mod:`athm_sync.unchanged`); the run's claims and
+their lease are in :mod:`athm_sync.claims`, the "database is locked" retry in
+:func:`athm_sync.database.run_locked`. Their public names are importable from here too, as
+they always were.
 
 The money must match: a payment becomes COMPLETED only when ATH Móvil's total equals the stored
 total and, where the shop stored metadata, ATH Móvil's metadata equals it (:func:`mismatch`).
@@ -30,26 +31,26 @@ Otherwise it is held as ``MISMATCHED`` and ``payment_mismatched`` fires instead.
 from __future__ import annotations
 
 import base64
-import copy
 import dataclasses
-import functools
-import itertools
 import json
 import logging
-import random
-import threading
-import time
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
-from asgiref.sync import AsyncToSync, async_to_sync
-from django.db import DatabaseError, OperationalError, connection, transaction
-from django.db.models import Q, QuerySet
+from django.db import DatabaseError, transaction
 
-from athm_sync import calls, clock, database, normalize, signals, tracebacks
+from athm_sync import calls, clock, database, normalize
+from athm_sync.claims import (  # noqa: F401
+    CLAIM_LEASE,
+    LeaseKeeper,
+    claim_due,
+    claimable,
+    keep_run_alive,
+    release_claims,
+    renew_claims,
+)
 from athm_sync.client import (
     ATHMovilClient,
     ATHMovilError,
@@ -61,7 +62,22 @@ from athm_sync.client import (
     PaymentSnapshot,
 )
 from athm_sync.conf import AthmSyncSettings, get_settings
-from athm_sync.models import Payment, PaymentEvent, Refund, SyncRun, fit_to_column
+from athm_sync.database import run_locked
+from athm_sync.models import Payment, PaymentEvent, Refund, fit_to_column
+from athm_sync.sending import (  # noqa: F401
+    IN_FLIGHT,
+    Dispatched,
+    call_receiver,
+    describe_error,
+    dispatch,
+    dispatch_pending,
+    named_receivers,
+    signal_for_kind,
+    signal_of,
+)
+
+# The claims, the sending and run_locked lived in this module: shops and the app's other modules
+# still import their names from here (re-exported: the imports above, hence the noqa).
 
 logger = logging.getLogger("athm_sync.reconcile")
 
@@ -88,9 +104,6 @@ FIRST_INTERVAL_AFTER_DEADLINE = timedelta(seconds=30)
 MAX_INTERVAL = timedelta(hours=1)
 # A check that failed (API or database) waits 10 s, 20 s, 40 s... up to MAX_INTERVAL.
 FIRST_RETRY = timedelta(seconds=10)
-# How long a run's claim on a payment lasts; a live run renews it (LeaseKeeper), so this is
-# how soon the payments of a run that died are free for the next run.
-CLAIM_LEASE = timedelta(seconds=45)
 # A capture needs an auth token with at least this much life left.
 TOKEN_MARGIN = timedelta(seconds=10)
 # A webhook's "expired" is believed from this long before the deadline, its "cancelled" until
@@ -101,8 +114,8 @@ HINT_ALLOWANCE = timedelta(seconds=30)
 _KEY_FIELDS = ("reference_number", "daily_transaction_id")
 # Descriptive text: cut to its column (fit_to_column), also by the django-athm import.
 FITTED_FIELDS = ("customer_name", "customer_phone", "customer_email", "business_name")
-# Everything _copy_remote_fields may write.
-_REMOTE_FIELDS = (
+# Everything copy_remote_fields may write.
+REMOTE_FIELDS = (
     "total_refunded_amount",
     *_KEY_FIELDS,
     "transaction_date",
@@ -110,8 +123,6 @@ _REMOTE_FIELDS = (
     "fee",
     "net_amount",
 )
-
-T = TypeVar("T")
 
 
 class Expected(Protocol):
@@ -489,7 +500,7 @@ def _apply_locked(
             if decision.note:
                 logger.warning("Payment %s: %s", payment.pk, decision.note)
             if snapshot is not None:
-                _copy_remote_fields(payment, snapshot, refresh_all=not payment.is_terminal)
+                copy_remote_fields(payment, snapshot, refresh_all=not payment.is_terminal)
             if decision.mismatch:
                 _hold(payment, snapshot, decision.mismatch)
             elif observation.not_captured and decision.status == CONFIRM:
@@ -498,7 +509,7 @@ def _apply_locked(
             payment.last_error = decision.note if decision.status == EXPIRED else ""
         if observation.drop_auth_token:
             payment.auth_token = ""
-        given_up = _checked(payment, now, conf, error)
+        given_up = record_check(payment, now, conf, error)
         # Only what changed (a check always changes its schedule): a smaller UPDATE to build.
         payment.save(update_fields=[*_changed_fields(payment, stored), "updated_at"])
 
@@ -557,7 +568,7 @@ def _changed_fields(payment: Payment, stored: dict[str, Any]) -> list[str]:
 _CONCRETE_FIELDS = [field for field in Payment._meta.concrete_fields if not field.primary_key]
 
 
-def _checked(payment: Payment, now: datetime, conf: AthmSyncSettings, error: str) -> bool:
+def record_check(payment: Payment, now: datetime, conf: AthmSyncSettings, error: str) -> bool:
     """Record one check on ``payment`` (failed when ``error``) and schedule the next one;
     returns whether the payment was given up just now."""
     payment.check_count += 1
@@ -585,7 +596,7 @@ def _record_failure(
     """Record a check whose answer could not be stored, in a transaction of its own."""
     with transaction.atomic():
         payment = Payment.objects.select_for_update().get(pk=ecommerce_id)
-        given_up = _checked(payment, now, conf, reason)
+        given_up = record_check(payment, now, conf, reason)
         payment.save(
             update_fields=[
                 "check_count",
@@ -632,7 +643,7 @@ def _record_dispatch(outcome: Outcome, dispatched: Dispatched) -> None:
     outcome.connection_lost = dispatched.connection_lost
 
 
-def _copy_remote_fields(payment: Payment, snapshot: PaymentSnapshot, refresh_all: bool) -> None:
+def copy_remote_fields(payment: Payment, snapshot: PaymentSnapshot, refresh_all: bool) -> None:
     """Copy what ATH Móvil knows onto the row; a terminal payment only gains its refunds.
 
     Descriptive text longer than its column (a name, an e-mail) is cut to fit; the client has
@@ -654,516 +665,6 @@ def _copy_remote_fields(payment: Payment, snapshot: PaymentSnapshot, refresh_all
         value = getattr(snapshot, name)
         if value:
             setattr(payment, name, value)
-
-
-def run_locked(work: Callable[[], T], attempts: int = 8) -> T:
-    """Run a transaction, retrying it while SQLite says "database is locked".
-
-    With Django's default deferred transactions, SQLite refuses at once a transaction that read
-    and then tries to write while another process writes; running it again succeeds. Other
-    databases wait for the lock instead, so this never retries there.
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            return work()
-        except OperationalError as error:
-            locked = connection.vendor == "sqlite" and "locked" in str(error)
-            if not locked or attempt == attempts or connection.in_atomic_block:
-                raise
-            time.sleep(min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))  # noqa: S311
-    raise AssertionError("unreachable")
-
-
-# -- dispatching the outbox ----------------------------------------------------------------
-
-
-@dataclass
-class Dispatched:
-    """What :func:`dispatch` did: events sent, receivers that raised, events it could not
-    send (each with the database's reason; they stay pending for the next run)."""
-
-    sent_ids: list[int] = field(default_factory=list)
-    receiver_errors: int = 0
-    failures: list[tuple[int, str]] = field(default_factory=list)
-    # Of the events sent, how many a crash had left (not a live process's, just committed).
-    leftovers: int = 0
-    # The connection died: the events not sent yet were not tried (they stay pending).
-    connection_lost: bool = False
-
-    @property
-    def sent(self) -> int:
-        return len(self.sent_ids)
-
-    @property
-    def problem(self) -> str:
-        """One line on the events that could not be sent; ``""`` when all were."""
-        if not self.failures:
-            return ""
-        reasons = "; ".join(reason for _, reason in self.failures)
-        return f"{len(self.failures)} signal(s) not sent, left pending: {reasons}"
-
-
-def dispatch(events: Iterable[int | PaymentEvent]) -> Dispatched:
-    """Send the signal of each given event not yet sent, each in one transaction.
-
-    ``events`` are ids, or the events :func:`apply` just committed (with their payment and
-    refund attached), which are sent as they are instead of being read again.
-
-    The transaction holds the event's "sent" mark and everything its receivers write to the
-    database, so a process killed at any moment either rolls both back (the event stays
-    pending and the next run sends it again) or commits both: a receiver's database work
-    happens exactly once. Each receiver runs in a savepoint of its own: one that raises is
-    rolled back alone, logged with its traceback and recorded on the event (``errors``); the
-    others' work still commits. An event another process is sending is skipped (its row is
-    locked: ``SKIP LOCKED`` on PostgreSQL; SQLite's write lock makes the second process wait,
-    then find it sent). An event that cannot be marked (a database error) is reported in
-    ``failures`` and left pending; the others are still sent, unless the connection died
-    (``connection_lost``): then the others are left pending too, untried.
-    """
-    result = Dispatched()
-    for given in events:
-        event = given if isinstance(given, PaymentEvent) else None
-        pk = event.pk if event is not None else given
-        try:
-            failures = run_locked(lambda pk=pk, event=event: _dispatch_one(pk, event))
-        except DatabaseError as error:
-            if database.connection_lost(error):
-                # Said once by the run that meets it; every other event would fail alike.
-                result.connection_lost = True
-                result.failures.append((pk, database.first_line(error)))
-                break
-            reason = normalize.text(f"{type(error).__name__}: {error}")[:500]
-            logger.error("Signal of event %s not sent, it stays pending: %s", pk, reason)
-            result.failures.append((pk, reason))
-            continue
-        if failures is not None:
-            result.sent_ids.append(pk)
-            result.receiver_errors += failures
-    return result
-
-
-def _dispatch_one(pk: int, event: PaymentEvent | None = None) -> int | None:
-    """Send one event in a transaction; returns how many receivers raised, or ``None`` when
-    it was already sent or another process is sending it."""
-    with transaction.atomic():
-        # Django ignores select_for_update() where there is no FOR UPDATE (SQLite).
-        unsent = PaymentEvent.objects.select_for_update(skip_locked=True, of=("self",)).filter(
-            pk=pk, dispatched_at__isnull=True
-        )
-        if event is None:
-            event = unsent.select_related("payment", "refund").first()
-            if event is None:
-                return None
-        # An event apply() just committed is marked at once: only a sweep of another process
-        # could be sending it, and then the mark below waits for that one to end, and finds
-        # it sent.
-        # Written first: on SQLite this takes the write lock before any receiver runs, so a
-        # receiver's own writes never meet "database is locked" halfway through.
-        marked = PaymentEvent.objects.filter(pk=pk, dispatched_at__isnull=True).update(
-            dispatched_at=clock.now()
-        )
-        if not marked:
-            return None
-        errors = _send(event)
-        if errors:
-            from athm_sync import outbox  # it builds on this module
-
-            PaymentEvent.objects.filter(pk=pk).update(receiver_errors=len(errors), errors=errors)
-            # In this same transaction: a failure recorded is a failure retried, by later runs.
-            outbox.record_failures(event, errors, clock.now())
-    return len(errors)
-
-
-# An unsent event younger than this may be one a live process is about to send right after
-# its commit: sending it is harmless (once is once), but it is no leftover of a crash.
-IN_FLIGHT = timedelta(seconds=10)
-
-
-def dispatch_pending(should_stop: Callable[[], bool] | None = None) -> Dispatched:
-    """Send every event a crash left unsent (committed, never dispatched), at once.
-
-    Events another live process is sending are skipped. Only events older than ``IN_FLIGHT``
-    that this call really sent are reported as left by an earlier run. ``should_stop`` is
-    asked before each event: when it says so, the rest stay pending for the next run.
-    """
-    pending = list(
-        PaymentEvent.objects.filter(dispatched_at__isnull=True)
-        .order_by("created_at", "pk")
-        .values_list("pk", "created_at")
-    )
-    if not pending:
-        return Dispatched()
-    stop = should_stop or (lambda: False)
-    result = dispatch(itertools.takewhile(lambda _: not stop(), (pk for pk, _ in pending)))
-    sent = set(result.sent_ids)
-    fresh_before = clock.now() - IN_FLIGHT
-    result.leftovers = sum(1 for pk, created in pending if pk in sent and created < fresh_before)
-    if result.leftovers:
-        logger.warning("Sent %d signal(s) left unsent by an earlier run", result.leftovers)
-    return result
-
-
-def signal_of(event: PaymentEvent) -> tuple[Any, type, dict[str, Any]]:
-    """The signal an event sends, its sender and its arguments (its payment and refund as
-    loaded with it)."""
-    payment = event.payment
-    kind = PaymentEvent.Kind
-    if event.kind == kind.REFUND_SENT:
-        return signals.refund_sent, Refund, {"refund": event.refund, "payment": payment}
-    if event.kind == kind.MISMATCHED:
-        arguments = {
-            "payment": payment,
-            "expected_total": payment.total,
-            "remote_total": payment.remote_total,
-            "reason": payment.mismatch_reason,
-        }
-        return signals.payment_mismatched, Payment, arguments
-    return signal_for_kind(event.kind), Payment, {"payment": payment}
-
-
-def signal_for_kind(kind: str) -> Any:
-    """The signal an event of ``kind`` sends."""
-    return {
-        PaymentEvent.Kind.COMPLETED: signals.payment_completed,
-        PaymentEvent.Kind.CANCELLED: signals.payment_cancelled,
-        PaymentEvent.Kind.EXPIRED: signals.payment_expired,
-        PaymentEvent.Kind.REFUND_SENT: signals.refund_sent,
-        PaymentEvent.Kind.MISMATCHED: signals.payment_mismatched,
-    }[kind]
-
-
-def _send(event: PaymentEvent) -> list[dict[str, str]]:
-    """Call each receiver of the event's signal in a savepoint; returns the failures."""
-    signal, sender, arguments = signal_of(event)
-    errors = []
-    for name, receiver in named_receivers(signal, sender):
-        error = call_receiver(receiver, signal, sender, arguments)
-        if error is None:
-            continue
-        errors.append(
-            {"receiver": name, "error": describe_error(error), "traceback": tracebacks.full(error)}
-        )
-        # The traceback as stored (secrets masked), not exc_info: a receiver's message may
-        # quote a token, and log handlers would print it as raised.
-        logger.error(
-            "Receiver %s of %s failed for payment %s; its database writes were rolled back\n%s",
-            name,
-            event.kind,
-            event.payment_id,
-            errors[-1]["traceback"].rstrip("\n"),
-        )
-    logger.debug("Sent %s for payment %s (sender %s)", event.kind, event.payment_id, sender)
-    return errors
-
-
-def call_receiver(
-    receiver: Callable[..., Any], signal: Any, sender: type, arguments: dict[str, Any]
-) -> Exception | None:
-    """Call one receiver in a savepoint; returns what it raised (its writes rolled back), or
-    ``None`` when it returned. A database connection that died under it is not the
-    receiver's fault: that is raised, and the event or retry stays pending."""
-    try:
-        with transaction.atomic():
-            receiver(signal=signal, sender=sender, **arguments)
-    except Exception as error:
-        if isinstance(error, DatabaseError) and database.connection_lost(error):
-            raise
-        return error
-    return None
-
-
-def describe_error(error: BaseException) -> str:
-    """A receiver's error as it is recorded: its type and message, secrets masked, cut to 500
-    characters (:func:`athm_sync.tracebacks.one_line`)."""
-    return tracebacks.one_line(error)
-
-
-def named_receivers(signal: Any, sender: type) -> list[tuple[str, Callable[..., Any]]]:
-    """The live receivers of ``signal`` for ``sender``, in the order they are called, each with
-    the name a failure is recorded under (:func:`_name_of`). A second receiver of the same
-    name (closures made in a loop) is named ``name#2``, a third ``name#3``..., so that a retry
-    calls the very one that failed."""
-    named = []
-    seen: dict[str, int] = {}
-    for receiver in _receivers(signal, sender):
-        name = _name_of(receiver)
-        seen[name] = seen.get(name, 0) + 1
-        named.append((name if seen[name] == 1 else f"{name}#{seen[name]}", receiver))
-    return named
-
-
-def _receivers(signal: Any, sender: type) -> list[Callable[..., Any]]:
-    """The live receivers of ``signal`` for ``sender``, sync ones first, as ``send`` calls them.
-
-    Django's ``Signal`` has no public way to call receivers one at a time (a savepoint each),
-    so this reads ``_live_receivers``: a (sync, async) pair since Django 5.0. Async receivers
-    are called through ``async_to_sync``.
-    """
-    live = signal._live_receivers(sender)
-    sync_receivers, async_receivers = live if isinstance(live, tuple) else (live, [])
-    return [*sync_receivers, *(async_to_sync(receiver) for receiver in async_receivers)]
-
-
-def _name_of(receiver: Any) -> str:
-    """A receiver's dotted name, ``module.qualname``: the same in every process running the
-    same code. An async receiver is named for its coroutine function, a ``partial`` for its
-    function, a callable object for its class (never a ``repr`` holding a memory address)."""
-    if isinstance(receiver, AsyncToSync):
-        receiver = receiver.awaitable
-    while isinstance(receiver, functools.partial):
-        receiver = receiver.func
-    if getattr(receiver, "__qualname__", None) is None:
-        receiver = type(receiver)
-    module = getattr(receiver, "__module__", "") or ""
-    name = receiver.__qualname__
-    return f"{module}.{name}" if module else name
-
-
-# -- claiming due payments -----------------------------------------------------------------
-
-
-def claim_due(
-    run_id: str, limit: int, lease: timedelta, now: datetime | None = None
-) -> list[Payment]:
-    """Claim up to ``limit`` due payments for ``run_id`` until ``now + lease``; returns their
-    rows as claimed, the most overdue first.
-
-    Two runs never hold the same payment: on PostgreSQL rows another run is claiming are
-    skipped (``SKIP LOCKED``); everywhere, the claim is a conditional update that only takes
-    rows whose lease is free or has expired (its holder died). Three queries, however many
-    rows.
-    """
-    now = now or clock.now()
-
-    def claim() -> list[Payment]:
-        with transaction.atomic():
-            ids = list(claimable(now).values_list("pk", flat=True)[:limit])
-            if not ids:
-                return []
-            Payment.objects.filter(_lease_free(now), pk__in=ids).update(
-                claimed_by=run_id, claimed_until=now + lease
-            )
-            return list(
-                Payment.objects.filter(pk__in=ids, claimed_by=run_id).order_by(
-                    "next_check_at", "pk"
-                )
-            )
-
-    return run_locked(claim)
-
-
-# -- checks that change nothing ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Settled:
-    """A check that changed nothing but the schedule (and perhaps descriptive fields ATH
-    Móvil filled in, such as the business name): ``payment`` as the check leaves it, and the
-    names of the remote fields it changed."""
-
-    payment: Payment
-    remote_fields: tuple[str, ...] = ()
-
-
-# What every settled check writes; record_unchanged adds the remote fields some row changed.
-_SCHEDULE_FIELDS = ("next_check_at", "last_checked_at", "expires_at")
-
-
-def settle_unchanged(
-    payment: Payment, observation: Observation, *, now: datetime, conf: AthmSyncSettings
-) -> Settled | None:
-    """The claimed ``payment`` as one more check leaves it, when ``observation`` changes
-    nothing but its schedule and descriptive fields; ``None`` when it must go through
-    :func:`apply` instead.
-
-    That is when the answer was read (no error), nothing was captured or dropped,
-    :func:`decide` finds no transition, refund, note or mismatch, and the payment is not given
-    up now. Such checks are written many at a time by :func:`record_unchanged`. The decision
-    is made by the same functions as :func:`apply`'s, on the row as it was claimed.
-    """
-    if observation.error is not None or observation.captured or observation.drop_auth_token:
-        return None
-    if observation.refunds:
-        return None
-    snapshot = observation.snapshot
-    decision = decide(payment, snapshot, now=now, conf=conf)
-    if decision.changes_anything or decision.note or decision.mismatch:
-        return None
-    if decision.status != payment.status:
-        return None
-    checked = copy.copy(payment)
-    changed: tuple[str, ...] = ()
-    if snapshot is not None:
-        _copy_remote_fields(checked, snapshot, refresh_all=not checked.is_terminal)
-        changed = tuple(
-            name for name in _REMOTE_FIELDS if getattr(checked, name) != getattr(payment, name)
-        )
-    if _checked(checked, now, conf, "") or checked.given_up_at is not None:
-        return None
-    if checked.expires_at is None:
-        checked.expires_at = checked.compute_expires_at()
-    return Settled(checked, changed)
-
-
-def record_unchanged(run_id: str, settled: Iterable[Settled], now: datetime | None = None) -> int:
-    """Write the checks :func:`settle_unchanged` settled, in one query; returns how many rows
-    took them.
-
-    Only rows ``run_id`` still holds are written: any other door that checked a payment
-    meanwhile (a webhook, ``sync_payment``, the admin) went through :func:`apply`, which
-    released the claim, and its write stands.
-    """
-    settled = list(settled)
-    by_pk = {each.payment.pk: each.payment for each in settled}
-    if not by_pk:
-        return 0
-    now = now or clock.now()
-    remote = {name for each in settled for name in each.remote_fields}
-    per_row = [*_SCHEDULE_FIELDS, *(name for name in _REMOTE_FIELDS if name in remote)]
-    same = {
-        "check_count": None,  # + 1
-        "failures": 0,
-        "last_error": "",
-        "claimed_by": "",
-        "claimed_until": None,
-        "updated_at": now,
-    }
-    sql, params = _bulk_update_sql(by_pk, per_row, same, run_id)
-
-    def write() -> int:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.rowcount
-
-    return run_locked(write)
-
-
-def _bulk_update_sql(
-    rows: dict[Any, Payment], per_row: Sequence[str], same: dict[str, Any], run_id: str
-) -> tuple[str, list[Any]]:
-    """One ``UPDATE`` of ``rows`` (held by ``run_id``): the ``per_row`` fields from each row
-    (``CASE pk WHEN ... THEN ...``), the ``same`` ones set alike (``check_count`` incremented).
-
-    Written as SQL because the ORM's ``Case(When(pk=...))`` builds a filter for every row and
-    field, which cost more than the checks it writes; the values are prepared by the model's
-    own fields, as the ORM would.
-    """
-    meta = Payment._meta
-    quote = connection.ops.quote_name
-    pk_column = quote(meta.pk.column)
-    pks = [meta.pk.get_db_prep_value(pk, connection) for pk in rows]
-    assignments: list[str] = []
-    params: list[Any] = []
-    for name in per_row:
-        field = meta.get_field(name)
-        column = quote(field.column)
-        whens = " ".join(["WHEN %s THEN %s"] * len(rows))
-        assignments.append(f"{column} = CASE {pk_column} {whens} ELSE {column} END")
-        for db_pk, payment in zip(pks, rows.values(), strict=True):
-            params += [db_pk, field.get_db_prep_save(getattr(payment, name), connection)]
-    for name, value in same.items():
-        field = meta.get_field(name)
-        column = quote(field.column)
-        if name == "check_count":
-            assignments.append(f"{column} = {column} + 1")
-            continue
-        assignments.append(f"{column} = %s")
-        params.append(field.get_db_prep_save(value, connection))
-    claimed_by = quote(meta.get_field("claimed_by").column)
-    placeholders = ", ".join(["%s"] * len(pks))
-    # Identifiers come from the model, quoted; every value is a parameter.
-    sql = (
-        f"UPDATE {quote(meta.db_table)} SET {', '.join(assignments)} "  # noqa: S608
-        f"WHERE {pk_column} IN ({placeholders}) AND {claimed_by} = %s"
-    )
-    return sql, [*params, *pks, run_id]
-
-
-def claimable(now: datetime) -> QuerySet[Payment]:
-    """The due payments no live run holds, as :func:`claim_due` takes them: locked, rows
-    another run is locking skipped (PostgreSQL). Evaluate it inside a transaction."""
-    free = Payment.objects.due(now).filter(_lease_free(now))
-    if connection.features.has_select_for_update_skip_locked:
-        free = free.select_for_update(skip_locked=True)
-    return free
-
-
-def renew_claims(run_id: str, lease: timedelta, now: datetime | None = None) -> int:
-    """Extend every claim ``run_id`` holds to ``now + lease``; returns how many."""
-    until = (now or clock.now()) + lease
-    return run_locked(
-        lambda: Payment.objects.filter(claimed_by=run_id, claimed_until__isnull=False).update(
-            claimed_until=until
-        )
-    )
-
-
-class LeaseKeeper:
-    """Renews a live run's claims from a thread of its own, every ``lease / 3``.
-
-    Claims are short (``CLAIM_LEASE``, 45 s) so that the payments of a run that died (killed,
-    out of memory, its host gone) are free again within a minute; while the run lives, this
-    keeps them, however slow ATH Móvil or its receivers are. With ``sync_run_id`` it also
-    pushes that ``SyncRun``'s ``alive_until`` ahead: a run that never finished and stopped
-    renewing was abandoned. The thread uses its own database connection and closes it when
-    stopped. ``renewed`` is set after each renewal.
-    """
-
-    def __init__(
-        self, run_id: str, lease: timedelta = CLAIM_LEASE, *, sync_run_id: int | None = None
-    ) -> None:
-        self.run_id = run_id
-        self.lease = lease
-        self.sync_run_id = sync_run_id
-        self.every = lease.total_seconds() / 3
-        self.renewed = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._keep, name=f"athm-sync-lease-{run_id}", daemon=True
-        )
-
-    def __enter__(self) -> LeaseKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.every)
-
-    def _keep(self) -> None:
-        try:
-            while not self._stop.wait(self.every):
-                try:
-                    renew_claims(self.run_id, self.lease)
-                    if self.sync_run_id is not None:
-                        keep_run_alive(self.sync_run_id, self.lease)
-                except DatabaseError as error:  # the next tick tries again
-                    logger.warning("Could not renew the claims of run %s: %s", self.run_id, error)
-                else:
-                    self.renewed.set()
-        finally:
-            connection.close()
-
-
-def keep_run_alive(sync_run_id: int, lease: timedelta, now: datetime | None = None) -> int:
-    """Push an unfinished ``SyncRun``'s ``alive_until`` to ``now + lease``."""
-    until = (now or clock.now()) + lease
-    return run_locked(
-        lambda: SyncRun.objects.filter(pk=sync_run_id, finished_at__isnull=True).update(
-            alive_until=until
-        )
-    )
-
-
-def release_claims(run_id: str) -> int:
-    """Give back every payment ``run_id`` still holds (a run that stops early)."""
-    return run_locked(
-        lambda: Payment.objects.filter(claimed_by=run_id).update(claimed_by="", claimed_until=None)
-    )
-
-
-def _lease_free(now: datetime) -> Q:
-    return Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
 
 
 # -- one payment, now ----------------------------------------------------------------------

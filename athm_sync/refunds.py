@@ -31,7 +31,7 @@ from typing import Any
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F
 
-from athm_sync import clock, reconcile
+from athm_sync import clock, database, reconcile
 from athm_sync.client import (
     ATHMovilClient,
     ATHMovilError,
@@ -292,11 +292,11 @@ def settle_intents(
 
 def _clear(intent: RefundIntent) -> None:
     # By its id: an intent settled meanwhile by another process and a new one are left alone.
-    reconcile.run_locked(lambda: RefundIntent.objects.filter(pk=intent.pk).delete())
+    database.run_locked(lambda: RefundIntent.objects.filter(pk=intent.pk).delete())
 
 
 def _note(intent: RefundIntent, note: str) -> None:
-    reconcile.run_locked(lambda: RefundIntent.objects.filter(pk=intent.pk).update(note=note[:255]))
+    database.run_locked(lambda: RefundIntent.objects.filter(pk=intent.pk).update(note=note[:255]))
 
 
 def refundable_amount(payment: Payment) -> Decimal:

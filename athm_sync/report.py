@@ -34,7 +34,7 @@ from typing import Any
 
 from django.db import transaction
 
-from athm_sync import reconcile, unmatched
+from athm_sync import database, reconcile, unmatched
 from athm_sync.client import (
     ATHMovilClient,
     ATHMovilError,
@@ -105,11 +105,11 @@ def chunks(start: datetime, end: datetime, size: timedelta = CHUNK) -> Iterator[
 
 def claim_scan(now: datetime, conf: AthmSyncSettings) -> bool:
     """Whether this run scans for refunds now; at most one run per ``REFUND_SCAN_INTERVAL``."""
-    reconcile.run_locked(
+    database.run_locked(
         lambda: ReportScan.objects.get_or_create(name=REFUNDS, defaults={"next_scan_at": now})
     )
     return bool(
-        reconcile.run_locked(
+        database.run_locked(
             lambda: ReportScan.objects.filter(name=REFUNDS, next_scan_at__lte=now).update(
                 next_scan_at=now + conf.refund_scan_interval
             )
@@ -243,7 +243,7 @@ def _lend_details(payment: Payment, row: ReportTransaction) -> bool:
     bare.daily_transaction_id = row.daily_transaction_id[:32]
     bare.transaction_date = row.date
     bare.message = row.message[:255]
-    reconcile.run_locked(
+    database.run_locked(
         lambda: bare.save(update_fields=["daily_transaction_id", "transaction_date", "message"])
     )
     return True
@@ -281,7 +281,7 @@ def _split_details(payment: Payment, row: ReportTransaction) -> bool:
             )
             return True
 
-    return reconcile.run_locked(split)
+    return database.run_locked(split)
 
 
 def _finish(result: ScanResult, retry_at: datetime | None, error: str) -> None:
@@ -295,7 +295,7 @@ def _finish(result: ScanResult, retry_at: datetime | None, error: str) -> None:
     if retry_at is not None:
         updates["next_scan_at"] = retry_at
 
-    reconcile.run_locked(lambda: ReportScan.objects.filter(name=REFUNDS).update(**updates))
+    database.run_locked(lambda: ReportScan.objects.filter(name=REFUNDS).update(**updates))
 
 
 # -- backfill: importing history -------------------------------------------------------------

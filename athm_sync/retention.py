@@ -21,7 +21,7 @@ from datetime import datetime
 from django.db import models
 from django.db.models import Exists, OuterRef, Q
 
-from athm_sync import reconcile
+from athm_sync import database
 from athm_sync.conf import AthmSyncSettings
 from athm_sync.models import PaymentEvent, ReceiverDelivery, SyncRun, WebhookEvent
 
@@ -61,5 +61,5 @@ def _delete_oldest(model: type[models.Model], condition: Q, by: str, *, batch: i
     )
     if not ids:
         return 0
-    reconcile.run_locked(lambda: model.objects.filter(pk__in=ids).delete())
+    database.run_locked(lambda: model.objects.filter(pk__in=ids).delete())
     return len(ids)

@@ -34,9 +34,10 @@ from django.db import connection, transaction
 
 from athm_sync import clock
 from athm_sync.conf import LOOPBACK_HOSTS, get_settings
+from athm_sync.database import run_locked
 from athm_sync.managers import validate_ecommerce_id
 from athm_sync.models import Payment
-from athm_sync.reconcile import Outcome, check_payment, run_locked
+from athm_sync.reconcile import Outcome, check_payment
 
 logger = logging.getLogger("athm_sync.sandbox_expiry")
 

@@ -31,7 +31,7 @@ from decimal import Decimal
 
 from django.db import transaction
 
-from athm_sync import clock, reconcile
+from athm_sync import clock, database, reconcile
 from athm_sync.client import ATHMovilClient, AuthenticationError
 from athm_sync.conf import AthmSyncSettings
 from athm_sync.models import Payment, Refund, UnmatchedRefund
@@ -196,7 +196,7 @@ def lend(bare: Refund, detail: reconcile.RefundDetail) -> None:
     if detail.reference_number:
         bare.reference_number = detail.reference_number[:100]
         fields.append("reference_number")
-    reconcile.run_locked(lambda: bare.save(update_fields=fields))
+    database.run_locked(lambda: bare.save(update_fields=fields))
 
 
 def _list(refund: ForeignRefund, reason: str) -> Linked:
@@ -222,7 +222,7 @@ def _list(refund: ForeignRefund, reason: str) -> Linked:
                 },
             )
 
-    listed, created = reconcile.run_locked(create)
+    listed, created = database.run_locked(create)
     if created:
         # Never the phone: the reference, daily id and date name it for a person.
         logger.warning(
@@ -241,7 +241,7 @@ def _list(refund: ForeignRefund, reason: str) -> Linked:
 
 def _seen_again(listed: UnmatchedRefund) -> UnmatchedRefund:
     now = clock.now()
-    reconcile.run_locked(
+    database.run_locked(
         lambda: UnmatchedRefund.objects.filter(pk=listed.pk).update(
             last_seen_at=now, times_seen=listed.times_seen + 1
         )

@@ -14,7 +14,7 @@ import time_machine
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from athm_sync import clock, reconcile, signals
+from athm_sync import bulk_checks, clock, reconcile, sending, signals
 from athm_sync.models import Payment, PaymentEvent, Refund, ReportScan, SyncRun
 from tests import commands
 from tests.commands import call
@@ -634,14 +634,14 @@ def test_a_payment_still_open_after_max_age_is_given_up(athm_settings, settings)
 def test_a_payment_deleted_during_the_run_is_skipped(athm_settings, monkeypatch):
     doomed, kept = track(athm_settings), track(athm_settings)
     athm_settings.complete(str(kept.pk))  # one answer applied alone, the other in bulk
-    for name in ("apply", "settle_unchanged"):
-        original = getattr(reconcile, name)
+    for module, name in ((reconcile, "apply"), (bulk_checks, "settle_unchanged")):
+        original = getattr(module, name)
 
         def after_deleting(observation, *args, _original=original, **kwargs):
             Payment.objects.filter(pk=doomed.pk).delete()
             return _original(observation, *args, **kwargs)
 
-        monkeypatch.setattr(reconcile, name, after_deleting)
+        monkeypatch.setattr(module, name, after_deleting)
     code, document, _ = run_json()
     assert code == 0 and document["checked"] == 1
     assert Payment.objects.get(pk=kept.pk).check_count == 1
@@ -655,7 +655,7 @@ def test_an_unexpected_crash_is_recorded_and_releases_claims(athm_settings, monk
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(reconcile, "apply", broken_apply)
-    monkeypatch.setattr(reconcile, "settle_unchanged", broken_apply)
+    monkeypatch.setattr(bulk_checks, "settle_unchanged", broken_apply)
     with pytest.raises(RuntimeError, match="disk full"):
         run()
     sync_run = SyncRun.objects.get()
@@ -821,7 +821,7 @@ def test_signals_the_database_will_not_send_are_an_error_of_their_kind(athm_sett
     def refused(*args, **kwargs):
         raise DatabaseError("disk I/O error")
 
-    monkeypatch.setattr(reconcile, "_dispatch_one", refused)
+    monkeypatch.setattr(sending, "_dispatch_one", refused)
     code, document, _ = run_json()
 
     assert code == 1 and document["error_kinds"] == {"signals_unsent": 1}

@@ -19,7 +19,7 @@ from django.db import OperationalError, connection, transaction
 from django.dispatch import receiver
 
 import athm_sync
-from athm_sync import clock, reconcile, signals
+from athm_sync import clock, database, reconcile, signals
 from athm_sync.client import ATHMovilClient
 from athm_sync.models import Payment, PaymentEvent, Refund
 from athm_sync.normalize import local_datetime
@@ -783,7 +783,7 @@ def test_apply_costs_a_fixed_number_of_queries(athm, client, django_assert_num_q
 @pytest.fixture
 def sleeps(monkeypatch):
     slept = []
-    monkeypatch.setattr(reconcile, "time", SimpleNamespace(sleep=slept.append))
+    monkeypatch.setattr(database, "time", SimpleNamespace(sleep=slept.append))
     return slept
 
 

@@ -16,7 +16,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 import athm_sync
-from athm_sync import clock, reconcile
+import athm_sync.claims
+from athm_sync import bulk_checks, clock, reconcile
 from athm_sync.client import ATHMovilClient
 from athm_sync.conf import get_settings
 from athm_sync.models import Payment, SyncRun
@@ -96,7 +97,7 @@ def test_the_next_batch_is_claimed_while_the_current_one_is_in_flight(athm_setti
     stored_in_bulk(athm_settings, 5 * BATCH)
     log: list[tuple[str, int]] = []
     settled = 0
-    claim_due, settle_unchanged = reconcile.claim_due, reconcile.settle_unchanged
+    claim_due, settle_unchanged = athm_sync.claims.claim_due, bulk_checks.settle_unchanged
 
     def logged_claim(*args, **kwargs):
         claimed = claim_due(*args, **kwargs)
@@ -108,8 +109,8 @@ def test_the_next_batch_is_claimed_while_the_current_one_is_in_flight(athm_setti
         settled += 1
         return settle_unchanged(*args, **kwargs)
 
-    monkeypatch.setattr(reconcile, "claim_due", logged_claim)
-    monkeypatch.setattr(reconcile, "settle_unchanged", logged_settle)
+    monkeypatch.setattr(athm_sync.claims, "claim_due", logged_claim)
+    monkeypatch.setattr(bulk_checks, "settle_unchanged", logged_settle)
 
     report = Runner(RunOptions(workers=WORKERS)).run()
 
@@ -127,7 +128,7 @@ def test_a_door_that_checks_a_claimed_payment_meanwhile_wins_over_the_bulk_write
     (claimed,) = reconcile.claim_due("run-a", limit=10, lease=timedelta(minutes=5))
     observation = reconcile.observe(client, claimed.pk)  # OPEN: nothing to change
     conf = get_settings()
-    settled = reconcile.settle_unchanged(claimed, observation, now=clock.now(), conf=conf)
+    settled = bulk_checks.settle_unchanged(claimed, observation, now=clock.now(), conf=conf)
     assert settled is not None
 
     # Before the run writes its batch, the customer pays and a webhook's check applies it.
@@ -135,7 +136,7 @@ def test_a_door_that_checks_a_claimed_payment_meanwhile_wins_over_the_bulk_write
     athm_sync.sync_payment(payment.pk)
     applied = Payment.objects.get(pk=payment.pk)
 
-    assert reconcile.record_unchanged("run-a", [settled]) == 0
+    assert bulk_checks.record_unchanged("run-a", [settled]) == 0
     stored = Payment.objects.get(pk=payment.pk)
     assert stored.status == S.COMPLETED
     assert (stored.check_count, stored.next_check_at) == (
@@ -153,8 +154,8 @@ def test_a_bulk_written_check_leaves_the_row_as_apply_would(athm_settings, clien
 
     (claimed,) = reconcile.claim_due("run-b", limit=10, lease=timedelta(minutes=5), now=now)
     observation = reconcile.observe(client, other.pk)
-    settled = reconcile.settle_unchanged(claimed, observation, now=now, conf=conf)
-    assert reconcile.record_unchanged("run-b", [settled], now=now) == 1
+    settled = bulk_checks.settle_unchanged(claimed, observation, now=now, conf=conf)
+    assert bulk_checks.record_unchanged("run-b", [settled], now=now) == 1
 
     fields = (
         "status",
@@ -195,7 +196,8 @@ def test_answers_that_are_not_plain_go_through_apply(athm_settings, client):
     for payment in (failing, confirmed, refunded):
         observation = reconcile.observe(client, payment.pk, capture=False)
         assert (
-            reconcile.settle_unchanged(claimed[payment.pk], observation, now=now, conf=conf) is None
+            bulk_checks.settle_unchanged(claimed[payment.pk], observation, now=now, conf=conf)
+            is None
         )
 
 
