@@ -87,7 +87,7 @@ from athm_sync.errors import (
 )
 from athm_sync.retries import RETRY_LOG_MARK as RETRY_LOG_MARK  # athm_subscribe marks retries
 from athm_sync.retries import with_retries
-from athm_sync.sending import CONNECTING, NotSent, TrackingAdapter, progress
+from athm_sync.sending import CONNECTING, NotSent, TrackingAdapter, prepare, progress
 
 __all__ = [
     "ATHMovilClient",
@@ -492,12 +492,9 @@ class ATHMovilClient:
             # Straight to the adapter: none of what the session adds (cookies, redirects, the
             # merging of its settings) is wanted here, and it cost as much CPU as the request.
             # A redirect is not followed: it comes back as an answer that is not ATH Móvil's.
-            request = requests.Request(
-                endpoint.method,
-                base + endpoint.path,
-                data=json.dumps(body),
-                headers={**self.session.headers, **headers},
-            ).prepare()
+            request = prepare(
+                endpoint.method, base + endpoint.path, {**self.session.headers, **headers}, body
+            )
             response = self.session.get_adapter(request.url).send(
                 request,
                 stream=True,

@@ -10,10 +10,16 @@ deadline passes.
 
 from __future__ import annotations
 
+import functools
+import json
 import threading
+from collections.abc import Mapping
 from typing import Any
 
+import requests
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
+from requests.utils import check_header_validity
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import ProxyManager
@@ -119,3 +125,29 @@ class TrackingAdapter(HTTPAdapter):
         if isinstance(manager, ProxyManager):
             manager.pool_classes_by_scheme = _TRACKED_POOLS
         return manager
+
+
+def prepare(
+    method: str, url: str, headers: Mapping[str, str], body: Mapping[str, Any]
+) -> requests.PreparedRequest:
+    """The request ``requests.Request(method, url, data=json.dumps(body), headers=headers)
+    .prepare()`` makes, without what that costs per call and a call to ATH Móvil never uses:
+    parsing the URL again, a cookie jar and its header, auth from the URL, hooks. That was a
+    fifth of a findPayment's CPU. Raises what ``prepare()`` would for a bad URL or header."""
+    request = requests.PreparedRequest()
+    request.method = method
+    request.url = _prepared_url(url)
+    for header in headers.items():
+        check_header_validity(header)  # a header with a line break would split the request
+    data = json.dumps(body)  # ASCII (ensure_ascii): its length is its length in bytes
+    request.headers = CaseInsensitiveDict({**headers, "Content-Length": str(len(data))})
+    request.body = data
+    return request
+
+
+@functools.lru_cache(maxsize=64)
+def _prepared_url(url: str) -> str:
+    # A client calls a handful of URLs: each is parsed and normalised once.
+    prepared = requests.PreparedRequest()
+    prepared.prepare_url(url, None)
+    return str(prepared.url)
