@@ -13,7 +13,7 @@ the attempt's sockets down when it passes, cutting a drip in the status line or 
 too. An answer larger than ``max_answer_bytes`` is refused.
 
 What is retried depends on whether repeating the call is safe, and on whether anything of the
-request was written to the socket, which :mod:`athm_sync.sending` records while sending:
+request was written to the socket, which :mod:`athm_sync.transport` records while sending:
 
 - A failure before any byte of the request was written (connection refused, DNS failure,
   connect timeout, a TLS handshake or proxy tunnel that failed) is retried for every call.
@@ -87,7 +87,7 @@ from athm_sync.errors import (
 )
 from athm_sync.retries import RETRY_LOG_MARK as RETRY_LOG_MARK  # athm_subscribe marks retries
 from athm_sync.retries import with_retries
-from athm_sync.sending import CONNECTING, NotSent, TrackingAdapter, prepare, progress
+from athm_sync.transport import CONNECTING, NotSent, TrackingAdapter, prepare, progress
 
 __all__ = [
     "ATHMovilClient",

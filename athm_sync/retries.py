@@ -2,7 +2,7 @@
 
 A call is tried up to ``max_attempts`` times within its deadline, waiting a random
 exponential backoff (jitter, up to 8 s) between attempts. A failure before anything of the
-request left (:class:`athm_sync.sending.NotSent`) is retried for every call; a
+request left (:class:`athm_sync.transport.NotSent`) is retried for every call; a
 ``TransientError`` once it may have left only for the endpoints that are safe to repeat
 (:attr:`athm_sync.endpoints.Endpoint.repeatable`). Each retry is counted and logged at DEBUG
 on ``athm_sync.client``.
@@ -19,7 +19,7 @@ from typing import TypeVar
 from athm_sync.calls import CallCounts
 from athm_sync.endpoints import Endpoint
 from athm_sync.errors import TransientError
-from athm_sync.sending import NotSent
+from athm_sync.transport import NotSent
 
 # The retries are the client's: they are logged where a shop already looks for them.
 logger = logging.getLogger("athm_sync.client")
