@@ -11,10 +11,10 @@ on ``athm_sync.client``.
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Callable
 from typing import TypeVar
+
+import tenacity
 
 from athm_sync.calls import CallCounts
 from athm_sync.endpoints import Endpoint
@@ -27,9 +27,6 @@ logger = logging.getLogger("athm_sync.client")
 RETRY_LOG_MARK = "athm_retry"
 
 _Answer = TypeVar("_Answer")
-# The backoff window after the first failure, doubled after each: 0.25, 0.5, ... up to 8 s.
-_FIRST_WINDOW = 0.25
-_DOUBLINGS = 5
 
 
 def with_retries(
@@ -45,57 +42,48 @@ def with_retries(
     """``attempt()``'s answer, trying again after a retryable failure; the last failure is
     raised once no attempt is left, ``deadline`` seconds would pass before the next one, or
     ``should_stop()`` says the run is stopping (asked before each wait, and after it)."""
-    started = time.monotonic()
-    attempt_number = 1
-    while True:
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(max_attempts)
+        | tenacity.stop_before_delay(deadline)
+        | (lambda state: should_stop()),
+        wait=tenacity.wait_random_exponential(multiplier=0.25, max=8),
+        retry=tenacity.retry_if_exception(
+            lambda error: (
+                isinstance(error, NotSent)
+                or (endpoint.repeatable and isinstance(error, TransientError))
+            )
+        ),
+        before_sleep=lambda state: _log_retry(endpoint, state, max_attempts, calls),
+        sleep=sleep,
+        reraise=True,
+    )
+    failed: list[BaseException] = []
+
+    def tracked() -> _Answer:
+        if failed and should_stop():
+            raise failed[-1]  # the stop came while waiting to retry: no more attempts
         try:
             return attempt()
         except Exception as error:
-            if not retryable(endpoint, error):
-                raise
-            wait = backoff(attempt_number)
-            if (
-                attempt_number >= max_attempts
-                or time.monotonic() - started + wait >= deadline
-                or should_stop()
-            ):
-                raise
-            _log_retry(endpoint, error, attempt_number, max_attempts, wait, calls)
-            sleep(wait)
-            if should_stop():
-                raise  # the stop came while waiting to retry: no more attempts
-        attempt_number += 1
+            failed.append(error)
+            raise
 
-
-def retryable(endpoint: Endpoint, error: Exception) -> bool:
-    """Whether trying ``endpoint`` again after ``error`` is safe and may help."""
-    return isinstance(error, NotSent) or (endpoint.repeatable and isinstance(error, TransientError))
-
-
-def backoff(attempt_number: int) -> float:
-    """The wait after failed attempt ``attempt_number`` (from 1): "full jitter", uniform in a
-    window that doubles from 0.25 s up to 8 s, so workers failing together spread out."""
-    window = _FIRST_WINDOW * 2 ** min(attempt_number - 1, _DOUBLINGS)
-    return random.uniform(0, window)  # noqa: S311 - jitter, not a secret
+    return retrying(tracked)
 
 
 def _log_retry(
-    endpoint: Endpoint,
-    error: Exception,
-    attempt_number: int,
-    max_attempts: int,
-    wait: float,
-    calls: CallCounts,
+    endpoint: Endpoint, state: tenacity.RetryCallState, max_attempts: int, calls: CallCounts
 ) -> None:
     calls.retried(endpoint.name)
+    error = state.outcome.exception() if state.outcome else None
     # DEBUG: an outage would write one line per attempt per payment. The runner says once
     # that ATH Móvil is failing, and once that it answers again.
     logger.debug(
         "ATH Móvil %s failed (attempt %d of %d): %s; retrying in %.2f s",
         endpoint.name,
-        attempt_number,
+        state.attempt_number,
         max_attempts,
         error,
-        wait,
+        state.upcoming_sleep,
         extra={RETRY_LOG_MARK: True},
     )
