@@ -1,9 +1,9 @@
-"""The ATH Móvil HTTP client and the parsed, normalised answer types.
+"""The ATH Móvil HTTP client: :class:`ATHMovilClient`, one method per endpoint.
 
 One :class:`ATHMovilClient` holds one ``requests.Session`` whose connection pool is sized for
 concurrent workers, so it can be shared between threads. Transient failures (the table in
-ATHM_API.md) are retried with exponential backoff and jitter, bounded by a number of attempts
-and by a total deadline per call.
+ATHM_API.md) are retried (:mod:`athm_sync.retries`), bounded by a number of attempts and by a
+total deadline per call.
 
 Every attempt has a deadline for its whole answer, connecting included: ``read_timeout``, or
 what is left of the call's ``retry_deadline`` if that is less. requests' own timeouts apply to
@@ -13,9 +13,7 @@ the attempt's sockets down when it passes, cutting a drip in the status line or 
 too. An answer larger than ``max_answer_bytes`` is refused.
 
 What is retried depends on whether repeating the call is safe, and on whether anything of the
-request was written to the socket. The client records that as a fact while sending (see
-:class:`_TrackingAdapter`) instead of guessing it from the exception: urllib3 reports a TLS
-error while the answer is read as the same ``SSLError`` as a failed handshake.
+request was written to the socket, which :mod:`athm_sync.transport` records while sending:
 
 - A failure before any byte of the request was written (connection refused, DNS failure,
   connect timeout, a TLS handshake or proxy tunnel that failed) is retried for every call.
@@ -29,8 +27,8 @@ error while the answer is read as the same ``SSLError`` as a failed handshake.
   classes: a SOCKS proxy, or a test double replacing the transport), it assumes the request
   may have left.
 
-Answers are frozen dataclasses with every quirk normalised and the raw answer kept in ``raw``.
-Tokens are never logged and never appear in exception messages.
+The answer types (:mod:`athm_sync.answers`) and the errors (:mod:`athm_sync.errors`) are
+exported from here too. Tokens are never logged and never appear in exception messages.
 """
 
 from __future__ import annotations
@@ -39,26 +37,41 @@ import functools
 import json
 import logging
 import os
-import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import requests
-import tenacity
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.poolmanager import ProxyManager
 
 from athm_sync import normalize
+from athm_sync.answers import (
+    CreatedPayment,
+    PaymentSnapshot,
+    RefundResult,
+    Report,
+    ReportTransaction,
+    refund_result,
+    required_text,
+)
 from athm_sync.calls import CallCounts
 from athm_sync.deadlines import WATCHDOG, Deadline, budget_left
+from athm_sync.endpoints import (
+    AUTHORIZE,
+    CANCEL,
+    CREATE_PAYMENT,
+    DEFAULT_API_BASE_URL,
+    DEFAULT_REPORT_BASE_URL,
+    FIND_PAYMENT,
+    REFUND,
+    REPORT,
+    SUBSCRIBE,
+    UPDATE_PHONE,
+    Endpoint,
+)
 from athm_sync.errors import (
     EMPTY_REPORT_CODES,
     TRANSIENT_HTTP_STATUSES,
@@ -72,6 +85,9 @@ from athm_sync.errors import (
     TransientError,
     error_class,
 )
+from athm_sync.retries import RETRY_LOG_MARK as RETRY_LOG_MARK  # athm_subscribe marks retries
+from athm_sync.retries import with_retries
+from athm_sync.transport import CONNECTING, NotSent, TrackingAdapter, prepare, progress
 
 __all__ = [
     "ATHMovilClient",
@@ -91,40 +107,14 @@ __all__ = [
 ]
 
 logger = logging.getLogger("athm_sync.client")
-# Set on the log record of each retry, so a caller can tell retries from other messages.
-RETRY_LOG_MARK = "athm_retry"
-
-DEFAULT_API_BASE_URL = "https://payments.athmovil.com"
-DEFAULT_REPORT_BASE_URL = "https://www.athmovil.com"
-ECOMMERCE = "/api/business-transaction/ecommerce"
 # The largest answer a call reads (a long transaction report is a few MiB); more is refused.
 DEFAULT_MAX_ANSWER_BYTES = 32 * 1024 * 1024
 _CHUNK_BYTES = 64 * 1024
 
-
-@dataclass(frozen=True)
-class _Endpoint:
-    name: str
-    method: str
-    path: str
-    report: bool = False  # served from the report base URL
-    # Safe to send again after it may have reached ATH Móvil.
-    repeatable: bool = True
-
-
-CREATE_PAYMENT = _Endpoint("create payment", "POST", f"{ECOMMERCE}/payment", repeatable=False)
-FIND_PAYMENT = _Endpoint("findPayment", "POST", f"{ECOMMERCE}/business/findPayment")
-UPDATE_PHONE = _Endpoint("updatePhoneNumber", "PUT", f"{ECOMMERCE}/business/updatePhoneNumber")
-AUTHORIZE = _Endpoint("authorization", "POST", f"{ECOMMERCE}/authorization", repeatable=False)
-CANCEL = _Endpoint("cancel", "POST", f"{ECOMMERCE}/business/cancel")
-REFUND = _Endpoint("refund", "POST", f"{ECOMMERCE}/refund", repeatable=False)
-REPORT = _Endpoint("transaction report", "GET", "/transactions/v4/transactionReport", report=True)
-SUBSCRIBE = _Endpoint("webhook subscription", "POST", "/transactions/webhook/post", report=True)
-
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
-def _counted(endpoint: _Endpoint) -> Callable[[_Method], _Method]:
+def _counted(endpoint: Endpoint) -> Callable[[_Method], _Method]:
     """Count the failure a public method ends in against ``endpoint`` (``client.calls``), its
     answer found malformed included; the calls themselves are counted as they are sent."""
 
@@ -140,267 +130,6 @@ def _counted(endpoint: _Endpoint) -> Callable[[_Method], _Method]:
         return counted  # type: ignore[return-value]
 
     return decorate
-
-
-# -- answers -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class _Transaction:
-    """The fields findPayment answers and report rows share (see ``_transaction_fields``);
-    ``raw`` is the answer exactly as ATH Móvil sent it."""
-
-    reference_number: str
-    daily_transaction_id: str
-    total: Decimal
-    subtotal: Decimal
-    tax: Decimal
-    fee: Decimal
-    net_amount: Decimal
-    total_refunded_amount: Decimal
-    metadata_1: str
-    metadata_2: str
-    customer_name: str
-    customer_phone: str
-    customer_email: str
-    items: tuple[Any, ...]
-    raw: Mapping[str, Any] = field(repr=False, compare=False)
-
-
-@dataclass(frozen=True, kw_only=True)
-class PaymentSnapshot(_Transaction):
-    """What ATH Móvil says about one eCommerce payment right now (findPayment's answer).
-
-    ``status`` is OPEN, CONFIRM, COMPLETED or CANCEL: findPayment says CANCEL both for a
-    payment the customer cancelled and for one that expired.
-    """
-
-    ecommerce_id: uuid.UUID
-    status: str
-    transaction_date: datetime | None
-    business_name: str
-
-    @classmethod
-    def from_api(
-        cls, data: Mapping[str, Any], ecommerce_id: uuid.UUID | None = None
-    ) -> PaymentSnapshot:
-        """Parse findPayment's ``data`` object; raises ``ValueError`` naming a bad field.
-
-        ``ecommerce_id`` is the payment's id when the answer does not name it (the refund
-        answer's ``originalTransaction``); an id in the answer always wins.
-        """
-        return cls(
-            ecommerce_id=normalize.ecommerce_id(data.get("ecommerceId") or ecommerce_id),
-            status=normalize.status(
-                normalize.pick(data, "ecommerceStatus", "status"), "ecommerceStatus"
-            ),
-            transaction_date=normalize.local_datetime(
-                normalize.pick(data, "transactionDate", "date"), "transactionDate"
-            ),
-            business_name=normalize.text(data.get("businessName"), "businessName"),
-            **_transaction_fields(data),
-        )
-
-
-@dataclass(frozen=True)
-class CreatedPayment:
-    """The answer to create payment: the new payment's id and the auth token to capture it."""
-
-    ecommerce_id: uuid.UUID
-    auth_token: str = field(repr=False)
-    raw: Mapping[str, Any] = field(repr=False, compare=False)
-
-
-@dataclass(frozen=True)
-class RefundResult:
-    """The answer to a refund: the refund itself and, when sent, the refunded payment."""
-
-    amount: Decimal
-    status: str
-    reference_number: str
-    daily_transaction_id: str
-    transaction_date: datetime | None
-    message: str
-    payment: PaymentSnapshot | None
-    raw: Mapping[str, Any] = field(repr=False, compare=False)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ReportTransaction(_Transaction):
-    """One row of the transaction report: a payment (of any kind) or a refund.
-
-    ``transaction_type`` is upper-cased (``ECOMMERCE``, ``REFUND``, ``PAYMENT``...);
-    ``ecommerce_id`` is ``None`` for rows that are not eCommerce payments.
-    """
-
-    transaction_type: str
-    status: str
-    ecommerce_id: uuid.UUID | None
-    date: datetime | None
-    message: str
-
-    def as_snapshot(self, ecommerce_id: uuid.UUID) -> PaymentSnapshot:
-        """This completed eCommerce row as the findPayment answer it stands for."""
-        common = {f.name: getattr(self, f.name) for f in fields(_Transaction)}
-        return PaymentSnapshot(
-            **common,
-            ecommerce_id=ecommerce_id,
-            status=self.status or "COMPLETED",
-            transaction_date=self.date,
-            business_name="",
-        )
-
-    @classmethod
-    def from_api(cls, row: Mapping[str, Any]) -> ReportTransaction:
-        """Parse one report row; raises ``ValueError`` naming a bad field."""
-        raw_id = normalize.text(row.get("ecommerceId"), "ecommerceId")
-        raw_status = normalize.text(row.get("status"), "status")
-        return cls(
-            transaction_type=normalize.text(row.get("transactionType"), "transactionType").upper(),
-            status=normalize.status(raw_status) if raw_status else "",
-            ecommerce_id=normalize.ecommerce_id(raw_id) if raw_id else None,
-            date=normalize.local_datetime(normalize.pick(row, "date", "transactionDate")),
-            message=normalize.text(row.get("message"), "message"),
-            **_transaction_fields(row),
-        )
-
-
-@dataclass
-class Report:
-    """The transaction report, parsed row by row: the rows that parsed, and each row that did
-    not as ``(index, reason)``."""
-
-    transactions: list[ReportTransaction] = field(default_factory=list)
-    unparsable: list[tuple[int, str]] = field(default_factory=list)
-
-
-def _transaction_fields(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields findPayment answers and report rows share, under either spelling."""
-    return {
-        "reference_number": normalize.text(data.get("referenceNumber"), "referenceNumber"),
-        "daily_transaction_id": normalize.daily_transaction_id(
-            normalize.pick(data, "dailyTransactionId", "dailyTransactionID")
-        ),
-        "total": normalize.money(data.get("total"), "total"),
-        "subtotal": normalize.money(normalize.pick(data, "subTotal", "subtotal"), "subTotal"),
-        "tax": normalize.money(data.get("tax"), "tax"),
-        "fee": normalize.money(data.get("fee"), "fee"),
-        "net_amount": normalize.money(data.get("netAmount"), "netAmount"),
-        "total_refunded_amount": normalize.money(
-            normalize.pick(data, "totalRefundedAmount", "totalRefundAmount"),
-            "totalRefundedAmount",
-        ),
-        "metadata_1": normalize.text(data.get("metadata1"), "metadata1"),
-        "metadata_2": normalize.text(data.get("metadata2"), "metadata2"),
-        "customer_name": normalize.text(data.get("name"), "name"),
-        "customer_phone": normalize.digits(data.get("phoneNumber")),
-        "customer_email": normalize.text(data.get("email"), "email"),
-        "items": tuple(normalize.items(data.get("items"))),
-        "raw": dict(data),
-    }
-
-
-# -- the client ----------------------------------------------------------------------------
-
-
-class _NotSent(Exception):
-    """The connection failed before the request left: safe to retry any call."""
-
-
-# How far the current thread's attempt got. ``_attempt`` resets it to None before sending;
-# the connection classes below move it to CONNECTING and then, before writing a byte of the
-# request, to MAY_HAVE_SENT, which nothing in the same attempt moves back.
-_CONNECTING = "connecting"
-_MAY_HAVE_SENT = "may have sent"
-
-
-class _Progress(threading.local):
-    stage: str | None = None
-    deadline: Deadline | None = None  # the current attempt's whole-answer deadline
-
-
-_progress = _Progress()
-
-
-class _TracksSending:
-    """Mixed into urllib3's connection classes: records in ``_progress`` whether anything of
-    the request may have been written.
-
-    ``connect`` opens the TCP connection and, for HTTPS, does the TLS handshake (urllib3 calls
-    it from ``_validate_conn`` before the request; for plain HTTP, http.client calls it from
-    ``send`` on first use). ``send`` is how http.client writes the request line, headers and
-    body. The CONNECT of a proxy tunnel is sent from inside ``connect``: it goes to the proxy,
-    not to ATH Móvil, so it is not the request.
-    """
-
-    sock: Any
-    _athm_connecting = False
-    _athm_deadline: Deadline | None = None  # the latest attempt that used this connection
-
-    def _new_conn(self) -> Any:
-        # The socket as soon as it exists, before a proxy tunnel or TLS handshake is made on it.
-        sock = super()._new_conn()  # type: ignore[misc]
-        if _progress.deadline is not None:
-            WATCHDOG.guard(_progress.deadline, self, sock)
-        return sock
-
-    def connect(self) -> None:
-        if _progress.stage != _MAY_HAVE_SENT:
-            _progress.stage = _CONNECTING
-        self._athm_connecting = True
-        try:
-            super().connect()  # type: ignore[misc]
-        finally:
-            self._athm_connecting = False
-
-    def send(self, data: Any) -> None:
-        if not self._athm_connecting:
-            if self.sock is None:
-                self.connect()  # a failure here leaves the request unsent
-            _progress.stage = _MAY_HAVE_SENT
-            deadline = _progress.deadline
-            if deadline is not None and self._athm_deadline is not deadline:
-                WATCHDOG.guard(deadline, self, self.sock)  # a kept-alive connection, reused
-        super().send(data)  # type: ignore[misc]
-
-
-class _TrackedHTTPConnection(_TracksSending, HTTPConnection):
-    pass
-
-
-class _TrackedHTTPSConnection(_TracksSending, HTTPSConnection):
-    pass
-
-
-class _TrackedHTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = _TrackedHTTPConnection
-
-
-class _TrackedHTTPSConnectionPool(HTTPSConnectionPool):
-    ConnectionCls = _TrackedHTTPSConnection
-
-
-_TRACKED_POOLS = {"http": _TrackedHTTPConnectionPool, "https": _TrackedHTTPSConnectionPool}
-
-
-class _TrackingAdapter(HTTPAdapter):
-    """An ``HTTPAdapter`` whose connections record whether the request may have left.
-
-    Direct connections and HTTP(S) proxies from the environment (``HTTPS_PROXY`` and the like,
-    tunnelled with CONNECT or forwarding) use the tracked classes. A SOCKS proxy uses urllib3's
-    own SOCKS connections, which are not tracked: through one, every failure counts as "may
-    have sent", so create payment, authorization and refund are never retried.
-    """
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _TRACKED_POOLS
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if isinstance(manager, ProxyManager):
-            manager.pool_classes_by_scheme = _TRACKED_POOLS
-        return manager
 
 
 class ATHMovilClient:
@@ -450,8 +179,8 @@ class ATHMovilClient:
         # What this client sent and how it failed (athm_sync.calls); a run records its share.
         self.calls = CallCounts()
         self.session = requests.Session()
-        # No retries inside urllib3: tenacity decides, knowing which calls are repeatable.
-        adapter = _TrackingAdapter(pool_connections=2, pool_maxsize=self.pool_size, max_retries=0)
+        # No retries inside urllib3: athm_sync.retries decides, knowing which calls are repeatable.
+        adapter = TrackingAdapter(pool_connections=2, pool_maxsize=self.pool_size, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update(
@@ -541,7 +270,7 @@ class ATHMovilClient:
             CREATE_PAYMENT,
             lambda: CreatedPayment(
                 ecommerce_id=normalize.ecommerce_id(data.get("ecommerceId")),
-                auth_token=_required_text(data, "auth_token"),
+                auth_token=required_text(data, "auth_token"),
                 raw=data,
             ),
         )
@@ -614,7 +343,7 @@ class ATHMovilClient:
                 "the answer has no 'data' object", call=REFUND.name, http_status=200
             )
         known_id = None if ecommerce_id is None else normalize.ecommerce_id(ecommerce_id)
-        return self._parse(REFUND, lambda: _refund_result(data, reference_number, known_id))
+        return self._parse(REFUND, lambda: refund_result(data, reference_number, known_id))
 
     @_counted(REPORT)
     def transaction_report(self, from_date: datetime, to_date: datetime) -> list[ReportTransaction]:
@@ -689,13 +418,13 @@ class ATHMovilClient:
 
     # -- plumbing ----------------------------------------------------------------------
 
-    def _require_private_token(self, endpoint: _Endpoint) -> str:
+    def _require_private_token(self, endpoint: Endpoint) -> str:
         if not self._private_token:
             raise ValueError(f"{endpoint.name} needs the private token; it is not configured")
         return self._private_token
 
     def _data(
-        self, endpoint: _Endpoint, body: dict[str, Any], auth_token: str | None = None
+        self, endpoint: Endpoint, body: dict[str, Any], auth_token: str | None = None
     ) -> dict[str, Any]:
         answer = self._request(endpoint, body, auth_token=auth_token)
         data = answer.get("data") if isinstance(answer, dict) else None
@@ -706,7 +435,7 @@ class ATHMovilClient:
         return data
 
     def _request(
-        self, endpoint: _Endpoint, body: dict[str, Any], auth_token: str | None = None
+        self, endpoint: Endpoint, body: dict[str, Any], auth_token: str | None = None
     ) -> Any:
         """Send one call with retries; returns the decoded JSON of a successful answer.
 
@@ -725,40 +454,22 @@ class ATHMovilClient:
                     cause="timeout",
                 )
             call_deadline = min(call_deadline, left)
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.max_attempts)
-            | tenacity.stop_before_delay(call_deadline)
-            | (lambda state: self._should_stop()),
-            wait=tenacity.wait_random_exponential(multiplier=0.25, max=8),
-            retry=tenacity.retry_if_exception(
-                lambda error: (
-                    isinstance(error, _NotSent)
-                    or (endpoint.repeatable and isinstance(error, TransientError))
-                )
-            ),
-            before_sleep=lambda state: self._log_retry(endpoint, state),
-            sleep=self._sleep,
-            reraise=True,
-        )
-        failed: list[BaseException] = []
-
-        def attempt() -> Any:
-            if failed and self._should_stop():
-                raise failed[-1]  # the stop came while waiting to retry: no more attempts
-            try:
-                return self._attempt(endpoint, body, auth_token, started, call_deadline)
-            except Exception as error:
-                failed.append(error)
-                raise
-
         try:
-            return retrying(attempt)
-        except _NotSent as not_sent:
+            return with_retries(
+                endpoint,
+                lambda: self._attempt(endpoint, body, auth_token, started, call_deadline),
+                max_attempts=self.max_attempts,
+                deadline=call_deadline,
+                sleep=self._sleep,
+                should_stop=self._should_stop,
+                calls=self.calls,
+            )
+        except NotSent as not_sent:
             raise TransientError(str(not_sent), call=endpoint.name, cause="unreachable") from None
 
     def _attempt(
         self,
-        endpoint: _Endpoint,
+        endpoint: Endpoint,
         body: dict[str, Any],
         auth_token: str | None,
         started: float,
@@ -773,20 +484,17 @@ class ATHMovilClient:
         remaining = call_deadline - (time.monotonic() - started)
         deadline = Deadline(max(0.001, min(self.read_timeout, remaining)))
         timeout = (min(self.connect_timeout, deadline.seconds), deadline.seconds)
-        _progress.stage = None
-        _progress.deadline = deadline
+        progress.stage = None
+        progress.deadline = deadline
         WATCHDOG.watch(deadline)
         sent = time.perf_counter()
         try:
             # Straight to the adapter: none of what the session adds (cookies, redirects, the
             # merging of its settings) is wanted here, and it cost as much CPU as the request.
             # A redirect is not followed: it comes back as an answer that is not ATH Móvil's.
-            request = requests.Request(
-                endpoint.method,
-                base + endpoint.path,
-                data=json.dumps(body),
-                headers={**self.session.headers, **headers},
-            ).prepare()
+            request = prepare(
+                endpoint.method, base + endpoint.path, {**self.session.headers, **headers}, body
+            )
             response = self.session.get_adapter(request.url).send(
                 request,
                 stream=True,
@@ -803,9 +511,9 @@ class ATHMovilClient:
             within = f"within {_seconds(deadline.seconds)} s"
             # Whatever the exception says: only a failure while connecting, before a byte of
             # the request was written, is known not to have reached ATH Móvil.
-            if _progress.stage == _CONNECTING:
+            if progress.stage == CONNECTING:
                 reason = f"no connection {within}" if deadline.passed() else _describe(error)
-                raise _NotSent(self._scrub(f"could not connect: {reason}", auth_token)) from None
+                raise NotSent(self._scrub(f"could not connect: {reason}", auth_token)) from None
             cause = "connection"
             if deadline.passed() or isinstance(error, requests.Timeout):
                 message, cause = f"no whole answer {within}", "timeout"
@@ -818,8 +526,8 @@ class ATHMovilClient:
                 self._scrub(message, auth_token), call=endpoint.name, cause=cause
             ) from None
         finally:
-            _progress.stage = None
-            _progress.deadline = None
+            progress.stage = None
+            progress.deadline = None
             WATCHDOG.finish(deadline)
         logger.debug(
             "ATH Móvil %s answered HTTP %s in %.0f ms",
@@ -830,7 +538,7 @@ class ATHMovilClient:
         return self._decode(endpoint, response.status_code, content, auth_token)
 
     def _read_answer(
-        self, endpoint: _Endpoint, response: requests.Response, deadline: Deadline
+        self, endpoint: Endpoint, response: requests.Response, deadline: Deadline
     ) -> bytes:
         """The body, read in chunks against the deadline and the size limit.
 
@@ -867,7 +575,7 @@ class ATHMovilClient:
         return b"".join(chunks)
 
     def _decode(
-        self, endpoint: _Endpoint, status_code: int, content: bytes, auth_token: str | None
+        self, endpoint: Endpoint, status_code: int, content: bytes, auth_token: str | None
     ) -> Any:
         try:
             answer = json.loads(content)
@@ -900,7 +608,7 @@ class ATHMovilClient:
             )
         return answer
 
-    def _parse(self, endpoint: _Endpoint, build: Callable[[], Any]) -> Any:
+    def _parse(self, endpoint: Endpoint, build: Callable[[], Any]) -> Any:
         """Build an answer type, turning a malformed field into ``InvalidResponseError`` (its
         message quotes the answer, so the tokens are scrubbed from it)."""
         try:
@@ -920,55 +628,6 @@ class ATHMovilClient:
                 text = text.replace(secret.strip(), "***")
         return text
 
-    def _log_retry(self, endpoint: _Endpoint, state: tenacity.RetryCallState) -> None:
-        self.calls.retried(endpoint.name)
-        error = state.outcome.exception() if state.outcome else None
-        # DEBUG: an outage would write one line per attempt per payment. The runner says once
-        # that ATH Móvil is failing, and once that it answers again.
-        logger.debug(
-            "ATH Móvil %s failed (attempt %d of %d): %s; retrying in %.2f s",
-            endpoint.name,
-            state.attempt_number,
-            self.max_attempts,
-            error,
-            state.upcoming_sleep,
-            extra={RETRY_LOG_MARK: True},
-        )
-
-
-def _refund_result(
-    data: Mapping[str, Any], reference_number: str, ecommerce_id: uuid.UUID | None
-) -> RefundResult:
-    """The refund answer's ``data``. Its ``originalTransaction`` carries no ``ecommerceId`` in
-    Evertec's documented answer: it is taken as ``ecommerce_id``'s only when it names the
-    reference number that was refunded."""
-    refund = data.get("refund", data)
-    if not isinstance(refund, dict):
-        raise ValueError("refund must be an object")
-    original = data.get("originalTransaction")
-    payment = None
-    if isinstance(original, dict):
-        if original.get("ecommerceId"):
-            payment = PaymentSnapshot.from_api(original)
-        elif ecommerce_id is not None and normalize.text(
-            original.get("referenceNumber"), "referenceNumber"
-        ) == normalize.text(reference_number):
-            payment = PaymentSnapshot.from_api(original, ecommerce_id)
-    return RefundResult(
-        amount=normalize.money(
-            normalize.pick(refund, "refundedAmount", "amount", "total"), "refundedAmount"
-        ),
-        status=normalize.status(refund.get("status") or "COMPLETED"),
-        reference_number=normalize.text(refund.get("referenceNumber"), "referenceNumber"),
-        daily_transaction_id=normalize.daily_transaction_id(
-            normalize.pick(refund, "dailyTransactionID", "dailyTransactionId")
-        ),
-        transaction_date=normalize.local_datetime(refund.get("date"), "date"),
-        message=normalize.text(refund.get("message"), "message"),
-        payment=payment,
-        raw=dict(data),
-    )
-
 
 def _error_text(value: Any) -> str:
     """A field of an error answer as one line of text, whatever its type."""
@@ -983,13 +642,6 @@ def _seconds(value: float) -> str:
         return f"{value:.2g}"
     value = round(value, 2)
     return f"{value:.1f}" if round(value, 1) == value else f"{value:g}"
-
-
-def _required_text(data: Mapping[str, Any], name: str) -> str:
-    value = normalize.text(data.get(name), name)
-    if not value:
-        raise ValueError(f"{name} is missing")
-    return value
 
 
 def _amount_text(value: Any, name: str) -> str:
