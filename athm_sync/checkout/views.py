@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
 from functools import wraps
 from typing import Any
 
@@ -127,7 +126,7 @@ def _find(checkout_id: str, token: str) -> Checkout | None:
         return None
     payment = checkout.payment
     settled = payment is None or payment.is_terminal
-    if settled and clock.now() >= checkout.created_at + _link_lifetime():
+    if settled and clock.now() >= checkout.created_at + _setting("CHECKOUT_LINK_LIFETIME"):
         return None  # an old link (a browser history, a screenshot) opens nothing any more
     return checkout
 
@@ -205,7 +204,8 @@ def _state(checkout: Checkout, payment: Payment) -> tuple[str, str, str | None]:
 def _wait_context(
     request: HttpRequest, checkout: Checkout, *, reached: bool = True, error: str = ""
 ) -> dict[str, Any]:
-    conf_changes = _max_phone_changes()
+    conf_changes = _setting("CHECKOUT_MAX_PHONE_CHANGES")
+    poll_interval = _setting("CHECKOUT_POLL_INTERVAL")
     kwargs = {"checkout_id": checkout.pk, "token": checkout.token}
     notice_key = request.GET.get("notice", "")
     notice = _NOTICES[notice_key]() if notice_key in _NOTICES else ""
@@ -219,8 +219,8 @@ def _wait_context(
         "cancel_url": reverse("athm_sync:checkout_cancel", kwargs=kwargs),
         "phone_url": reverse("athm_sync:checkout_phone", kwargs=kwargs),
         "phone_changes_left": max(0, conf_changes - checkout.phone_changes),
-        "poll_ms": int(_poll_interval() * 1000),
-        "refresh_seconds": max(3, int(_poll_interval() * 2)),
+        "poll_ms": int(poll_interval * 1000),
+        "refresh_seconds": max(3, int(poll_interval * 2)),
         "notice": notice or shown["notice"],
         "error": error,
         "offline_message": _("The connection was lost. Still waiting; trying again."),
@@ -228,25 +228,13 @@ def _wait_context(
     }
 
 
-def _max_phone_changes() -> int:
+def _setting(name: str) -> Any:
+    """``ATHM_SYNC[name]`` as validated, or its default when ``ATHM_SYNC`` is unusable: the
+    page still renders, and the actions say why."""
     try:
-        return get_settings().checkout_max_phone_changes
-    except ImproperlyConfigured:  # a bad ATHM_SYNC: the page still renders; the actions say why
-        return DEFAULTS["CHECKOUT_MAX_PHONE_CHANGES"]
-
-
-def _link_lifetime() -> timedelta:
-    try:
-        return get_settings().checkout_link_lifetime
+        return getattr(get_settings(), name.lower())
     except ImproperlyConfigured:
-        return DEFAULTS["CHECKOUT_LINK_LIFETIME"]
-
-
-def _poll_interval() -> float:
-    try:
-        return get_settings().checkout_poll_interval
-    except ImproperlyConfigured:
-        return DEFAULTS["CHECKOUT_POLL_INTERVAL"]
+        return DEFAULTS[name]
 
 
 def _page(
@@ -291,7 +279,7 @@ def status(request: HttpRequest, checkout_id: str, token: str) -> HttpResponse:
         return _not_found(request, json=True)
     reached = flow.look(checkout)
     shown = describe(checkout, reached=reached)
-    shown["retry_after"] = _poll_interval()
+    shown["retry_after"] = _setting("CHECKOUT_POLL_INTERVAL")
     return JsonResponse(shown)
 
 
